@@ -1,0 +1,331 @@
+"""The activities of one agent: model calls, tool calls and thread-store writes. Every side effect lives here.
+
+Rules, tool schemas and limits are read from the worker's `AgentSpec` at each call, never from workflow input,
+so an agent restarted with new rules applies them to the next turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import openai
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.offline import offline_completion
+from activities.storage import RoomStorage
+from activities.thread_store import ThreadStore
+from activities.tools import Toolbox, ToolArgumentsError
+from models import (
+    AgentSpec,
+    ModelCallInput,
+    ModelStep,
+    OutcomeRecord,
+    ThreadItem,
+    ToolCall,
+    ToolCallInput,
+    ToolOutcome,
+    Usage,
+)
+
+HISTORY_WINDOW = 400
+"""Items of a thread sent to the model; older ones stay in the store."""
+TOOL_OUTPUT_INLINE_BYTES = 16 * 1024
+"""Tool output beyond this goes to room storage; the thread keeps a preview and the path."""
+RETRYABLE_STATUS = {408, 409, 429}
+
+PROVIDER_BASE_URLS = {
+    "openai": None,
+    "ollama": "http://localhost:11434/v1",
+    "vllm": "http://localhost:8000/v1",
+    "litellm": "http://localhost:4000",
+}
+
+
+class ModelConfigError(ValueError):
+    """A model setting that cannot work: unknown provider, missing key."""
+
+
+def resolve_model(model: str, base_url: str | None, env: dict[str, str]) -> tuple[str, str | None, str | None]:
+    """`offline`, `name` or `provider/name` → (model name, base URL, API key)."""
+    if model == "offline":
+        return model, None, None
+    provider, sep, name = model.partition("/")
+    if not sep:
+        provider, name = "openai", model
+    if provider not in PROVIDER_BASE_URLS:
+        raise ModelConfigError(
+            f"unknown model provider {provider!r} in {model!r}: use one of {', '.join(PROVIDER_BASE_URLS)}, "
+            "or a plain model name with --model-base-url"
+        )
+    url = base_url or env.get("OPENAI_BASE_URL") or PROVIDER_BASE_URLS[provider]
+    key = env.get("OPENAI_API_KEY")
+    if key is None:
+        if url is None:
+            raise ModelConfigError(
+                f"model {model!r} needs OPENAI_API_KEY (or --model-base-url for a local OpenAI-compatible server, "
+                "or --model offline)"
+            )
+        key = "not-needed"
+    return name, url, key
+
+
+def build_messages(system: str, items: list[ThreadItem]) -> list[dict[str, Any]]:
+    """Thread items → OpenAI chat messages. Tool calls left without a result (a cancelled turn) get one."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    open_calls: dict[str, str] = {}
+
+    def close_open_calls() -> None:
+        for call_id, name in open_calls.items():
+            messages.append(
+                {"role": "tool", "tool_call_id": call_id, "name": name, "content": "(no result: the turn was stopped)"}
+            )
+        open_calls.clear()
+
+    for item in items:
+        if item.type == "tool_result" and item.tool_call_id in open_calls:
+            messages.append(
+                {"role": "tool", "tool_call_id": item.tool_call_id, "name": item.tool_name, "content": item.text}
+            )
+            open_calls.pop(item.tool_call_id)
+            continue
+        if item.type not in ("user", "assistant"):
+            continue
+        close_open_calls()
+        if item.type == "user":
+            content = item.text
+            if item.data.get("attachments"):
+                content += "\n\nAttachments (room storage): " + ", ".join(item.data["attachments"])
+            messages.append({"role": "user", "content": content})
+        else:
+            message: dict[str, Any] = {"role": "assistant", "content": item.text or None}
+            if item.tool_calls:
+                message["tool_calls"] = [
+                    {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in item.tool_calls
+                ]
+                open_calls = {c.call_id: c.name for c in item.tool_calls}
+            messages.append(message)
+    close_open_calls()
+    return messages
+
+
+def retry_delay(headers: Any) -> timedelta | None:
+    """The server's requested wait, from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    if (ms := headers.get("retry-after-ms")) is not None:
+        with contextlib.suppress(ValueError):
+            return timedelta(milliseconds=float(ms))
+    if (value := headers.get("retry-after")) is not None:
+        with contextlib.suppress(ValueError):
+            return timedelta(seconds=float(value))
+        when = email.utils.parsedate_to_datetime(value) if value else None
+        if when is not None:
+            return timedelta(seconds=max(0.0, when.timestamp() - time.time()))
+    return None
+
+
+def model_error(e: Exception, model: str) -> ApplicationError:
+    """openai exceptions → Temporal errors: transient ones retry (honouring Retry-After), the rest end the turn."""
+    if isinstance(e, openai.APIStatusError):
+        detail = _error_message(e)
+        message = f"model {model} answered HTTP {e.status_code}: {detail}"
+        if e.status_code in RETRYABLE_STATUS or e.status_code >= 500:
+            return ApplicationError(message, type="ModelUnavailable", next_retry_delay=retry_delay(e.response.headers))
+        return ApplicationError(message, type="ModelRequestRejected", non_retryable=True)
+    if isinstance(e, openai.APITimeoutError):
+        return ApplicationError(f"model {model} timed out", type="ModelUnavailable")
+    if isinstance(e, openai.APIConnectionError):
+        return ApplicationError(f"cannot reach model {model}: {e}", type="ModelUnavailable")
+    return ApplicationError(f"model {model} failed: {e}", type="ModelFailed")
+
+
+def _error_message(e: openai.APIStatusError) -> str:
+    body = e.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return e.message
+
+
+@contextlib.asynccontextmanager
+async def heartbeating(interval: float = 1.0) -> AsyncIterator[None]:
+    """Heartbeats while the body runs, so a dead worker is noticed at the heartbeat timeout and cancels arrive."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+class AgentActivities:
+    def __init__(
+        self,
+        spec: AgentSpec,
+        *,
+        rules: list[str],
+        store: ThreadStore,
+        storage: RoomStorage,
+        toolbox: Toolbox,
+        env: dict[str, str],
+    ) -> None:
+        self.spec = spec
+        self.rules = rules
+        self.store = store
+        self.storage = storage
+        self.toolbox = toolbox
+        self.env = env
+        self._clients: dict[tuple[str | None, str | None], openai.AsyncOpenAI] = {}
+
+    def _client(self, base_url: str | None, api_key: str | None) -> openai.AsyncOpenAI:
+        key = (base_url, api_key)
+        if key not in self._clients:
+            # Temporal owns retries; the client's own would multiply them and hide Retry-After.
+            self._clients[key] = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
+        return self._clients[key]
+
+    def _system_prompt(self, instructions: str | None) -> str:
+        parts = list(self.rules)
+        if instructions:
+            parts.append(instructions)
+        return "\n".join(parts)
+
+    def _persist(self, thread_id: str, items: list[ThreadItem], **kwargs: Any) -> None:
+        room, _, _ = thread_id.partition("/")
+        self.store.append(thread_id, items, room=room, agent=self.spec.agent_name, **kwargs)
+
+    @activity.defn(name="call_model")
+    async def call_model(self, call: ModelCallInput) -> ModelStep:
+        """Persists the turn's new input, rebuilds the prompt from the store, calls the model, persists its answer."""
+        channel = next((i.data.get("channel") for i in call.new_items if i.data.get("channel")), "chat")
+        if call.new_items:
+            self._persist(call.thread_id, call.new_items, channel=channel, status="running")
+        history = self.store.items(call.thread_id, before_seq=call.answer_seq, limit=HISTORY_WINDOW)
+        messages = build_messages(self._system_prompt(call.instructions), history)
+        requested = call.model or self.spec.model
+        try:
+            name, base_url, api_key = resolve_model(requested, self.spec.model_base_url, self.env)
+        except ModelConfigError as e:
+            raise ApplicationError(str(e), type="ModelConfigError", non_retryable=True) from e
+        async with heartbeating():
+            if name == "offline":
+                text, offline_calls = offline_completion(messages, set(self.toolbox.tools))
+                calls = [(None, tool_name, arguments) for tool_name, arguments in offline_calls]
+                usage = Usage(model_calls=1)
+            else:
+                text, calls, usage = await self._openai_completion(name, base_url, api_key, messages)
+        tool_calls = []
+        for n, (call_id, tool_name, arguments) in enumerate(calls):
+            tool = self.toolbox.get(tool_name)
+            tool_calls.append(
+                ToolCall(
+                    call_id=call_id or f"call_{call.answer_seq}_{n}",
+                    name=tool_name,
+                    arguments=arguments,
+                    timeout_seconds=tool.timeout_seconds if tool else 10.0,
+                    max_attempts=tool.max_attempts if tool else 1,
+                )
+            )
+        answer = ThreadItem(
+            seq=call.answer_seq,
+            turn_id=call.turn_id,
+            type="assistant",
+            text=text,
+            sender=self.spec.agent_name,
+            tool_calls=tool_calls,
+            data={"model": requested, "usage": usage.model_dump()},
+        )
+        self._persist(call.thread_id, [answer], status="running" if tool_calls else "idle")
+        return ModelStep(
+            text=text, tool_calls=tool_calls, usage=usage, model=requested,
+            max_steps=self.spec.max_steps,
+        )
+
+    async def _openai_completion(
+        self, name: str, base_url: str | None, api_key: str | None, messages: list[dict[str, Any]]
+    ) -> tuple[str, list[tuple[str | None, str, str]], Usage]:
+        for message in messages:
+            if message["role"] == "tool":
+                message.pop("name", None)
+        kwargs: dict[str, Any] = {"model": name, "messages": messages}
+        if self.toolbox.tools:
+            kwargs["tools"] = self.toolbox.openai_schemas()
+        try:
+            response = await self._client(base_url, api_key).chat.completions.create(**kwargs)
+        except openai.OpenAIError as e:
+            raise model_error(e, name) from e
+        if not response.choices:
+            raise ApplicationError(f"model {name} returned no choices", type="ModelFailed")
+        message = response.choices[0].message
+        calls = [
+            (c.id, c.function.name, c.function.arguments or "{}")
+            for c in (message.tool_calls or [])
+            if getattr(c, "function", None) is not None
+        ]
+        usage = Usage(model_calls=1)
+        if response.usage is not None:
+            usage = Usage(
+                prompt_tokens=response.usage.prompt_tokens or 0,
+                completion_tokens=response.usage.completion_tokens or 0,
+                total_tokens=response.usage.total_tokens or 0,
+                model_calls=1,
+            )
+        return message.content or "", calls, usage
+
+    @activity.defn(name="run_tool")
+    async def run_tool(self, request: ToolCallInput) -> ToolOutcome:
+        """Runs one tool and persists its result. After the last attempt an error becomes the model's answer."""
+        call = request.call
+        tool = self.toolbox.get(call.name)
+        ok = True
+        if tool is None:
+            ok, output = False, f"error: there is no tool named {call.name!r}; tools: {', '.join(self.toolbox.tools)}"
+        else:
+            try:
+                async with heartbeating():
+                    output = await tool.call(call.arguments)
+            except ToolArgumentsError as e:
+                ok, output = False, f"error: {e}"
+            except Exception as e:
+                if activity.info().attempt < call.max_attempts:
+                    raise
+                ok, output = False, f"error: {call.name} failed: {e}"
+        text = self._spill_large_output(request, output)
+        item = ThreadItem(
+            seq=request.seq, turn_id=request.turn_id, type="tool_result", text=text,
+            tool_call_id=call.call_id, tool_name=call.name, data={"ok": ok},
+        )
+        self._persist(request.thread_id, [item])
+        summary = " ".join(output.split())
+        return ToolOutcome(call_id=call.call_id, name=call.name, ok=ok, summary=summary[:200])
+
+    def _spill_large_output(self, request: ToolCallInput, output: str) -> str:
+        size = len(output.encode())
+        if size <= TOOL_OUTPUT_INLINE_BYTES:
+            return output
+        _, _, thread_path = request.thread_id.partition("/")
+        path = f"{thread_path}/tool-output/{request.seq}-{request.call.name}.txt"
+        self.storage.write(path, output)
+        preview = output.encode()[:TOOL_OUTPUT_INLINE_BYTES].decode(errors="ignore")
+        return f"{preview}\n[output truncated: {size} bytes in all, saved to room storage at {path}]"
+
+    @activity.defn(name="record_outcome")
+    async def record_outcome(self, record: OutcomeRecord) -> None:
+        self._persist(record.thread_id, record.items, status=record.thread_status)
+
+    def all(self) -> list[Any]:
+        return [self.call_model, self.run_tool, self.record_outcome]

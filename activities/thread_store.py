@@ -1,0 +1,172 @@
+"""The thread store: every item of every thread, by sequence number, in one SQLite file per room.
+
+Writes are keyed by (thread_id, seq) and replace what is there, so a retried activity never writes an item twice.
+SQLite in WAL mode lets several agent processes on one machine share a room; agents on several machines need a
+shared backend implementing the same `ThreadStore` methods.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from models import ThreadInfo, ThreadItem, ThreadStatus, Usage
+
+from activities.storage import room_dir
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS threads (
+    thread_id TEXT PRIMARY KEY,
+    room TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT 'idle',
+    channel TEXT NOT NULL DEFAULT 'chat',
+    created_at REAL NOT NULL,
+    modified_at REAL NOT NULL,
+    usage TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS items (
+    thread_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    turn_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (thread_id, seq)
+);
+"""
+
+_NAME_LIMIT = 60
+
+
+def display_name(text: str) -> str:
+    words = re.sub(r"\s+", " ", text).strip()
+    return words if len(words) <= _NAME_LIMIT else words[: _NAME_LIMIT - 1].rstrip() + "…"
+
+
+class ThreadStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @classmethod
+    def for_room(cls, room: str) -> ThreadStore:
+        return cls(room_dir(room) / "threads.sqlite3")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    def append(
+        self,
+        thread_id: str,
+        items: Iterable[ThreadItem],
+        *,
+        room: str,
+        agent: str,
+        channel: str = "chat",
+        status: ThreadStatus | None = None,
+    ) -> None:
+        """Writes items (replacing any with the same seq) and touches the thread's row, in one transaction."""
+        now = time.time()
+        items = list(items)
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT name FROM threads WHERE thread_id=?", (thread_id,)).fetchone()
+            if row is None:
+                first_text = next((i.text for i in items if i.type == "user" and i.text), "")
+                db.execute(
+                    "INSERT INTO threads (thread_id, room, agent, name, status, channel, created_at, modified_at)"
+                    " VALUES (?,?,?,?,?,?,?,?)",
+                    (thread_id, room, agent, display_name(first_text), status or "idle", channel, now, now),
+                )
+            elif not row[0]:
+                first_text = next((i.text for i in items if i.type == "user" and i.text), "")
+                if first_text:
+                    db.execute("UPDATE threads SET name=? WHERE thread_id=?", (display_name(first_text), thread_id))
+            db.executemany(
+                "INSERT OR REPLACE INTO items (thread_id, seq, turn_id, type, body, created_at) VALUES (?,?,?,?,?,?)",
+                [
+                    (thread_id, i.seq, i.turn_id, i.type, i.model_dump_json(), i.created_at or now)
+                    for i in items
+                ],
+            )
+            db.execute(
+                "UPDATE threads SET modified_at=?, status=COALESCE(?, status) WHERE thread_id=?",
+                (now, status, thread_id),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def set_status(self, thread_id: str, status: ThreadStatus) -> None:
+        self._connect().execute(
+            "UPDATE threads SET status=?, modified_at=? WHERE thread_id=?", (status, time.time(), thread_id)
+        )
+
+    def rename(self, thread_id: str, name: str) -> None:
+        self._connect().execute("UPDATE threads SET name=? WHERE thread_id=?", (display_name(name), thread_id))
+
+    def items(self, thread_id: str, *, before_seq: int | None = None, limit: int | None = None) -> list[ThreadItem]:
+        """Items in order; with `limit`, the last `limit` of them."""
+        query = "SELECT body FROM items WHERE thread_id=?"
+        args: list[object] = [thread_id]
+        if before_seq is not None:
+            query += " AND seq<?"
+            args.append(before_seq)
+        if limit is not None:
+            query = f"SELECT body FROM ({query} ORDER BY seq DESC LIMIT ?) ORDER BY json_extract(body, '$.seq')"
+            args.append(limit)
+        else:
+            query += " ORDER BY seq"
+        return [ThreadItem.model_validate_json(b) for (b,) in self._connect().execute(query, args)]
+
+    def thread(self, thread_id: str) -> ThreadInfo | None:
+        found = self.threads(thread_id=thread_id)
+        return found[0] if found else None
+
+    def threads(
+        self, *, agent: str | None = None, thread_id: str | None = None, limit: int = 1000, offset: int = 0
+    ) -> list[ThreadInfo]:
+        query = (
+            "SELECT t.thread_id, t.room, t.agent, t.name, t.status, t.channel, t.created_at, t.modified_at,"
+            " (SELECT COUNT(*) FROM items i WHERE i.thread_id=t.thread_id),"
+            " (SELECT json_group_array(json_extract(i.body, '$.data.usage')) FROM items i"
+            "  WHERE i.thread_id=t.thread_id AND i.type='assistant')"
+            " FROM threads t WHERE 1=1"
+        )
+        args: list[object] = []
+        if agent is not None:
+            query += " AND t.agent=?"
+            args.append(agent)
+        if thread_id is not None:
+            query += " AND t.thread_id=?"
+            args.append(thread_id)
+        query += " ORDER BY t.modified_at DESC LIMIT ? OFFSET ?"
+        args += [limit, offset]
+        result = []
+        for row in self._connect().execute(query, args):
+            usage = sum((Usage.model_validate(u) for u in json.loads(row[9] or "[]") if u), Usage())
+            result.append(
+                ThreadInfo(
+                    thread_id=row[0], room=row[1], agent=row[2], name=row[3], status=row[4], channel=row[5],
+                    created_at=row[6], modified_at=row[7], items=row[8], usage=usage,
+                )
+            )
+        return result

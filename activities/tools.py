@@ -1,0 +1,148 @@
+"""Tools an agent can call: built-ins, room storage tools, and typed Python functions named with `--tool`."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ConfigDict, ValidationError, create_model
+
+from activities.storage import RoomStorage
+
+
+class ToolLoadError(ValueError):
+    """A `--tool` reference that cannot be turned into a tool."""
+
+
+class ToolArgumentsError(ValueError):
+    """Arguments from the model that do not match the tool's schema."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    fn: Callable[..., Any]
+    timeout_seconds: float = 60.0
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_arguments_model", _arguments_model(self.name, self.fn))
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        schema = self._arguments_model.model_json_schema()  # type: ignore[attr-defined]
+        schema.pop("title", None)
+        return schema
+
+    def openai_schema(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+    async def call(self, arguments: str) -> str:
+        try:
+            raw = json.loads(arguments or "{}")
+            parsed = self._arguments_model.model_validate(raw)  # type: ignore[attr-defined]
+        except (json.JSONDecodeError, ValidationError) as e:
+            raise ToolArgumentsError(f"invalid arguments for {self.name}: {e}") from e
+        result = self.fn(**{k: getattr(parsed, k) for k in parsed.model_fields})
+        if inspect.isawaitable(result):
+            result = await result
+        return result if isinstance(result, str) else json.dumps(result, default=str)
+
+
+def _arguments_model(name: str, fn: Callable[..., Any]) -> Any:
+    fields: dict[str, Any] = {}
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ToolLoadError(f"tool {name}: *args and **kwargs cannot be described to a model")
+        annotation = param.annotation if param.annotation is not inspect.Parameter.empty else str
+        default = param.default if param.default is not inspect.Parameter.empty else ...
+        fields[param.name] = (annotation, default)
+    return create_model(f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def summarize_call(name: str, arguments: str) -> str:
+    """A one-line description of a tool call for the Temporal UI and terminal status lines."""
+    try:
+        args = json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        return name
+    first = next((v for v in args.values() if isinstance(v, (str, int, float))), None) if isinstance(args, dict) else None
+    text = f"{name} {first}" if first is not None else name
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def current_time() -> str:
+    """Returns the current date and time (ISO 8601) in UTC."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def storage_tools(storage: RoomStorage) -> list[Tool]:
+    def storage_write(path: str, content: str) -> str:
+        size = storage.write(path, content)
+        return f"wrote {size} bytes to {path}"
+
+    def storage_read(path: str) -> str:
+        return storage.read_text(path)
+
+    def storage_list(path: str = "") -> str:
+        return json.dumps(storage.list(path))
+
+    return [
+        Tool("storage_write", "Write a text file to the room's shared storage (path relative to the room).", storage_write),
+        Tool("storage_read", "Read a text file from the room's shared storage.", storage_read),
+        Tool("storage_list", "List files in a folder of the room's shared storage ('' for the top).", storage_list),
+    ]
+
+
+def load_tool(reference: str) -> Tool:
+    """`package.module:function` → a tool whose JSON schema comes from the function's signature."""
+    module_name, sep, attr = reference.partition(":")
+    if not sep or not module_name or not attr:
+        raise ToolLoadError(f"--tool {reference!r}: expected the form package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ToolLoadError(f"--tool {reference!r}: cannot import {module_name}: {e}") from e
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ToolLoadError(f"--tool {reference!r}: {module_name} has no function {attr}")
+    doc = inspect.getdoc(fn) or f"Run {attr}."
+    return Tool(
+        name=attr,
+        description=doc.strip().splitlines()[0],
+        fn=fn,
+        timeout_seconds=float(getattr(fn, "timeout_seconds", 60.0)),
+        max_attempts=int(getattr(fn, "max_attempts", 3)),
+    )
+
+
+class Toolbox:
+    def __init__(self, tools: list[Tool]) -> None:
+        self.tools: dict[str, Tool] = {}
+        for tool in tools:
+            if tool.name in self.tools:
+                raise ToolLoadError(f"two tools are named {tool.name!r}")
+            self.tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool | None:
+        return self.tools.get(name)
+
+    def openai_schemas(self) -> list[dict[str, Any]]:
+        return [t.openai_schema() for t in self.tools.values()]
+
+
+def build_toolbox(*, storage: RoomStorage | None, tool_references: list[str]) -> Toolbox:
+    tools = [Tool("current_time", "Returns the current date and time (ISO 8601, UTC).", current_time, 10.0)]
+    if storage is not None:
+        tools += storage_tools(storage)
+    tools += [load_tool(ref) for ref in tool_references]
+    return Toolbox(tools)

@@ -1,0 +1,174 @@
+"""How every channel hands work to a thread: one turn, delivered to the thread's workflow by its id.
+
+`submit_turn` waits for the reply (update-with-start: chat, toolkit); `deliver_turn` returns once Temporal has the
+turn (signal-with-start: mail, queue). Both start the thread on its first turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from datetime import datetime, timezone
+
+from temporalio import common
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+)
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
+
+from models import AgentRef, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
+from workflows.thread import (
+    AGENT_ATTRIBUTE,
+    CHANNEL_ATTRIBUTE,
+    ROOM_ATTRIBUTE,
+    STATUS_ATTRIBUTE,
+    ThreadWorkflow,
+)
+
+POLL_INTERVAL = 0.2
+
+
+class TemporalUnreachable(ConnectionError):
+    """No Temporal server answered at the address."""
+
+
+async def connect(
+    address: str,
+    namespace: str = "default",
+    *,
+    api_key: str | None = None,
+    tls_cert: bytes | None = None,
+    tls_key: bytes | None = None,
+) -> Client:
+    tls: bool | TLSConfig = False
+    if tls_cert is not None or tls_key is not None:
+        tls = TLSConfig(client_cert=tls_cert, client_private_key=tls_key)
+    elif api_key:
+        tls = True
+    try:
+        return await Client.connect(
+            address, namespace=namespace, api_key=api_key, tls=tls, data_converter=pydantic_data_converter
+        )
+    except RuntimeError as e:
+        raise TemporalUnreachable(f"cannot reach the Temporal server at {address}: {e}") from e
+
+
+def new_thread_name() -> str:
+    """Sortable and readable in the Temporal UI: `20261128-134501-k3f9q2`."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def new_turn_id() -> str:
+    return f"turn-{uuid.uuid4().hex}"
+
+
+def _start_operation(
+    agent: AgentRef, thread_id: str, channel: str, force_continue_as_new: bool
+) -> WithStartWorkflowOperation[ThreadWorkflow, None]:
+    return WithStartWorkflowOperation(
+        ThreadWorkflow.run,
+        _initial_start(agent, thread_id, channel, force_continue_as_new),
+        id=thread_id,
+        task_queue=agent.task_queue,
+        id_conflict_policy=common.WorkflowIDConflictPolicy.USE_EXISTING,
+        search_attributes=_search_attributes(agent, channel),
+    )
+
+
+def _initial_start(agent: AgentRef, thread_id: str, channel: str, force_continue_as_new: bool) -> ThreadStart:
+    state = ThreadState(thread_id=thread_id, room=agent.room, agent_name=agent.agent_name, channel=channel)
+    return ThreadStart(state=state, force_continue_as_new=force_continue_as_new)
+
+
+def _search_attributes(agent: AgentRef, channel: str) -> common.TypedSearchAttributes:
+    return common.TypedSearchAttributes([
+        common.SearchAttributePair(ROOM_ATTRIBUTE, agent.room),
+        common.SearchAttributePair(AGENT_ATTRIBUTE, agent.agent_name),
+        common.SearchAttributePair(CHANNEL_ATTRIBUTE, channel.split(":", 1)[0]),
+        common.SearchAttributePair(STATUS_ATTRIBUTE, "idle"),
+    ])
+
+
+async def submit_turn(
+    client: Client, agent: AgentRef, thread_id: str, turn: Turn, *, force_continue_as_new: bool = False
+) -> Reply:
+    """Delivers the turn and waits for its reply. Delivering the same turn id again returns the same reply."""
+    try:
+        return await client.execute_update_with_start_workflow(
+            ThreadWorkflow.submit_turn,
+            turn,
+            id=turn.turn_id,
+            start_workflow_operation=_start_operation(agent, thread_id, turn.channel, force_continue_as_new),
+        )
+    except WorkflowUpdateFailedError as e:
+        if "rolling over" not in str(e.cause):
+            raise
+    except RPCError as e:
+        # Temporal allows 10 updates in flight per workflow; past that the turn queues by signal instead.
+        if e.status != RPCStatusCode.RESOURCE_EXHAUSTED:
+            raise
+    await deliver_turn(client, agent, thread_id, turn, force_continue_as_new=force_continue_as_new)
+    return await wait_for_reply(client, thread_id, turn.turn_id)
+
+
+async def deliver_turn(
+    client: Client, agent: AgentRef, thread_id: str, turn: Turn, *, force_continue_as_new: bool = False
+) -> None:
+    """Returns once Temporal has durably accepted the turn; the thread runs it when its worker is up."""
+    await client.start_workflow(
+        ThreadWorkflow.run,
+        _initial_start(agent, thread_id, turn.channel, force_continue_as_new),
+        id=thread_id,
+        task_queue=agent.task_queue,
+        id_conflict_policy=common.WorkflowIDConflictPolicy.USE_EXISTING,
+        search_attributes=_search_attributes(agent, turn.channel),
+        start_signal="enqueue_turn",
+        start_signal_args=[turn],
+    )
+
+
+async def wait_for_reply(client: Client, thread_id: str, turn_id: str, timeout: float | None = None) -> Reply:
+    """Polls the thread for a turn's reply (for turns delivered by signal)."""
+    handle = client.get_workflow_handle(thread_id)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        reply = await handle.query(ThreadWorkflow.turn_reply, turn_id)
+        if reply is not None:
+            return reply
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"no reply for turn {turn_id} in thread {thread_id} after {timeout} s")
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+async def steer_turn(client: Client, thread_id: str, steer: Steer) -> None:
+    await client.get_workflow_handle(thread_id).signal(ThreadWorkflow.steer, steer)
+
+
+async def interrupt_turn(client: Client, thread_id: str, turn_id: str | None = None) -> None:
+    await client.get_workflow_handle(thread_id).signal(ThreadWorkflow.interrupt, Interrupt(turn_id=turn_id))
+
+
+async def thread_snapshot(client: Client, thread_id: str) -> ThreadSnapshot:
+    return await client.get_workflow_handle(thread_id).query(ThreadWorkflow.snapshot)
+
+
+async def agent_is_online(client: Client, agent: AgentRef) -> bool:
+    """True when a worker of the agent polled its task queue recently."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    response = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=agent.task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    return bool(response.pollers)

@@ -1,0 +1,83 @@
+"""Builds the Temporal worker of one agent process: the thread workflow plus the agent's activities."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.agent import AgentActivities
+from activities.storage import RoomStorage
+from activities.thread_store import ThreadStore
+from activities.tools import build_toolbox
+from models import AgentSpec
+from workflows.thread import SEARCH_ATTRIBUTES, ThreadWorkflow
+
+MAX_CACHED_THREADS = 200
+"""Idle threads beyond this are evicted from worker memory and replayed from history when they get a turn."""
+
+
+class RulesFileError(ValueError):
+    """A rules file that cannot be read."""
+
+
+def load_rules(spec: AgentSpec) -> list[str]:
+    """`--rule` lines, then each rules file's non-empty lines (`#` starts a comment line)."""
+    rules = list(spec.rules)
+    for name in spec.rules_files:
+        path = Path(name).expanduser()
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise RulesFileError(f"cannot read rules file {name}: {e.strerror or e}") from e
+        rules += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return rules
+
+
+def build_activities(spec: AgentSpec, env: Mapping[str, str] | None = None) -> AgentActivities:
+    storage = RoomStorage.for_room(spec.room)
+    if spec.require_storage:
+        storage.check_writable()
+    return AgentActivities(
+        spec,
+        rules=load_rules(spec),
+        store=ThreadStore.for_room(spec.room),
+        storage=storage,
+        toolbox=build_toolbox(storage=storage if spec.storage else None, tool_references=spec.tools),
+        env=dict(os.environ if env is None else env),
+    )
+
+
+async def register_search_attributes(client: Client) -> None:
+    """Adds Threadline's search attributes to the namespace where they are missing, so ops can filter threads."""
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    missing = {
+        key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+        for key in SEARCH_ATTRIBUTES
+        if key.name not in existing.custom_attributes
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
+        )
+
+
+def build_worker(client: Client, spec: AgentSpec, activities: AgentActivities) -> Worker:
+    return Worker(
+        client,
+        task_queue=spec.ref.task_queue,
+        workflows=[ThreadWorkflow],
+        activities=activities.all(),
+        max_cached_workflows=MAX_CACHED_THREADS,
+        # A crashed worker's sticky queue is abandoned quickly so another worker replays the thread.
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )

@@ -1,0 +1,306 @@
+"""`ThreadWorkflow`: one long-running workflow per thread; its workflow id is the thread id.
+
+Turns are admitted by signal (fire and forget) or update (the caller waits for the reply), run one at a time in
+FIFO order, and each turn is a loop of model calls and tool calls, all activities. The transcript never enters the
+workflow: activities persist items in the thread store and the workflow only hands out sequence numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from models import (
+        Interrupt,
+        ModelCallInput,
+        ModelStep,
+        OutcomeRecord,
+        Reply,
+        Steer,
+        ThreadItem,
+        ThreadSnapshot,
+        ThreadStart,
+        ThreadStatus,
+        ToolCallInput,
+        ToolOutcome,
+        Turn,
+        Usage,
+    )
+
+ROOM_ATTRIBUTE = SearchAttributeKey.for_keyword("ThreadlineRoom")
+AGENT_ATTRIBUTE = SearchAttributeKey.for_keyword("ThreadlineAgent")
+CHANNEL_ATTRIBUTE = SearchAttributeKey.for_keyword("ThreadlineChannel")
+STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("ThreadlineStatus")
+SEARCH_ATTRIBUTES = (ROOM_ATTRIBUTE, AGENT_ATTRIBUTE, CHANNEL_ATTRIBUTE, STATUS_ATTRIBUTE)
+
+UPDATES_PER_RUN = 1500
+"""Temporal refuses more than 2,000 updates per run; past this budget callers fall back to signal-and-poll."""
+RECENT_REPLIES = 16
+SEEN_TURN_IDS = 1000
+MODEL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8)
+OUTCOME_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
+HEARTBEAT_TIMEOUT = timedelta(seconds=5)
+
+
+class TurnInterrupted(Exception):
+    pass
+
+
+class TurnFailed(Exception):
+    pass
+
+
+@workflow.defn(name="ThreadWorkflow")
+class ThreadWorkflow:
+    @workflow.init
+    def __init__(self, start: ThreadStart) -> None:
+        self.state = start.state
+        self.force_continue_as_new = start.force_continue_as_new
+        self.running: Turn | None = None
+        self.steers: list[Steer] = []
+        self.interrupted_turn_id: str | None = None
+        self.inflight: set[asyncio.Task[Any]] = set()
+        self.run_updates = 0
+        self.turns_this_run = 0
+        self.status: ThreadStatus = "idle"
+
+    @workflow.run
+    async def run(self, start: ThreadStart) -> None:
+        while True:
+            await workflow.wait_condition(lambda: bool(self.state.queue) or self._run_is_full())
+            if self._run_is_full():
+                # Update handlers of queued turns wait for their replies, so roll over only once none is waiting.
+                await workflow.wait_condition(lambda: workflow.all_handlers_finished() or bool(self.state.queue))
+                if workflow.all_handlers_finished():
+                    workflow.continue_as_new(ThreadStart(state=self.state, force_continue_as_new=self.force_continue_as_new))
+            turn = self.state.queue.pop(0)
+            reply = await self._run_turn(turn)
+            self._remember(reply)
+
+    def _run_is_full(self) -> bool:
+        return (
+            workflow.info().is_continue_as_new_suggested()
+            or self.run_updates >= UPDATES_PER_RUN
+            or (self.force_continue_as_new and self.turns_this_run > 0)
+        )
+
+    # Admission: one path, two ways in.
+
+    @workflow.signal(name="enqueue_turn")
+    def enqueue_turn(self, turn: Turn) -> None:
+        self._admit(turn)
+
+    @workflow.update(name="submit_turn")
+    async def submit_turn(self, turn: Turn) -> Reply:
+        self.run_updates += 1
+        self._admit(turn)
+        await workflow.wait_condition(lambda: self._reply_for(turn.turn_id) is not None or self._forgotten(turn.turn_id))
+        reply = self._reply_for(turn.turn_id)
+        if reply is None:
+            raise ApplicationError(
+                f"turn {turn.turn_id} already ran in this thread and its reply is no longer kept",
+                type="DuplicateTurn",
+                non_retryable=True,
+            )
+        return reply
+
+    @submit_turn.validator
+    def _validate_submit_turn(self, turn: Turn) -> None:
+        if self.run_updates >= UPDATES_PER_RUN:
+            raise ValueError("thread is rolling over to a new run: deliver the turn by signal")
+
+    def _admit(self, turn: Turn) -> None:
+        known = turn.turn_id in self.state.seen_turn_ids or any(t.turn_id == turn.turn_id for t in self.state.queue)
+        if known or (self.running is not None and self.running.turn_id == turn.turn_id):
+            return
+        self.state.queue.append(turn)
+        if self.running is None:
+            self._set_status("running")
+
+    def _reply_for(self, turn_id: str) -> Reply | None:
+        return next((r for r in self.state.recent_replies if r.turn_id == turn_id), None)
+
+    def _forgotten(self, turn_id: str) -> bool:
+        return turn_id in self.state.seen_turn_ids and self._reply_for(turn_id) is None
+
+    def _remember(self, reply: Reply) -> None:
+        self.state.recent_replies = [*self.state.recent_replies, reply][-RECENT_REPLIES:]
+        self.state.seen_turn_ids = [*self.state.seen_turn_ids, reply.turn_id][-SEEN_TURN_IDS:]
+        self.turns_this_run += 1
+        self.state.turns_completed += 1
+
+    # Double texting.
+
+    @workflow.signal(name="steer")
+    def steer(self, steer: Steer) -> None:
+        if self.running is not None and steer.turn_id in (None, self.running.turn_id):
+            self.steers.append(steer)
+        else:
+            self._admit(Turn(turn_id=str(workflow.uuid4()), text=steer.text, sender=steer.sender))
+
+    @workflow.signal(name="interrupt")
+    def interrupt(self, request: Interrupt) -> None:
+        if self.running is None or request.turn_id not in (None, self.running.turn_id):
+            return
+        self.interrupted_turn_id = self.running.turn_id
+        for task in self.inflight:
+            task.cancel()
+
+    # Queries.
+
+    @workflow.query(name="snapshot")
+    def snapshot(self) -> ThreadSnapshot:
+        return ThreadSnapshot(
+            thread_id=self.state.thread_id,
+            status=self.status,
+            running_turn_id=self.running.turn_id if self.running else None,
+            queued_turn_ids=[t.turn_id for t in self.state.queue],
+            next_seq=self.state.next_seq,
+            turns_completed=self.state.turns_completed,
+            usage=self.state.usage,
+            last_error=self.state.last_error,
+            run_updates=self.run_updates,
+        )
+
+    @workflow.query(name="turn_reply")
+    def turn_reply(self, turn_id: str) -> Reply | None:
+        return self._reply_for(turn_id)
+
+    # The turn loop.
+
+    async def _run_turn(self, turn: Turn) -> Reply:
+        self.running = turn
+        self.interrupted_turn_id = None
+        self._set_status("running")
+        pending = [self._item("user", turn, text=turn.text, sender=turn.sender, data={
+            "channel": turn.channel, "attachments": turn.attachments, "metadata": turn.metadata,
+        })]
+        usage = Usage()
+        model_calls = 0
+        try:
+            while True:
+                pending += [self._item("user", turn, text=s.text, sender=s.sender, data={"steer": True}) for s in self.steers]
+                self.steers = []
+                self._raise_if_interrupted(turn)
+                answer_seq = self.state.next_seq
+                self.state.next_seq += 1
+                step: ModelStep = await self._activity(
+                    "call_model",
+                    ModelCallInput(
+                        thread_id=self.state.thread_id, turn_id=turn.turn_id, answer_seq=answer_seq,
+                        new_items=pending, model=turn.model, instructions=turn.instructions, step=model_calls,
+                    ),
+                    result_type=ModelStep,
+                    start_to_close_timeout=timedelta(minutes=5),
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                    retry_policy=MODEL_RETRY,
+                    summary=f"model {turn.model or 'default'}, step {model_calls + 1}",
+                )
+                pending = []
+                usage += step.usage
+                model_calls += 1
+                if not step.tool_calls:
+                    if self.steers:
+                        continue
+                    return self._finish(turn, Reply(
+                        thread_id=self.state.thread_id, turn_id=turn.turn_id, status="completed", text=step.text,
+                        usage=usage, steps=model_calls,
+                    ))
+                if model_calls >= step.max_steps:
+                    raise TurnFailed(
+                        f"the turn reached max_steps ({step.max_steps} model calls) without a final answer; "
+                        "raise --max-steps or simplify the request"
+                    )
+                first = self.state.next_seq
+                self.state.next_seq += len(step.tool_calls)
+                await asyncio.gather(*[
+                    self._activity(
+                        "run_tool",
+                        ToolCallInput(thread_id=self.state.thread_id, turn_id=turn.turn_id, seq=first + n, call=call),
+                        result_type=ToolOutcome,
+                        start_to_close_timeout=timedelta(seconds=call.timeout_seconds),
+                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                        retry_policy=RetryPolicy(maximum_attempts=call.max_attempts + 1),
+                        summary=f"tool {_one_line(call.name, call.arguments)}",
+                    )
+                    for n, call in enumerate(step.tool_calls)
+                ])
+        except (TurnInterrupted, asyncio.CancelledError, ActivityError, TurnFailed) as e:
+            interrupted = self.interrupted_turn_id == turn.turn_id
+            if isinstance(e, asyncio.CancelledError) and not interrupted:
+                raise
+            if interrupted:
+                reply = Reply(thread_id=self.state.thread_id, turn_id=turn.turn_id, status="cancelled",
+                              error="turn cancelled", usage=usage, steps=model_calls)
+                final = self._item("status", turn, text="turn cancelled")
+            else:
+                message = _failure_message(e)
+                reply = Reply(thread_id=self.state.thread_id, turn_id=turn.turn_id, status="failed",
+                              error=message, usage=usage, steps=model_calls)
+                final = self._item("error", turn, text=message)
+                self.state.last_error = message
+            await self._record_outcome(turn, [*pending, final], "idle" if interrupted else "failed")
+            return self._finish(turn, reply)
+
+    def _finish(self, turn: Turn, reply: Reply) -> Reply:
+        self.state.usage += reply.usage
+        self.running = None
+        self.interrupted_turn_id = None
+        self.steers = []
+        status: ThreadStatus = "failed" if reply.status == "failed" else "idle"
+        self._set_status("running" if self.state.queue else status)
+        return reply
+
+    def _raise_if_interrupted(self, turn: Turn) -> None:
+        if self.interrupted_turn_id == turn.turn_id:
+            raise TurnInterrupted()
+
+    async def _activity(self, name: str, arg: Any, **options: Any) -> Any:
+        handle = workflow.start_activity(name, arg, **options)
+        self.inflight.add(handle)
+        try:
+            return await handle
+        finally:
+            self.inflight.discard(handle)
+
+    async def _record_outcome(self, turn: Turn, items: list[ThreadItem], status: ThreadStatus) -> None:
+        self.state.next_seq = max([self.state.next_seq, *(i.seq + 1 for i in items)])
+        await workflow.execute_activity(
+            "record_outcome",
+            OutcomeRecord(thread_id=self.state.thread_id, turn_id=turn.turn_id, items=items, thread_status=status),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=OUTCOME_RETRY,
+            summary=f"record {items[-1].type}",
+        )
+
+    def _item(self, kind: Any, turn: Turn, **fields: Any) -> ThreadItem:
+        item = ThreadItem(seq=self.state.next_seq, turn_id=turn.turn_id, type=kind,
+                          created_at=workflow.now().timestamp(), **fields)
+        self.state.next_seq += 1
+        return item
+
+    def _set_status(self, status: ThreadStatus) -> None:
+        if status == self.status:
+            return
+        self.status = status
+        workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(status)])
+
+
+def _one_line(name: str, arguments: str) -> str:
+    text = f"{name} {arguments}" if arguments not in ("", "{}") else name
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def _failure_message(e: BaseException) -> str:
+    if isinstance(e, ActivityError) and e.cause is not None:
+        cause = e.cause
+        if isinstance(cause, ApplicationError):
+            return cause.message
+        return f"{cause.__class__.__name__}: {cause}"
+    return str(e)
