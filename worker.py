@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from datetime import timedelta
@@ -81,3 +82,15 @@ def build_worker(client: Client, spec: AgentSpec, activities: AgentActivities) -
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
+
+
+async def run_agent(client: Client, spec: AgentSpec, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    """Runs the agent's worker until `stop` is set, then shuts down gracefully (in-flight activities finish or
+    are handed back to Temporal)."""
+    activities = build_activities(spec)
+    await register_search_attributes(client)
+    worker = build_worker(client, spec, activities)
+    async with worker:
+        if ready is not None:
+            ready.set()
+        await stop.wait()

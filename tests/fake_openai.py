@@ -640,9 +640,14 @@ class FakeOpenAI:
         await writer.drain()
 
     async def _send_json(
-        self, writer: asyncio.StreamWriter, status: int, obj: Any, keep_alive: bool, headers: Mapping[str, str] = {}
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        obj: Any,
+        keep_alive: bool,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        hdrs = {"content-type": "application/json", "x-request-id": f"req_{uuid.uuid4().hex[:16]}", **headers}
+        hdrs = {"content-type": "application/json", "x-request-id": f"req_{uuid.uuid4().hex[:16]}", **(headers or {})}
         await self._send(writer, status, hdrs, json.dumps(obj).encode(), keep_alive)
 
     async def _dispatch(
@@ -792,7 +797,9 @@ class FakeOpenAI:
         if resp.usage is not None:
             prompt_tokens, completion_tokens = resp.usage
         else:
-            prompt_tokens = sum(_count_tokens(_content_text(m.get("content"))) + 4 for m in req.messages if isinstance(m, dict))
+            prompt_tokens = sum(
+                _count_tokens(_content_text(m.get("content"))) + 4 for m in req.messages if isinstance(m, dict)
+            )
             completion_tokens = _count_tokens(content or "") + sum(
                 1 + len(tc["function"]["arguments"]) // 4 for tc in tool_calls
             )

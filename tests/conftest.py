@@ -1,0 +1,129 @@
+"""Fixtures: one real Temporal dev server per session, a fake OpenAI-compatible model, and agent workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+from channels.delivery import connect
+from models import AgentSpec
+from tests.fake_openai import FakeOpenAI
+from tests.temporal_server import TemporalDevServer
+from worker import run_agent
+from workflows.thread import SEARCH_ATTRIBUTES
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def temporal_server() -> TemporalDevServer:
+    server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES})
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+async def temporal_client(temporal_server: TemporalDevServer) -> Client:
+    return await connect(temporal_server.address)
+
+
+@pytest.fixture(scope="session")
+def fake_model() -> FakeOpenAI:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _model_and_home(fake_model: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets a fresh THREADLINE_HOME and talks to the fake model; no test reaches a real endpoint."""
+    fake_model.reset()
+    fake_model.script(None)
+    home = tmp_path / "home"
+    monkeypatch.setenv("THREADLINE_HOME", str(home))
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_model.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    return home
+
+
+@pytest.fixture
+def room() -> str:
+    """A room of its own per test, so threads and task queues never mix between tests."""
+    return f"room-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def agent_spec(room: str) -> AgentSpec:
+    return AgentSpec(room=room, agent_name="support", model="fake-model")
+
+
+@pytest.fixture
+async def agent_worker(temporal_client: Client) -> AsyncIterator[Callable[[AgentSpec], asyncio.Task[None]]]:
+    """Starts in-process agent workers; they stop at the end of the test."""
+    stops: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start(spec: AgentSpec) -> asyncio.Task[None]:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_agent(temporal_client, spec, stop, ready))
+        await asyncio.wait_for(ready.wait(), 30)
+        stops.append((stop, task))
+        return task
+
+    yield start
+    for stop, task in stops:
+        stop.set()
+    for _, task in stops:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 30)
+
+
+class AgentProcess:
+    """An agent worker in a subprocess (for kill -9)."""
+
+    def __init__(self, address: str, spec: AgentSpec) -> None:
+        self.address, self.spec = address, spec
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> AgentProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.agent_process", self.address, self.spec.model_dump_json()],
+            cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, text=True,
+        )
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"agent process did not start (exit code {self.proc.wait()})")
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def terminate(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def agent_process(temporal_server: TemporalDevServer) -> Callable[[AgentSpec], AgentProcess]:
+    started: list[AgentProcess] = []
+
+    def start(spec: AgentSpec) -> AgentProcess:
+        process = AgentProcess(temporal_server.address, spec).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
