@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from activities.agent import AgentActivities
 from activities.storage import RoomStorage
 from activities.thread_store import ThreadStore
 from activities.tools import build_toolbox
+from channels.base import ChannelAdapter, ChannelContext
 from models import AgentSpec
 from workflows.thread import SEARCH_ATTRIBUTES, ThreadWorkflow
 
@@ -84,13 +86,29 @@ def build_worker(client: Client, spec: AgentSpec, activities: AgentActivities) -
     )
 
 
-async def run_agent(client: Client, spec: AgentSpec, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-    """Runs the agent's worker until `stop` is set, then shuts down gracefully (in-flight activities finish or
-    are handed back to Temporal)."""
+async def run_agent(
+    client: Client,
+    spec: AgentSpec,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+    channels: Sequence[ChannelAdapter] = (),
+) -> None:
+    """Runs the agent's worker and its channel adapters until `stop` is set, then shuts down gracefully
+    (in-flight activities finish or are handed back to Temporal)."""
     activities = build_activities(spec)
     await register_search_attributes(client)
-    worker = build_worker(client, spec, activities)
-    async with worker:
+    context = ChannelContext(client=client, spec=spec)
+    workers = [build_worker(client, spec, activities)]
+    for channel in channels:
+        workers += channel.workers(context)
+    async with contextlib.AsyncExitStack() as stack:
+        for worker in workers:
+            await stack.enter_async_context(worker)
+        servers = [asyncio.create_task(channel.serve(context, stop)) for channel in channels]
         if ready is not None:
             ready.set()
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopping, *servers], return_when=asyncio.FIRST_COMPLETED)
+        # A channel server that ends on its own has failed: stop everything and report it.
+        stop.set()
+        await asyncio.gather(*servers)
