@@ -20,7 +20,8 @@ from activities.thread_store import ThreadStore
 from activities.tools import build_toolbox
 from channels.base import ChannelAdapter, ChannelContext
 from models import AgentSpec
-from workflows.thread import SEARCH_ATTRIBUTES, ThreadWorkflow
+from workflows.search_attributes import SEARCH_ATTRIBUTES
+from workflows.thread import ThreadWorkflow
 
 MAX_CACHED_THREADS = 200
 """Idle threads beyond this are evicted from worker memory and replayed from history when they get a turn."""

@@ -22,13 +22,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from models import AgentRef, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
-from workflows.thread import (
-    AGENT_ATTRIBUTE,
-    CHANNEL_ATTRIBUTE,
-    ROOM_ATTRIBUTE,
-    STATUS_ATTRIBUTE,
-    ThreadWorkflow,
-)
+from workflows.search_attributes import AGENT_ATTRIBUTE, CHANNEL_ATTRIBUTE, ROOM_ATTRIBUTE, STATUS_ATTRIBUTE
+from workflows.thread import ThreadWorkflow
 
 POLL_INTERVAL = 0.2
 

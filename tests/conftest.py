@@ -19,7 +19,7 @@ from models import AgentSpec
 from tests.fake_openai import FakeOpenAI
 from tests.temporal_server import TemporalDevServer
 from worker import run_agent
-from workflows.thread import SEARCH_ATTRIBUTES
+from workflows.search_attributes import SEARCH_ATTRIBUTES
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -32,12 +32,8 @@ with workflow.unsafe.imports_passed_through():
         Turn,
         Usage,
     )
+    from workflows.search_attributes import SEARCH_ATTRIBUTES, STATUS_ATTRIBUTE  # noqa: F401 (re-export)
 
-ROOM_ATTRIBUTE = SearchAttributeKey.for_keyword("ThreadlineRoom")
-AGENT_ATTRIBUTE = SearchAttributeKey.for_keyword("ThreadlineAgent")
-CHANNEL_ATTRIBUTE = SearchAttributeKey.for_keyword("ThreadlineChannel")
-STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("ThreadlineStatus")
-SEARCH_ATTRIBUTES = (ROOM_ATTRIBUTE, AGENT_ATTRIBUTE, CHANNEL_ATTRIBUTE, STATUS_ATTRIBUTE)
 
 UPDATES_PER_RUN = 1500
 """Temporal refuses more than 2,000 updates per run; past this budget callers fall back to signal-and-poll."""
