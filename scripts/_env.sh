@@ -21,6 +21,6 @@ extras=""
 stamp=".venv/.installed${extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
-    .venv/bin/python -m pip install --quiet -e ".${extras}"
+    PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e ".${extras}"
     touch "$stamp"
 fi
