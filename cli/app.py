@@ -1,0 +1,112 @@
+"""The `threadline` command: `process` (agents and threads) and `server` (the embedded Temporal server).
+
+`main` runs it and turns every failure into one red line on stderr with exit code 2 (usage) or 1 (run time);
+tracebacks only with `-v`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import traceback
+
+import typer
+
+from cli.errors import USAGE, CliError
+from cli.options import Verbose
+from cli.output import error_line, state
+from cli.process import process_app
+from cli.server import server_app
+
+EPILOG = """\
+[bold]Examples[/bold]
+
+  threadline process run --room demo --agent-name assistant --model offline -m "Hello"
+
+  threadline process join --room demo --agent-name assistant --channel chat --model gpt-4o-mini
+
+  threadline process use --room demo --agent-name assistant -m "Hello again"
+
+  threadline process threads --room demo -o table
+
+With no --temporal-address, agent commands use the embedded Temporal server on localhost:7233 (started in the background when nothing listens there; UI on http://localhost:8233).
+"""
+
+app = typer.Typer(
+    name="threadline",
+    help="Durable AI agents on Temporal.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(process_app, name="process")
+app.add_typer(server_app, name="server")
+# Later: app.add_typer(room_app, name="room"), app.add_typer(mailbox_app, name="mailbox").
+
+
+@app.callback()
+def _root(verbose: Verbose = False) -> None:
+    """Durable AI agents on Temporal."""
+
+
+class _Failed(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _fail(message: str, code: int, error: BaseException | None = None) -> None:
+    if state.verbose and error is not None:
+        traceback.print_exception(error, file=sys.stderr)
+    error_line(message)
+    raise _Failed(code)
+
+
+def _is_click_error(e: Exception) -> bool:
+    return callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int)
+
+
+def run(argv: list[str]) -> int:
+    """Runs one command line and returns its exit code; every failure is printed as one line on stderr."""
+    command = typer.main.get_command(app)
+    try:
+        try:
+            code = command.main(args=argv, prog_name="threadline", standalone_mode=False)
+        except CliError as e:
+            _fail(e.message, e.exit_code, e)
+        except (typer.Abort, KeyboardInterrupt):
+            return 130
+        except Exception as e:  # noqa: BLE001
+            if e.__class__.__name__ == "Abort":  # click's, with typers that do not vendor click
+                return 130
+            if _is_click_error(e):
+                # A mistake in the command line found by the parser (typer vendors click, older typers use click).
+                if not e.format_message():  # `threadline` with no command: help was printed
+                    return e.exit_code
+                ctx = getattr(e, "ctx", None)
+                hint = f" (see {ctx.command_path} --help)" if ctx is not None and e.exit_code == USAGE else ""
+                _fail(f"{e.format_message()}{hint}", e.exit_code, e)
+            # A bug or an unforeseen failure: still one line unless -v.
+            _fail(f"{e.__class__.__name__}: {e} (run with -v for the traceback)", 1, e)
+    except _Failed as failed:
+        return failed.code
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    """The `threadline` script. It ends with os._exit: the Temporal SDK's native threads can crash the interpreter
+    while it finalizes, after the command has done everything it had to."""
+    code = run(sys.argv[1:])
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Chatting with an agent from the terminal (`process run`, `process use`): one turn at a time, by thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+from pydantic import ValidationError
+from rich.markup import escape
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.thread_store import ThreadStore
+from activities.tools import summarize_call
+from channels.delivery import (
+    agent_is_online,
+    deliver_turn,
+    interrupt_turn,
+    new_thread_name,
+    new_turn_id,
+    submit_turn,
+    wait_for_reply,
+)
+from cli.errors import CliError, usage_error
+from cli.output import err, out, status, warn
+from cli.threads import short_id
+from models import AgentRef, Reply, Turn
+
+HELP = "type a message; /new starts a thread, /threads lists them, /use ID switches, /help; Ctrl-D leaves"
+
+
+async def check_thread(client: Client, ref: AgentRef, value: str) -> str:
+    """`--thread-id` → the thread's workflow id, once Temporal confirms the thread exists and is open."""
+    thread_id = ref.thread_id(value)
+    try:
+        description = await client.get_workflow_handle(thread_id).describe()
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            if value.strip().strip("/") == "main":
+                return thread_id  # the agent's main thread (threading mode none) starts with its first turn
+            raise usage_error(
+                f"no thread {value!r} for agent {ref.agent_name} in room {ref.room} (workflow id {thread_id}); "
+                f"list threads with: threadline process threads --room {ref.room} --agent-name {ref.agent_name}"
+            ) from e
+        raise
+    if description.status is not None and description.status.name != "RUNNING":
+        raise CliError(
+            f"thread {value!r} has ended in Temporal (status {description.status.name}); start a new thread "
+            "(leave out --thread-id)"
+        )
+    return thread_id
+
+
+def thread_hint(thread_id: str) -> str:
+    name = short_id(thread_id)
+    return f"thread: {name} (continue with --thread-id {name})"
+
+
+class Chat:
+    """Sends turns to one agent's current thread and reports the replies."""
+
+    def __init__(
+        self, client: Client, ref: AgentRef, thread_id: str, *, sender: str = "user", local_worker: bool = False
+    ) -> None:
+        self.client, self.ref, self.thread_id, self.sender = client, ref, thread_id, sender
+        self.local_worker = local_worker
+        """True in `process run`: the agent's worker is this process, so it is online."""
+        self.running_turn: str | None = None
+
+    async def ask(self, text: str, *, wait_offline: bool = True) -> Reply:
+        try:
+            turn = Turn(turn_id=new_turn_id(), channel="chat", sender=self.sender, text=text)
+        except ValidationError as e:
+            raise usage_error(str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from e
+        self.running_turn = turn.turn_id
+        try:
+            if self.local_worker or await agent_is_online(self.client, self.ref):
+                return await submit_turn(self.client, self.ref, self.thread_id, turn)
+            if not wait_offline:
+                raise CliError(
+                    f"agent {self.ref.agent_name} is not running in room {self.ref.room} (no worker polls "
+                    f"{self.ref.task_queue}); start it with: threadline process join --room {self.ref.room} "
+                    f"--agent-name {self.ref.agent_name} --channel chat"
+                )
+            warn(
+                f"agent {self.ref.agent_name} is not running in room {self.ref.room}: the message is queued durably "
+                "in Temporal and runs when the agent starts; waiting for the reply (Ctrl-C stops waiting, the "
+                "message stays queued)"
+            )
+            # Signal-with-start: Temporal keeps the turn even if this process or the server restarts.
+            await deliver_turn(self.client, self.ref, self.thread_id, turn)
+            return await wait_for_reply(self.client, self.thread_id, turn.turn_id)
+        finally:
+            self.running_turn = None
+
+    def tool_lines(self, store: ThreadStore | None, turn_id: str) -> list[str]:
+        """Tool calls of a finished turn, read from the thread store (empty when the store is elsewhere)."""
+        if store is None:
+            return []
+        lines = []
+        for item in store.items(self.thread_id):
+            if item.turn_id != turn_id:
+                continue
+            lines += [f"· tool {summarize_call(c.name, c.arguments)}" for c in item.tool_calls]
+            if item.type == "tool_result" and item.data.get("ok") is False:
+                lines.append(f"· tool {item.tool_name} failed")
+        return lines
+
+
+class _LineReader:
+    """`input()` in a daemon thread, so the event loop keeps running and Ctrl-C never waits on the terminal."""
+
+    async def read(self, prompt: str, leave: asyncio.Event) -> str | None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str | None] = loop.create_future()
+
+        def target() -> None:
+            try:
+                line: str | None = input(prompt)
+            except (EOFError, KeyboardInterrupt, OSError):
+                line = None
+
+            def deliver() -> None:
+                if not future.done():
+                    future.set_result(line)
+
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver)
+
+        threading.Thread(target=target, name="threadline-input", daemon=True).start()
+        leaving = asyncio.ensure_future(leave.wait())
+        await asyncio.wait([future, leaving], return_when=asyncio.FIRST_COMPLETED)
+        leaving.cancel()
+        return future.result() if future.done() else None
+
+
+class Interrupts:
+    """Ctrl-C / SIGTERM during a chat: while a turn runs the first interrupts it; otherwise it leaves; the next
+    one (while leaving) exits at once."""
+
+    def __init__(self, on_interrupt_turn: Callable[[], bool]) -> None:
+        self.leave = asyncio.Event()
+        self._on_interrupt_turn = on_interrupt_turn
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, self._handle, sig)
+
+    def _handle(self, sig: signal.Signals) -> None:
+        if self.leave.is_set():
+            err.print("exiting now", style="red")
+            os._exit(128 + sig)
+        if sig == signal.SIGINT and self._on_interrupt_turn():
+            return
+        err.print("\nleaving… (Ctrl-C again exits at once)", style="yellow")
+        self.leave.set()
+
+
+def print_reply(chat: Chat, reply: Reply, store: ThreadStore | None, label: str) -> None:
+    for line in chat.tool_lines(store, reply.turn_id):
+        status(line)
+    if reply.status == "completed":
+        out.print(f"[bold]{escape(label)}>[/bold] {escape(reply.text)}")
+    elif reply.status == "cancelled":
+        warn("turn cancelled")
+    else:
+        err.print(f"turn failed: {escape(reply.error or 'unknown error')}", style="red")
+
+
+async def interactive(chat: Chat, store: ThreadStore | None, *, label: str) -> None:
+    loop_state = {"interrupting": False}
+
+    def interrupt_turn_now() -> bool:
+        turn_id = chat.running_turn
+        if turn_id is None or loop_state["interrupting"]:
+            return False
+        loop_state["interrupting"] = True
+        err.print("\ninterrupting the turn… (Ctrl-C again leaves)", style="yellow")
+        asyncio.ensure_future(interrupt_turn(chat.client, chat.thread_id, turn_id))
+        return True
+
+    interrupts = Interrupts(interrupt_turn_now)
+    interrupts.install()
+    reader = _LineReader()
+    status(HELP)
+    status(thread_hint(chat.thread_id))
+    while not interrupts.leave.is_set():
+        line = await reader.read("you> ", interrupts.leave)
+        if line is None:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            await _command(chat, store, text)
+            continue
+        loop_state["interrupting"] = False
+        asking = asyncio.ensure_future(chat.ask(text))
+        leaving = asyncio.ensure_future(interrupts.leave.wait())
+        await asyncio.wait([asking, leaving], return_when=asyncio.FIRST_COMPLETED)
+        leaving.cancel()
+        if not asking.done():
+            asking.cancel()
+            warn("left before the reply; the turn goes on in Temporal (see it with: threadline process messages "
+                 f"--room {chat.ref.room} --thread-id {short_id(chat.thread_id)})")
+            break
+        try:
+            reply = asking.result()
+        except CliError as e:
+            err.print(f"error: {escape(e.message)}", style="red")
+            continue
+        except Exception as e:  # noqa: BLE001 - one failed turn does not end the chat
+            err.print(f"error: {escape(f'{e.__class__.__name__}: {e}')}", style="red")
+            continue
+        print_reply(chat, reply, store, label)
+    status(thread_hint(chat.thread_id))
+
+
+async def _command(chat: Chat, store: ThreadStore | None, text: str) -> None:
+    name, _, arg = text.partition(" ")
+    arg = arg.strip()
+    if name == "/new":
+        chat.thread_id = chat.ref.thread_id(new_thread_name())
+        status(f"new thread: {short_id(chat.thread_id)}")
+    elif name == "/threads":
+        threads = store.threads(agent=chat.ref.agent_name, limit=50) if store is not None else []
+        if not threads:
+            status("no threads in the local thread store yet")
+        for t in threads:
+            mark = "*" if t.thread_id == chat.thread_id else " "
+            out.print(escape(f"{mark} {short_id(t.thread_id)}  {t.status:<7}  {t.name}"))
+    elif name == "/use":
+        if not arg:
+            warn("usage: /use THREAD_ID (see /threads)")
+            return
+        try:
+            chat.thread_id = await check_thread(chat.client, chat.ref, arg)
+        except CliError as e:
+            err.print(f"error: {escape(e.message)}", style="red")
+            return
+        status(f"switched to thread {short_id(chat.thread_id)}")
+    elif name in ("/help", "/?"):
+        status(HELP)
+    else:
+        warn(f"unknown command {name}; {HELP}")

@@ -1,0 +1,322 @@
+"""Options shared by commands, declared once: the agent options (join, run; later spec, deploy), the Temporal
+connection options (join, run, use) and `-v/--verbose` (every command).
+
+Commands take them as one value per group through `with_options`, which adds the group's parameters to the
+command's signature for typer, so a new option shows up in every command that uses its group.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlsplit
+
+import typer
+from pydantic import ValidationError
+
+from cli.errors import usage_error
+from cli.output import set_verbose
+
+AGENT_PANEL = "Agent"
+TEMPORAL_PANEL = "Temporal"
+
+
+class ThreadingMode(str, Enum):
+    none = "none"
+    default_new = "default-new"
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    table = "table"
+    json = "json"
+
+
+# The agent options.
+
+Room = Annotated[
+    str | None,
+    typer.Option("--room", envvar="THREADLINE_ROOM", help="Room the agent lives in (its threads, storage, task queue).",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
+AgentName = Annotated[
+    str | None,
+    typer.Option("--agent-name", envvar="THREADLINE_AGENT_NAME", help="Name of the agent within the room.",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
+Rules = Annotated[
+    list[str] | None,
+    typer.Option("--rule", "-r", help="A system rule line; repeatable (env THREADLINE_RULES: one rule per line).",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
+RulesFiles = Annotated[
+    list[str] | None,
+    typer.Option("--rules-file", envvar="THREADLINE_RULES_FILE",
+                 help="File of rules, one per line ('#' comments); repeatable; must be readable.",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
+Model = Annotated[
+    str,
+    typer.Option("--model", envvar="THREADLINE_MODEL",
+                 help="'offline', an OpenAI model name, or provider/model (ollama, vllm, litellm, openai).",
+                 rich_help_panel=AGENT_PANEL),
+]
+ModelBaseUrl = Annotated[
+    str | None,
+    typer.Option("--model-base-url", envvar="THREADLINE_MODEL_BASE_URL",
+                 help="http(s) URL of an OpenAI-compatible server (Ollama, vLLM, LiteLLM...).",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
+Channels = Annotated[
+    list[str] | None,
+    typer.Option("--channel", envvar="THREADLINE_CHANNEL",
+                 help="chat | mail:ADDRESS[?reply-all=true|false] | queue:NAME | toolkit:NAME; repeatable.",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
+Threading = Annotated[
+    ThreadingMode,
+    typer.Option("--threading-mode", envvar="THREADLINE_THREADING_MODE", case_sensitive=False,
+                 help="none: chat uses one 'main' thread; default-new: each new chat starts a thread.",
+                 rich_help_panel=AGENT_PANEL),
+]
+ThreadDir = Annotated[
+    str,
+    typer.Option("--thread-dir", envvar="THREADLINE_THREAD_DIR",
+                 help="Folder of the agent's thread ids within the room (default: .threads/AGENT).",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
+Storage = Annotated[
+    bool,
+    typer.Option("--storage", "--require-storage", envvar="THREADLINE_STORAGE",
+                 help="Give the agent room storage tools (storage must be writable at start).",
+                 rich_help_panel=AGENT_PANEL),
+]
+Tools = Annotated[
+    list[str] | None,
+    typer.Option("--tool", envvar="THREADLINE_TOOLS", help="A Python function as a tool, package.module:function; repeatable.",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
+MaxSteps = Annotated[
+    int,
+    typer.Option("--max-steps", envvar="THREADLINE_MAX_STEPS", min=1, max=1000,
+                 help="Most model calls in one turn before it fails.", rich_help_panel=AGENT_PANEL),
+]
+
+# The Temporal connection options.
+
+TemporalAddress = Annotated[
+    str | None,
+    typer.Option("--temporal-address", envvar="THREADLINE_TEMPORAL_ADDRESS",
+                 help="host:port of a Temporal server (default: the embedded server on localhost:7233).",
+                 rich_help_panel=TEMPORAL_PANEL, show_default=False),
+]
+Namespace = Annotated[
+    str,
+    typer.Option("--namespace", envvar="THREADLINE_NAMESPACE", help="Temporal namespace.", rich_help_panel=TEMPORAL_PANEL),
+]
+TemporalApiKey = Annotated[
+    str | None,
+    typer.Option("--temporal-api-key", envvar="TEMPORAL_API_KEY", help="API key for Temporal Cloud (turns TLS on).",
+                 rich_help_panel=TEMPORAL_PANEL, show_default=False),
+]
+TemporalTlsCert = Annotated[
+    Path | None,
+    typer.Option("--temporal-tls-cert", envvar="TEMPORAL_TLS_CERT", help="Client certificate file for mTLS.",
+                 rich_help_panel=TEMPORAL_PANEL, show_default=False),
+]
+TemporalTlsKey = Annotated[
+    Path | None,
+    typer.Option("--temporal-tls-key", envvar="TEMPORAL_TLS_KEY", help="Client private key file for mTLS.",
+                 rich_help_panel=TEMPORAL_PANEL, show_default=False),
+]
+
+# Every command.
+
+Verbose = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", envvar="THREADLINE_VERBOSE", callback=set_verbose,
+                 help="Show SDK logs, and tracebacks on errors."),
+]
+Output = Annotated[
+    OutputFormat,
+    typer.Option("--output", "-o", case_sensitive=False, help="Output format."),
+]
+
+
+@dataclass
+class AgentOptions:
+    room: Room = None
+    agent_name: AgentName = None
+    rule: Rules = None
+    rules_file: RulesFiles = None
+    model: Model = "gpt-4o-mini"
+    model_base_url: ModelBaseUrl = None
+    channel: Channels = None
+    threading_mode: Threading = ThreadingMode.default_new
+    thread_dir: ThreadDir = ""
+    storage: Storage = False
+    tool: Tools = None
+    max_steps: MaxSteps = 12
+
+
+@dataclass
+class ConnectionOptions:
+    temporal_address: TemporalAddress = None
+    namespace: Namespace = "default"
+    temporal_api_key: TemporalApiKey = None
+    temporal_tls_cert: TemporalTlsCert = None
+    temporal_tls_key: TemporalTlsKey = None
+
+
+def with_options(**groups: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`@with_options(agent=AgentOptions)`: the command gets `agent: AgentOptions`, typer sees its fields."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name not in groups]
+        added = []
+        for group in groups.values():
+            hints = inspect.get_annotations(group, eval_str=True)
+            for f in fields(group):
+                added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                               annotation=hints[f.name]))
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            for name, group in groups.items():
+                kwargs[name] = group(**{f.name: kwargs.pop(f.name) for f in fields(group)})
+            return fn(**kwargs)
+
+        # Keep the command's own parameters first (arguments), then the shared groups.
+        keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+        wrapper.__signature__ = signature.replace(parameters=[*keyword, *added])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in [*keyword, *added]}
+        return wrapper
+
+    return decorate
+
+
+# Validation: everything a user can get wrong is caught here, before any connection, as a usage error.
+
+CHANNEL_FORMS = "chat, mail:ADDRESS[?reply-all=true|false], queue:NAME or toolkit:NAME"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def parse_channel(value: str) -> str:
+    """One `--channel` value → its canonical form; anything else is a usage error naming the accepted forms."""
+    raw = value.strip()
+    kind, sep, rest = raw.partition(":")
+    kind = kind.lower()
+    if kind == "chat" and not sep:
+        return "chat"
+    if kind == "mail" and sep:
+        address, _, query = rest.partition("?")
+        address = address.strip().lower()
+        if _ADDRESS.match(address):
+            params = dict(parse_qsl(query.lower(), keep_blank_values=True)) if query else {}
+            if not params:
+                return f"mail:{address}"
+            if set(params) == {"reply-all"} and params["reply-all"] in ("true", "false"):
+                return f"mail:{address}?reply-all={params['reply-all']}"
+            raise usage_error(f"channel {value!r}: the only mail option is ?reply-all=true or ?reply-all=false")
+        raise usage_error(f"channel {value!r}: {address or '(empty)'} is not an email address; use mail:ADDRESS")
+    if kind in ("queue", "toolkit") and sep:
+        name = rest.strip()
+        if _NAME.match(name):
+            return f"{kind}:{name}"
+        raise usage_error(
+            f"channel {value!r}: {kind} names use letters, digits, '.', '_' or '-'; use {kind}:NAME"
+        )
+    raise usage_error(f"unknown channel {value!r}: use {CHANNEL_FORMS}")
+
+
+def parse_channels(values: list[str] | None) -> list[str]:
+    channels: list[str] = []
+    for value in values or []:
+        channel = parse_channel(value)
+        if channel.lower() not in [c.lower() for c in channels]:
+            channels.append(channel)
+    return channels
+
+
+def require(value: str | None, option: str, env: str, what: str) -> str:
+    if not value or not value.strip():
+        raise usage_error(f"{option} is required: pass {option} {what} or set {env}")
+    return value.strip()
+
+
+def check_base_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise usage_error(
+            f"--model-base-url {url!r} is not an http(s) URL; use for example http://localhost:11434/v1"
+        )
+    return url.strip()
+
+
+def env_rules() -> list[str]:
+    return [line.strip() for line in os.environ.get("THREADLINE_RULES", "").splitlines() if line.strip()]
+
+
+def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_channels: list[str] | None = None):
+    """The options → a validated `AgentSpec`: rules files readable, tools importable, the model usable."""
+    from activities.agent import ModelConfigError, resolve_model
+    from activities.tools import ToolLoadError, build_toolbox
+    from models import AgentSpec
+    from worker import RulesFileError, load_rules
+
+    room = require(agent.room, "--room", "THREADLINE_ROOM", "NAME")
+    agent_name = require(agent.agent_name, "--agent-name", "THREADLINE_AGENT_NAME", "NAME")
+    channels = parse_channels(agent.channel) or list(default_channels or [])
+    base_url = check_base_url(agent.model_base_url)
+    try:
+        spec = AgentSpec(
+            room=room,
+            agent_name=agent_name,
+            rules=[*env_rules(), *(agent.rule or [])],
+            rules_files=list(agent.rules_file or []),
+            model=agent.model.strip(),
+            model_base_url=base_url,
+            channels=channels,
+            threading_mode=agent.threading_mode.value,
+            thread_dir=agent.thread_dir,
+            storage=agent.storage,
+            require_storage=agent.storage,
+            tools=list(agent.tool or []),
+            max_steps=agent.max_steps,
+            temporal_address=connection.temporal_address,
+            namespace=connection.namespace,
+        )
+    except ValidationError as e:
+        raise usage_error(_first_error(e)) from e
+    try:
+        load_rules(spec)
+    except RulesFileError as e:
+        raise usage_error(f"{e}; check the --rules-file path") from e
+    try:
+        build_toolbox(storage=None, tool_references=spec.tools)
+    except ToolLoadError as e:
+        raise usage_error(str(e)) from e
+    try:
+        resolve_model(spec.model, spec.model_base_url, dict(os.environ))
+    except ModelConfigError as e:
+        raise usage_error(str(e)) from e
+    return spec
+
+
+def _first_error(e: ValidationError) -> str:
+    first = e.errors()[0]
+    message = str(first.get("msg", e)).removeprefix("Value error, ")
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    option = {"room": "--room", "agent_name": "--agent-name", "max_steps": "--max-steps"}.get(where, where)
+    return f"{option}: {message}" if option and option not in message else message

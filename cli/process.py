@@ -1,0 +1,406 @@
+"""`threadline process`: run agents (join, run), talk to them (use), and read their threads (threads, messages,
+grep)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from cli.errors import CliError, usage_error
+from cli.options import (
+    AgentName,
+    AgentOptions,
+    ConnectionOptions,
+    Output,
+    OutputFormat,
+    Room,
+    ThreadDir,
+    Verbose,
+    require,
+    with_options,
+    build_spec,
+)
+from cli.output import err, out, status, warn
+
+process_app = typer.Typer(
+    name="process",
+    help="Run agents, talk to them, and read their threads.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+ThreadId = Annotated[
+    str | None,
+    typer.Option("--thread-id", "-t", help="A thread: its short name, a path in the room, or the full id.",
+                 show_default=False),
+]
+Message = Annotated[
+    str | None,
+    typer.Option("--message", "-m", help="Send this one message, print the reply and exit.", show_default=False),
+]
+Limit = Annotated[int, typer.Option("--limit", min=1, help="Most threads to list (newest first).")]
+Offset = Annotated[int, typer.Option("--offset", min=0, help="Threads to skip first.")]
+
+JOIN_EPILOG = """\
+[bold]Examples[/bold]
+
+  threadline process join --room demo --agent-name support --channel chat --model offline
+
+  threadline process join --room demo --agent-name support --channel chat -r "Answer in French." \
+--temporal-address temporal.example.com:7233
+
+Stop with Ctrl-C or SIGTERM: in-flight work finishes or goes back to Temporal; a second signal exits at once.
+"""
+
+RUN_EPILOG = """\
+[bold]Examples[/bold]
+
+  threadline process run --room demo --agent-name support --model offline
+
+  threadline process run --room demo --agent-name support --model offline -m "Hello"
+
+  threadline process run --room demo --agent-name support --model ollama/llama3.2 --thread-id main
+
+In the chat: /new starts a thread, /threads lists them, /use ID switches, Ctrl-C interrupts a turn, Ctrl-D leaves.
+"""
+
+USE_EPILOG = """\
+[bold]Examples[/bold]
+
+  threadline process use --room demo --agent-name support -m "Hello"
+
+  threadline process use --room demo --agent-name support --thread-id 20261128-134501-k3f9q2 -m "And then?"
+
+  threadline process use --room demo --agent-name support --no-wait -m "ping"
+"""
+
+READ_EPILOG = """\
+[bold]Examples[/bold]
+
+  threadline process threads --room demo --agent-name support -o table
+
+  threadline process messages --room demo --thread-id 20261128-134501-k3f9q2 -o json
+
+  threadline process grep "invoice|refund" --room demo --thread-id 20261128-134501-k3f9q2 -i
+"""
+
+
+# Running an agent.
+
+
+def _agent_error(e: BaseException) -> CliError:
+    """What can stop an agent worker from starting, as a one-line error."""
+    from temporalio.service import RPCError
+
+    from activities.tools import ToolLoadError
+    from worker import RulesFileError
+
+    if isinstance(e, CliError):
+        return e
+    if isinstance(e, (RulesFileError, ToolLoadError)):
+        return usage_error(str(e))
+    if isinstance(e, OSError):
+        return CliError(f"room storage is not usable: {e.strerror or e} ({getattr(e, 'filename', '') or ''})")
+    if isinstance(e, RPCError):
+        return CliError(f"Temporal refused the agent: {e.message}")
+    return CliError(f"the agent stopped: {e.__class__.__name__}: {e}")
+
+
+class AgentRun:
+    """The agent's worker inside this process, from ready to graceful stop."""
+
+    def __init__(self, client, spec) -> None:  # noqa: ANN001 - temporalio types imported lazily
+        self.client, self.spec = client, spec
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        from worker import run_agent
+
+        ready = asyncio.Event()
+        self.task = asyncio.create_task(run_agent(self.client, self.spec, self.stop, ready))
+        waiting = asyncio.ensure_future(ready.wait())
+        await asyncio.wait([self.task, waiting], return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if self.task.done():
+            self._raise()
+
+    def _raise(self) -> None:
+        assert self.task is not None
+        try:
+            self.task.result()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            raise _agent_error(e) from e
+
+    async def wait(self) -> None:
+        assert self.task is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([self.task])
+        self._raise()
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await self.wait()
+
+
+def _warn_unavailable_channels(channels: list[str]) -> None:
+    for channel in channels:
+        if channel != "chat":
+            warn(f"channel {channel}: its adapter is not available in this version of Threadline; "
+                 "the agent runs without it")
+
+
+def _status_line(spec, temporal) -> str:  # noqa: ANN001
+    parts = [
+        f"agent {spec.agent_name}", f"room {spec.room}", f"task queue {spec.ref.task_queue}",
+        f"channels {', '.join(spec.channels) or 'chat'}", f"model {spec.model}", f"Temporal {temporal.address}",
+    ]
+    if temporal.ui_url:
+        parts.append(f"UI {temporal.ui_url}")
+    return " · ".join(parts)
+
+
+@process_app.command("join", epilog=JOIN_EPILOG)
+@with_options(agent=AgentOptions, connection=ConnectionOptions)
+def join(agent: AgentOptions, connection: ConnectionOptions, verbose: Verbose = False) -> None:
+    """Run one long-lived agent process: its Temporal worker and channels, until SIGINT/SIGTERM."""
+    if not agent.channel:
+        raise usage_error("process join needs at least one --channel (for example --channel chat)")
+    spec = build_spec(agent, connection)
+    asyncio.run(_join(spec, connection))
+
+
+async def _join(spec, connection: ConnectionOptions) -> None:  # noqa: ANN001
+    from cli.connection import open_temporal
+
+    temporal = await open_temporal(connection)
+    runner = AgentRun(temporal.client, spec)
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if runner.stop.is_set():
+            err.print("exiting now", style="red")
+            os._exit(128 + sig)
+        err.print("stopping… in-flight work finishes or goes back to Temporal (signal again to exit at once)",
+                  style="yellow")
+        runner.stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    _warn_unavailable_channels(spec.channels)
+    await runner.start()
+    out.print(escape(_status_line(spec, temporal)))
+    await runner.wait()
+    err.print("stopped")
+
+
+@process_app.command("run", epilog=RUN_EPILOG)
+@with_options(agent=AgentOptions, connection=ConnectionOptions)
+def run(
+    agent: AgentOptions,
+    connection: ConnectionOptions,
+    message: Message = None,
+    thread_id: ThreadId = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run an agent in this terminal and chat with it (or send one message with -m)."""
+    spec = build_spec(agent, connection, default_channels=["chat"])
+    if "chat" not in spec.channels:
+        spec = spec.model_copy(update={"channels": ["chat", *spec.channels]})
+    asyncio.run(_run(spec, connection, message, thread_id))
+
+
+async def _run(spec, connection: ConnectionOptions, message: str | None, thread_id: str | None) -> None:  # noqa: ANN001
+    from activities.thread_store import ThreadStore
+    from channels.delivery import new_thread_name
+    from cli.chat import Chat, check_thread, interactive, thread_hint
+    from cli.connection import open_temporal
+
+    temporal = await open_temporal(connection)
+    if message is None:
+        _warn_unavailable_channels(spec.channels)
+    runner = AgentRun(temporal.client, spec)
+    await runner.start()
+    try:
+        ref = spec.ref
+        if thread_id:
+            current = await check_thread(temporal.client, ref, thread_id)
+        elif spec.threading_mode == "none":
+            current = ref.thread_id("main")
+        else:
+            current = ref.thread_id(new_thread_name())
+        chat = Chat(temporal.client, ref, current, local_worker=True)
+        store = ThreadStore.for_room(spec.room)
+        if message is not None:
+            reply = await chat.ask(message)
+            _finish_one_shot(reply, thread_hint(chat.thread_id))
+        else:
+            status(_status_line(spec, temporal))
+            await interactive(chat, store, label=spec.agent_name)
+    finally:
+        await runner.shutdown()
+
+
+def _finish_one_shot(reply, hint: str) -> None:  # noqa: ANN001
+    if reply.status == "completed":
+        out.print(escape(reply.text))
+        status(hint)
+        return
+    status(hint)
+    if reply.status == "cancelled":
+        raise CliError("the turn was cancelled")
+    raise CliError(f"the turn failed: {reply.error or 'unknown error'}")
+
+
+# Talking to a running agent.
+
+
+@process_app.command("use", epilog=USE_EPILOG)
+@with_options(connection=ConnectionOptions)
+def use(
+    connection: ConnectionOptions,
+    room: Room = None,
+    agent_name: AgentName = None,
+    thread_dir: ThreadDir = "",
+    thread_id: ThreadId = None,
+    message: Message = None,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Fail at once when the agent is not running, instead of queueing.")
+    ] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Talk to an agent that is already running (no worker in this process)."""
+    from models import AgentRef
+
+    room = require(room, "--room", "THREADLINE_ROOM", "NAME")
+    agent_name = require(agent_name, "--agent-name", "THREADLINE_AGENT_NAME", "NAME")
+    try:
+        ref = AgentRef(room=room, agent_name=agent_name, thread_dir=thread_dir)
+    except ValueError as e:
+        raise usage_error(str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from e  # type: ignore[attr-defined]
+    asyncio.run(_use(ref, connection, thread_id, message, no_wait))
+
+
+async def _use(ref, connection: ConnectionOptions, thread_id: str | None, message: str | None, no_wait: bool) -> None:  # noqa: ANN001
+    from activities.thread_store import ThreadStore
+    from channels.delivery import agent_is_online, new_thread_name
+    from cli.chat import Chat, check_thread, interactive, thread_hint
+    from cli.connection import open_temporal
+
+    temporal = await open_temporal(connection)
+    current = await check_thread(temporal.client, ref, thread_id) if thread_id else ref.thread_id(new_thread_name())
+    chat = Chat(temporal.client, ref, current)
+    if no_wait and not await agent_is_online(temporal.client, ref):
+        raise CliError(
+            f"agent {ref.agent_name} is not running in room {ref.room} (no worker polls {ref.task_queue}); "
+            f"start it with: threadline process join --room {ref.room} --agent-name {ref.agent_name} --channel chat"
+        )
+    if message is not None:
+        try:
+            reply = await chat.ask(message, wait_offline=not no_wait)
+        except asyncio.CancelledError:
+            raise
+        _finish_one_shot(reply, thread_hint(chat.thread_id))
+        return
+    await interactive(chat, ThreadStore.for_room(ref.room), label=ref.agent_name)
+
+
+# Reading threads.
+
+
+def _store(room: str):  # noqa: ANN202
+    """The room's thread store, or None when nothing was ever stored in the room (reading creates nothing)."""
+    from activities.storage import room_dir
+    from activities.thread_store import ThreadStore
+    from models import validate_name
+
+    try:
+        validate_name("room", room)
+    except ValueError as e:
+        raise usage_error(str(e)) from e
+    if not (room_dir(room) / "threads.sqlite3").exists():
+        return None
+    return ThreadStore.for_room(room)
+
+
+@process_app.command("threads", epilog=READ_EPILOG)
+def threads(
+    room: Room = None,
+    agent_name: Annotated[
+        str | None, typer.Option("--agent-name", envvar="THREADLINE_AGENT_NAME", help="Only this agent's threads.",
+                                 show_default=False)
+    ] = None,
+    limit: Limit = 20,
+    offset: Offset = 0,
+    output: Output = OutputFormat.text,
+    verbose: Verbose = False,
+) -> None:
+    """List a room's threads, newest first: id, status, modified, channel, agent, name."""
+    from activities.storage import threadline_home
+    from cli.threads import print_threads
+
+    room = require(room, "--room", "THREADLINE_ROOM", "NAME")
+    store = _store(room)
+    if store is None:
+        status(f"no threads in room {room} yet (THREADLINE_HOME is {threadline_home()})")
+    print_threads(store.threads(agent=agent_name, limit=limit, offset=offset) if store else [], output)
+
+
+def _thread_items(room: str | None, agent_name: str | None, thread_dir: str, thread_id: str | None):  # noqa: ANN202
+    from activities.storage import threadline_home
+    from cli.threads import resolve_thread
+
+    room = require(room, "--room", "THREADLINE_ROOM", "NAME")
+    if not thread_id:
+        raise usage_error(f"--thread-id is required; list threads with: threadline process threads --room {room}")
+    store = _store(room)
+    if store is None:
+        raise usage_error(f"no thread {thread_id!r} in room {room}: nothing is stored in this room "
+                          f"(THREADLINE_HOME is {threadline_home()})")
+    info = resolve_thread(store, room, agent_name, thread_dir, thread_id)
+    return store.items(info.thread_id)
+
+
+@process_app.command("messages", epilog=READ_EPILOG)
+def messages(
+    room: Room = None,
+    thread_id: ThreadId = None,
+    agent_name: AgentName = None,
+    thread_dir: ThreadDir = "",
+    output: Output = OutputFormat.text,
+    verbose: Verbose = False,
+) -> None:
+    """Show a thread's items in order: messages, replies, tool calls and results."""
+    from cli.threads import print_items
+
+    print_items(_thread_items(room, agent_name, thread_dir, thread_id), output)
+
+
+@process_app.command("grep", epilog=READ_EPILOG)
+def grep(
+    pattern: Annotated[str, typer.Argument(help="Regular expression (Python syntax) searched in item texts.")],
+    room: Room = None,
+    thread_id: ThreadId = None,
+    agent_name: AgentName = None,
+    thread_dir: ThreadDir = "",
+    ignore_case: Annotated[bool, typer.Option("--ignore-case", "-i", help="Match without regard to case.")] = False,
+    output: Output = OutputFormat.text,
+    verbose: Verbose = False,
+) -> None:
+    """Search a thread's items with a regular expression; exit code 1 when nothing matches."""
+    from cli.threads import compile_pattern, grep_items, print_items
+
+    regex = compile_pattern(pattern, ignore_case)
+    found = grep_items(_thread_items(room, agent_name, thread_dir, thread_id), regex)
+    print_items(found, output)
+    if not found:
+        raise typer.Exit(1)

@@ -1,0 +1,114 @@
+"""Reading a room's thread store for `process threads`, `messages` and `grep`, and printing it."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+
+from rich.markup import escape
+from rich.table import Column, Table
+
+from activities.thread_store import ThreadStore
+from activities.tools import summarize_call
+from cli.errors import usage_error
+from cli.options import OutputFormat
+from cli.output import out
+from models import AgentRef, ThreadInfo, ThreadItem
+
+
+def short_id(thread_id: str) -> str:
+    """The last path segment: what `--thread-id` accepts back (with the agent or when unique in the room)."""
+    return thread_id.rsplit("/", 1)[-1]
+
+
+def resolve_thread(store: ThreadStore, room: str, agent_name: str | None, thread_dir: str, value: str) -> ThreadInfo:
+    """A short name, a path or a full id → the thread in the store; a clear usage error when there is none."""
+    value = value.strip()
+    if agent_name:
+        candidates = [AgentRef(room=room, agent_name=agent_name, thread_dir=thread_dir).thread_id(value)]
+    elif value.startswith(f"{room}/"):
+        candidates = [value.strip("/")]
+    elif "/" in value.strip("/"):
+        candidates = [f"{room}/{value.strip('/')}"]
+    else:
+        candidates = [t.thread_id for t in store.threads(limit=100_000) if short_id(t.thread_id) == value]
+        if len(candidates) > 1:
+            agents = ", ".join(sorted({t.split("/")[-2] if t.count("/") >= 2 else t for t in candidates}))
+            raise usage_error(
+                f"thread {value!r} is ambiguous in room {room} ({len(candidates)} threads, of {agents}): "
+                "add --agent-name or pass the full thread id"
+            )
+    for thread_id in candidates:
+        found = store.thread(thread_id)
+        if found is not None:
+            return found
+    raise usage_error(
+        f"no thread {value!r} in room {room}" + (f" for agent {agent_name}" if agent_name else "")
+        + f"; list threads with: threadline process threads --room {room}"
+        + (f" --agent-name {agent_name}" if agent_name else "")
+    )
+
+
+def _time(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def thread_json(info: ThreadInfo) -> dict:
+    return {"id": short_id(info.thread_id), **info.model_dump()}
+
+
+def print_threads(threads: list[ThreadInfo], fmt: OutputFormat) -> None:
+    if fmt is OutputFormat.json:
+        out.print_json(json.dumps([thread_json(t) for t in threads]))
+        return
+    if fmt is OutputFormat.table:
+        table = Table(*(Column(h, no_wrap=True) for h in ("id", "agent", "status", "modified", "channel", "items")),
+                      Column("name", ratio=1))
+        for t in threads:
+            modified = datetime.fromtimestamp(t.modified_at).strftime("%m-%d %H:%M")
+            table.add_row(short_id(t.thread_id), t.agent, t.status, modified, t.channel, str(t.items), escape(t.name))
+        out.print(table)
+        return
+    for t in threads:
+        out.print(
+            escape(f"{short_id(t.thread_id)}  {t.status:<7}  {_time(t.modified_at)}  {t.channel:<7}  {t.agent}  {t.name}")
+        )
+
+
+def item_from(item: ThreadItem) -> str:
+    if item.type == "tool_result":
+        return f"tool {item.tool_name or ''}".strip()
+    return item.sender or item.type
+
+
+def item_text(item: ThreadItem) -> str:
+    """The item as one block of text: its text, plus its tool calls."""
+    parts = [item.text] if item.text else []
+    parts += [f"→ {summarize_call(c.name, c.arguments)}" for c in item.tool_calls]
+    return "\n".join(parts)
+
+
+def print_items(items: list[ThreadItem], fmt: OutputFormat) -> None:
+    if fmt is OutputFormat.json:
+        out.print_json(json.dumps([i.model_dump(mode="json") for i in items]))
+        return
+    if fmt is OutputFormat.table:
+        table = Table("seq", "type", "from", "time", "text")
+        for i in items:
+            table.add_row(str(i.seq), i.type, escape(item_from(i)), _time(i.created_at), escape(item_text(i)))
+        out.print(table)
+        return
+    for i in items:
+        out.print(escape(f"[{i.seq}] {i.type} ({item_from(i)}): {item_text(i)}"))
+
+
+def compile_pattern(pattern: str, ignore_case: bool) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+    except re.error as e:
+        raise usage_error(f"invalid regular expression {pattern!r}: {e}") from e
+
+
+def grep_items(items: list[ThreadItem], regex: re.Pattern[str]) -> list[ThreadItem]:
+    return [i for i in items if regex.search(item_text(i)) or (i.tool_name and regex.search(i.tool_name))]
