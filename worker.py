@@ -84,6 +84,9 @@ def build_worker(client: Client, spec: AgentSpec, activities: AgentActivities) -
         # A crashed worker's sticky queue is abandoned quickly so another worker replays the thread.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
         graceful_shutdown_timeout=timedelta(seconds=10),
+        # Activities heartbeat every second; sending each one lets an interrupt reach a running model call or tool
+        # within about a second (the default throttle, 80% of the 5 s heartbeat timeout, makes it up to 4 s).
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
     )
 
 

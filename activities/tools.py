@@ -52,7 +52,7 @@ class Tool:
             parsed = self._arguments_model.model_validate(raw)  # type: ignore[attr-defined]
         except (json.JSONDecodeError, ValidationError) as e:
             raise ToolArgumentsError(f"invalid arguments for {self.name}: {e}") from e
-        result = self.fn(**{k: getattr(parsed, k) for k in parsed.model_fields})
+        result = self.fn(**{k: getattr(parsed, k) for k in type(parsed).model_fields})
         if inspect.isawaitable(result):
             result = await result
         return result if isinstance(result, str) else json.dumps(result, default=str)

@@ -10,6 +10,8 @@ import asyncio
 import secrets
 import time
 import uuid
+import weakref
+from collections import Counter
 from datetime import datetime, timezone
 
 from temporalio import common
@@ -26,6 +28,11 @@ from workflows.search_attributes import AGENT_ATTRIBUTE, CHANNEL_ATTRIBUTE, ROOM
 from workflows.thread import ThreadWorkflow
 
 POLL_INTERVAL = 0.2
+UPDATES_IN_FLIGHT_PER_THREAD = 8
+"""Temporal keeps at most 10 updates in flight per workflow and answers the 11th with RESOURCE_EXHAUSTED, but only
+after the client's own retries (about 15 s): callers of one process past this many go by signal + poll at once."""
+
+_updates_in_flight: weakref.WeakKeyDictionary[Client, Counter[str]] = weakref.WeakKeyDictionary()
 
 
 class TemporalUnreachable(ConnectionError):
@@ -94,22 +101,37 @@ async def submit_turn(
     client: Client, agent: AgentRef, thread_id: str, turn: Turn, *, force_continue_as_new: bool = False
 ) -> Reply:
     """Delivers the turn and waits for its reply. Delivering the same turn id again returns the same reply."""
-    try:
-        return await client.execute_update_with_start_workflow(
-            ThreadWorkflow.submit_turn,
-            turn,
-            id=turn.turn_id,
-            start_workflow_operation=_start_operation(agent, thread_id, turn.channel, force_continue_as_new),
-        )
-    except WorkflowUpdateFailedError as e:
-        if "rolling over" not in str(e.cause):
-            raise
-    except RPCError as e:
-        # Temporal allows 10 updates in flight per workflow; past that the turn queues by signal instead.
-        if e.status != RPCStatusCode.RESOURCE_EXHAUSTED:
-            raise
+    in_flight = _updates_in_flight.setdefault(client, Counter())
+    if in_flight[thread_id] < UPDATES_IN_FLIGHT_PER_THREAD:
+        in_flight[thread_id] += 1
+        operation = _start_operation(agent, thread_id, turn.channel, force_continue_as_new)
+        try:
+            return await client.execute_update_with_start_workflow(
+                ThreadWorkflow.submit_turn, turn, id=turn.turn_id, start_workflow_operation=operation
+            )
+        except WorkflowUpdateFailedError as e:
+            if "rolling over" not in str(e.cause):
+                raise
+        except RPCError as e:
+            # Temporal allows 10 updates in flight per workflow (other processes count too): past that the turn
+            # queues by signal instead.
+            if e.status != RPCStatusCode.RESOURCE_EXHAUSTED:
+                raise
+        finally:
+            in_flight[thread_id] -= 1
+            if not in_flight[thread_id]:
+                del in_flight[thread_id]
+            _retrieve_start_error(operation)
     await deliver_turn(client, agent, thread_id, turn, force_continue_as_new=force_continue_as_new)
     return await wait_for_reply(client, thread_id, turn.turn_id)
+
+
+def _retrieve_start_error(operation: WithStartWorkflowOperation[ThreadWorkflow, None]) -> None:
+    """A failed update-with-start leaves its error on the start operation too; nobody awaits that, and asyncio would
+    log "Future exception was never retrieved" for every fallback."""
+    future = getattr(operation, "_workflow_handle", None)
+    if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
+        future.exception()
 
 
 async def deliver_turn(

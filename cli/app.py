@@ -18,6 +18,7 @@ from cli.errors import USAGE, CliError
 from cli.options import Verbose
 from cli.output import error_line, state
 from cli.process import process_app
+from cli.room import room_app
 from cli.server import server_app
 
 EPILOG = """\
@@ -46,7 +47,7 @@ app = typer.Typer(
 )
 app.add_typer(process_app, name="process")
 app.add_typer(server_app, name="server")
-# Later: app.add_typer(room_app, name="room"), app.add_typer(mailbox_app, name="mailbox").
+app.add_typer(room_app, name="room")
 
 
 @app.callback()

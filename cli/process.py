@@ -121,10 +121,12 @@ class AgentRun:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        from channels.registry import adapters_for
         from worker import run_agent
 
         ready = asyncio.Event()
-        self.task = asyncio.create_task(run_agent(self.client, self.spec, self.stop, ready))
+        adapters = adapters_for(self.spec.channels)
+        self.task = asyncio.create_task(run_agent(self.client, self.spec, self.stop, ready, adapters))
         waiting = asyncio.ensure_future(ready.wait())
         await asyncio.wait([self.task, waiting], return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
@@ -153,9 +155,10 @@ class AgentRun:
 
 
 def _warn_unavailable_channels(channels: list[str]) -> None:
-    for channel in channels:
-        if channel != "chat":
-            warn(f"channel {channel}: its adapter is not available in this version of Threadline; "
+    from channels.registry import unavailable
+
+    for channel in unavailable(channels):
+        warn(f"channel {channel}: its adapter is not available in this version of Threadline; "
                  "the agent runs without it")
 
 

@@ -38,6 +38,10 @@ with workflow.unsafe.imports_passed_through():
 UPDATES_PER_RUN = 1500
 """Temporal refuses more than 2,000 updates per run; past this budget callers fall back to signal-and-poll."""
 RECENT_REPLIES = 16
+REPLY_RETENTION_SECONDS = 300.0
+"""Replies younger than this are kept beyond RECENT_REPLIES: callers that fell back to signal-and-poll find theirs
+even when many turns finish between two polls."""
+MAX_KEPT_REPLIES = 200
 SEEN_TURN_IDS = 1000
 MODEL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8)
 OUTCOME_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
@@ -63,6 +67,7 @@ class ThreadWorkflow:
         self.interrupted_turn_id: str | None = None
         self.inflight: set[asyncio.Task[Any]] = set()
         self.run_updates = 0
+        self.reply_times: dict[str, float] = {}
         self.turns_this_run = 0
         self.status: ThreadStatus = "idle"
 
@@ -126,7 +131,16 @@ class ThreadWorkflow:
         return turn_id in self.state.seen_turn_ids and self._reply_for(turn_id) is None
 
     def _remember(self, reply: Reply) -> None:
-        self.state.recent_replies = [*self.state.recent_replies, reply][-RECENT_REPLIES:]
+        now = workflow.now().timestamp()
+        replies = [r for r in self.state.recent_replies if r.turn_id != reply.turn_id] + [reply]
+        for kept in replies:  # replies carried over continue-as-new count from the new run's first turn
+            self.reply_times.setdefault(kept.turn_id, now)
+        self.reply_times[reply.turn_id] = now
+        self.state.recent_replies = [
+            r for n, r in enumerate(replies)
+            if n >= len(replies) - RECENT_REPLIES or now - self.reply_times[r.turn_id] < REPLY_RETENTION_SECONDS
+        ][-MAX_KEPT_REPLIES:]
+        self.reply_times = {r.turn_id: self.reply_times[r.turn_id] for r in self.state.recent_replies}
         self.state.seen_turn_ids = [*self.state.seen_turn_ids, reply.turn_id][-SEEN_TURN_IDS:]
         self.turns_this_run += 1
         self.state.turns_completed += 1
@@ -201,6 +215,7 @@ class ThreadWorkflow:
                 pending = []
                 usage += step.usage
                 model_calls += 1
+                self._raise_if_interrupted(turn)  # the answer came in just as the interrupt did: the interrupt wins
                 if not step.tool_calls:
                     if self.steers:
                         continue
@@ -215,7 +230,8 @@ class ThreadWorkflow:
                     )
                 first = self.state.next_seq
                 self.state.next_seq += len(step.tool_calls)
-                await asyncio.gather(*[
+                # Every call settles before the turn goes on or ends, so no tool writes into a turn that is over.
+                outcomes = await asyncio.gather(*[
                     self._activity(
                         "run_tool",
                         ToolCallInput(thread_id=self.state.thread_id, turn_id=turn.turn_id, seq=first + n, call=call),
@@ -226,7 +242,10 @@ class ThreadWorkflow:
                         summary=f"tool {_one_line(call.name, call.arguments)}",
                     )
                     for n, call in enumerate(step.tool_calls)
-                ])
+                ], return_exceptions=True)
+                failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+                if failure is not None:
+                    raise failure
         except (TurnInterrupted, asyncio.CancelledError, ActivityError, TurnFailed) as e:
             interrupted = self.interrupted_turn_id == turn.turn_id
             if isinstance(e, asyncio.CancelledError) and not interrupted:
@@ -258,7 +277,11 @@ class ThreadWorkflow:
             raise TurnInterrupted()
 
     async def _activity(self, name: str, arg: Any, **options: Any) -> Any:
-        handle = workflow.start_activity(name, arg, **options)
+        # An interrupt waits until the activity has really stopped: a model call or tool that went on running would
+        # write its result into the thread after the turn was reported cancelled.
+        handle = workflow.start_activity(
+            name, arg, cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED, **options
+        )
         self.inflight.add(handle)
         try:
             return await handle
