@@ -1,0 +1,198 @@
+"""Failures around a thread: model errors and retries, a worker killed mid-turn, a Temporal server restart, and
+continue-as-new after every turn."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio.client import Client
+
+from activities.thread_store import ThreadStore
+from channels.delivery import deliver_turn, new_thread_name, new_turn_id, submit_turn, thread_snapshot, wait_for_reply
+from models import AgentSpec, Turn
+from tests.fake_openai import FakeOpenAI, FakeResponse
+from tests.runtime_support import (
+    CONTINUED_AS_NEW,
+    Gate,
+    event_types,
+    eventually,
+    items_of_turn,
+    payload_json,
+    prompt_texts,
+    record_history,
+    runs_of,
+    store_items,
+)
+from tests.temporal_server import TemporalDevServer
+
+
+def _thread(spec: AgentSpec) -> str:
+    return spec.ref.thread_id(new_thread_name())
+
+
+def _gap(fake: FakeOpenAI) -> float:
+    first, second = fake.requests[:2]
+    return second.received_monotonic - first.received_monotonic
+
+
+async def test_429_honours_retry_after(temporal_client: Client, agent_spec, agent_worker, fake_model: FakeOpenAI):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    # The workflow's own first retry comes after 1 s: a gap of 2.5 s can only come from the header.
+    fake_model.enqueue(FakeResponse.error(429, headers={"Retry-After": "2.5"}))
+    reply = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="hi"))
+    assert reply.status == "completed" and reply.text == "echo: hi"
+    assert fake_model.count() == 2 and 2.4 <= _gap(fake_model) < 6
+
+
+async def test_429_honours_retry_after_ms(temporal_client: Client, agent_spec, agent_worker, fake_model):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    fake_model.enqueue(FakeResponse.error(429, headers={"retry-after-ms": "2200", "Retry-After": "30"}))
+    reply = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="hi"))
+    assert reply.status == "completed"
+    assert fake_model.count() == 2 and 2.1 <= _gap(fake_model) < 6
+
+
+async def test_500_is_retried(temporal_client: Client, agent_spec, agent_worker, fake_model: FakeOpenAI):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    fake_model.enqueue(FakeResponse.error(500), FakeResponse.drop())
+    reply = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="hi"))
+    assert reply.status == "completed" and reply.text == "echo: hi"
+    assert fake_model.count() == 3
+    turn_items = items_of_turn(agent_spec.room, thread_id, reply.turn_id)
+    assert [i.type for i in turn_items] == ["user", "assistant"]
+
+
+async def test_400_fails_the_turn_and_the_thread_recovers(temporal_client: Client, agent_spec, agent_worker,
+                                                           fake_model):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    fake_model.enqueue(FakeResponse.error(400, message="Invalid value for 'messages': too many cats"))
+    failed = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="cats"))
+    assert failed.status == "failed"
+    assert failed.error == "model fake-model answered HTTP 400: Invalid value for 'messages': too many cats"
+    assert fake_model.count() == 1, "a 400 must not be retried"
+    items = items_of_turn(agent_spec.room, thread_id, failed.turn_id)
+    assert [(i.type, i.text) for i in items] == [("user", "cats"), ("error", failed.error)]
+    snap = await thread_snapshot(temporal_client, thread_id)
+    assert snap.status == "failed" and snap.last_error == failed.error
+    info = ThreadStore.for_room(agent_spec.room).thread(thread_id)
+    assert info is not None and info.status == "failed"
+
+    after = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="dogs"))
+    assert after.status == "completed" and after.text == "echo: dogs"
+    assert prompt_texts(fake_model.requests[-1]) == [("user", "cats"), ("user", "dogs")]
+    assert (await thread_snapshot(temporal_client, thread_id)).status == "idle"
+    await record_history(temporal_client.get_workflow_handle(thread_id), "model_failure")
+
+
+async def test_worker_killed_mid_turn(temporal_client: Client, agent_spec, agent_process, fake_model: FakeOpenAI):
+    """kill -9 of the agent process while the model call is in flight: a new process finishes the turn, once."""
+    thread_id = _thread(agent_spec)
+    first_process = agent_process(agent_spec)
+    gate = Gate()
+    fake_model.enqueue(gate.response(FakeResponse.text("answer from the dead worker")))
+    turn = Turn(turn_id=new_turn_id(), text="survive this")
+    call = asyncio.create_task(submit_turn(temporal_client, agent_spec.ref, thread_id, turn))
+    await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
+    first_process.kill()
+    gate.release()  # the dead worker's request is answered into a closed connection
+    agent_process(agent_spec)
+    reply = await asyncio.wait_for(call, 60)
+    assert reply.status == "completed" and reply.text == "echo: survive this"
+    assert fake_model.count() == 2
+    items = items_of_turn(agent_spec.room, thread_id, turn.turn_id)
+    assert [(i.type, i.text) for i in items] == [("user", "survive this"), ("assistant", "echo: survive this")]
+    snap = await thread_snapshot(temporal_client, thread_id)
+    assert snap.turns_completed == 1 and snap.queued_turn_ids == []
+    again = await submit_turn(temporal_client, agent_spec.ref, thread_id, turn)
+    assert again == reply and fake_model.count() == 2
+
+
+async def test_temporal_server_restart_loses_nothing(temporal_server: TemporalDevServer, temporal_client: Client,
+                                                     agent_spec, agent_worker, fake_model: FakeOpenAI):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    before = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="one"))
+    gate = Gate()
+    fake_model.enqueue(gate.response())
+    during = Turn(turn_id=new_turn_id(), text="two")
+    await deliver_turn(temporal_client, agent_spec.ref, thread_id, during)
+    await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
+    await temporal_server.arestart()
+    gate.release()
+    during_reply = await asyncio.wait_for(wait_for_reply(temporal_client, thread_id, during.turn_id), 60)
+    after = await asyncio.wait_for(
+        submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="three")), 60
+    )
+    assert [r.status for r in (before, during_reply, after)] == ["completed"] * 3
+    assert prompt_texts(fake_model.requests[-1]) == [
+        ("user", "one"), ("assistant", "echo: one"), ("user", "two"), ("assistant", "echo: two"), ("user", "three"),
+    ]
+    assert [i.type for i in store_items(agent_spec.room, thread_id)] == ["user", "assistant"] * 3
+    assert (await thread_snapshot(temporal_client, thread_id)).turns_completed == 3
+
+
+async def test_forced_continue_as_new_every_turn(temporal_client: Client, agent_spec, agent_worker, fake_model):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    turns = [Turn(turn_id=new_turn_id(), text=f"turn {n}") for n in range(5)]
+    replies = [await submit_turn(temporal_client, agent_spec.ref, thread_id, t, force_continue_as_new=True)
+               for t in turns]
+    assert [r.text for r in replies] == [f"echo: turn {n}" for n in range(5)]
+    expected = []
+    for n in range(4):
+        expected += [("user", f"turn {n}"), ("assistant", f"echo: turn {n}")]
+    assert prompt_texts(fake_model.requests[-1]) == [*expected, ("user", "turn 4")]
+    items = store_items(agent_spec.room, thread_id)
+    assert [(i.turn_id, i.type) for i in items] == [(t.turn_id, kind) for t in turns for kind in ("user", "assistant")]
+
+    async def rolled_over():
+        runs = await runs_of(temporal_client, thread_id)
+        return runs if len(runs) >= 5 else None
+
+    runs = await eventually(rolled_over, what="a run per turn")
+    for run_id in runs[:-1]:
+        history = await temporal_client.get_workflow_handle(thread_id, run_id=run_id).fetch_history()
+        assert event_types(history)[-1] == CONTINUED_AS_NEW
+    first_run = temporal_client.get_workflow_handle(thread_id, run_id=runs[0])
+    await record_history(first_run, "continue_as_new")
+
+    # State crossed every rollover: a duplicate of the first turn is still recognised, usage adds up.
+    again = await submit_turn(temporal_client, agent_spec.ref, thread_id, turns[0])
+    assert again == replies[0] and fake_model.count() == 5
+    snap = await thread_snapshot(temporal_client, thread_id)
+    assert snap.turns_completed == 5
+    assert snap.usage.model_calls == 5
+
+
+async def test_signal_queued_turn_survives_continue_as_new(temporal_client: Client, agent_spec, agent_worker,
+                                                           fake_model):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    gate = Gate()
+    fake_model.enqueue(gate.response())
+    first, second = Turn(turn_id=new_turn_id(), text="first"), Turn(turn_id=new_turn_id(), text="second")
+    await deliver_turn(temporal_client, agent_spec.ref, thread_id, first, force_continue_as_new=True)
+    await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
+    await deliver_turn(temporal_client, agent_spec.ref, thread_id, second, force_continue_as_new=True)
+    await eventually(lambda: _queued(temporal_client, thread_id), what="second turn queued")
+    gate.release()
+    reply = await asyncio.wait_for(wait_for_reply(temporal_client, thread_id, second.turn_id), 30)
+    assert reply.status == "completed" and reply.text == "echo: second"
+    runs = await runs_of(temporal_client, thread_id)
+    assert len(runs) >= 2
+    history = await temporal_client.get_workflow_handle(thread_id, run_id=runs[0]).fetch_history()
+    assert event_types(history)[-1] == CONTINUED_AS_NEW
+    [carried] = payload_json(history.events[-1].workflow_execution_continued_as_new_event_attributes.input)
+    assert [t["turn_id"] for t in carried["state"]["queue"]] == [second.turn_id]
+    assert prompt_texts(fake_model.requests[-1]) == [("user", "first"), ("assistant", "echo: first"),
+                                                     ("user", "second")]
+    assert [i.type for i in store_items(agent_spec.room, thread_id)] == ["user", "assistant"] * 2
+    assert fake_model.count() == 2
+
+
+async def _queued(client: Client, thread_id: str) -> bool:
+    return bool((await thread_snapshot(client, thread_id)).queued_turn_ids)

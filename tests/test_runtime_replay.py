@@ -1,0 +1,57 @@
+"""Replay: recorded histories of the runtime scenarios must replay against the current `ThreadWorkflow` code, so a
+change that breaks determinism for running threads fails CI instead of stalling threads in production.
+
+The histories in tests/histories/ were recorded by the scenario tests (plain turns, tool loop, steer, interrupt,
+model failure, continue-as-new). To re-record them after an intended, versioned workflow change:
+
+    THREADLINE_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_runtime_*.py
+
+and commit the changed JSON files. Never re-record just to make this test pass: a history that no longer replays
+means threads running the old code would break on deploy (use `workflow.patched` instead).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from channels.delivery import new_thread_name, new_turn_id, submit_turn
+from models import Turn
+from tests.fake_openai import FakeResponse
+from tests.runtime_support import HISTORIES
+from workflows.thread import ThreadWorkflow
+
+EXPECTED = {"plain_turns", "tool_loop", "steer", "interrupt", "model_failure", "continue_as_new"}
+
+
+def _replayer() -> Replayer:
+    return Replayer(workflows=[ThreadWorkflow], data_converter=pydantic_data_converter)
+
+
+def test_every_scenario_has_a_recorded_history():
+    assert {p.stem for p in HISTORIES.glob("*.json")} >= EXPECTED
+
+
+@pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
+async def test_recorded_history_replays(path: Path):
+    history = WorkflowHistory.from_json(f"replay/{path.stem}", path.read_text())
+    assert len(history.events) > 5
+    result = await _replayer().replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{path.name} no longer replays: {result.replay_failure!r}"
+
+
+async def test_fresh_history_replays(temporal_client: Client, agent_spec, agent_worker, fake_model):
+    """A history made by the current code replays too (catches non-determinism such as wall-clock time or random
+    values used in the workflow)."""
+    await agent_worker(agent_spec)
+    thread_id = agent_spec.ref.thread_id(new_thread_name())
+    fake_model.enqueue(FakeResponse.tool_calls([("current_time", {}), ("current_time", {})]), FakeResponse.text("ok"))
+    await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="a"))
+    await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="b"))
+    history = await temporal_client.get_workflow_handle(thread_id).fetch_history()
+    result = await _replayer().replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None

@@ -1,0 +1,235 @@
+"""Turns on threads: continuity, isolation, FIFO under concurrency, duplicate delivery, usage, status and size limits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import ValidationError
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.thread_store import ThreadStore
+from channels.delivery import (
+    connect,
+    deliver_turn,
+    new_thread_name,
+    new_turn_id,
+    submit_turn,
+    thread_snapshot,
+    wait_for_reply,
+)
+from models import MAX_TURN_TEXT_BYTES, AgentSpec, Turn
+from tests.fake_openai import FakeOpenAI, FakeResponse
+from tests.runtime_support import ConcurrencyRecorder, Gate, eventually, prompt_texts, record_history, store_items
+
+
+def _thread(spec: AgentSpec) -> str:
+    return spec.ref.thread_id(new_thread_name())
+
+
+async def test_continuity_across_turns(temporal_client: Client, agent_spec, agent_worker, fake_model: FakeOpenAI):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    texts = ["my name is Ada", "I live in Oslo", "what do you know about me?"]
+    replies = [await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text=t))
+               for t in texts]
+    assert [r.status for r in replies] == ["completed"] * 3
+    assert [r.thread_id for r in replies] == [thread_id] * 3
+    assert prompt_texts(fake_model.requests[-1]) == [
+        ("user", "my name is Ada"), ("assistant", "echo: my name is Ada"),
+        ("user", "I live in Oslo"), ("assistant", "echo: I live in Oslo"),
+        ("user", "what do you know about me?"),
+    ]
+    items = store_items(agent_spec.room, thread_id)
+    assert [i.seq for i in items] == sorted({i.seq for i in items})
+    assert [(i.type, i.turn_id) for i in items] == [
+        (kind, r.turn_id) for r in replies for kind in ("user", "assistant")
+    ]
+    await record_history(temporal_client.get_workflow_handle(thread_id), "plain_turns")
+
+
+async def test_threads_are_isolated(temporal_client: Client, agent_spec, agent_worker, fake_model: FakeOpenAI):
+    await agent_worker(agent_spec)
+    thread_a, thread_b = _thread(agent_spec), _thread(agent_spec)
+    await submit_turn(temporal_client, agent_spec.ref, thread_a, Turn(turn_id=new_turn_id(), text="secret-alpha"))
+    await submit_turn(temporal_client, agent_spec.ref, thread_a, Turn(turn_id=new_turn_id(), text="secret-beta"))
+    reply = await submit_turn(temporal_client, agent_spec.ref, thread_b, Turn(turn_id=new_turn_id(), text="hello B"))
+    assert reply.text == "echo: hello B"
+    prompt_b = fake_model.requests[-1].messages
+    assert [m["content"] for m in prompt_b] == ["hello B"]
+    assert "secret" not in str(prompt_b)
+    assert [i.text for i in store_items(agent_spec.room, thread_b)] == ["hello B", "echo: hello B"]
+
+
+async def test_fifo_under_20_concurrent_turns(temporal_client: Client, agent_spec, agent_worker, fake_model):
+    """20 turns at once to one thread: more than Temporal's 10 in-flight updates, so some go by signal + poll."""
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    recorder = ConcurrencyRecorder(key=lambda r: "fifo")
+    gate = Gate()
+    fake_model.enqueue(gate.response())  # the first turn to reach the model waits until every turn is admitted
+    fake_model.script(recorder)
+    turns = [Turn(turn_id=f"fifo-{n:02d}-{new_turn_id()}", text=f"message {n:02d}") for n in range(20)]
+    calls = [asyncio.create_task(submit_turn(temporal_client, agent_spec.ref, thread_id, t)) for t in turns]
+
+    async def all_admitted():
+        snap = await thread_snapshot(temporal_client, thread_id)
+        return snap if snap.running_turn_id and len(snap.queued_turn_ids) == 19 else None
+
+    # Admitted at once: no turn may wait for the client's RESOURCE_EXHAUSTED retries (about 15 s).
+    snap = await eventually(all_admitted, timeout=8, what="all 20 turns admitted")
+    admission = [snap.running_turn_id, *snap.queued_turn_ids]
+    assert sorted(admission) == sorted(t.turn_id for t in turns)
+    gate.release()
+    replies = await asyncio.wait_for(asyncio.gather(*calls), 60)
+
+    by_id = {t.turn_id: t for t in turns}
+    assert [r.turn_id for r in replies] == [t.turn_id for t in turns]
+    assert all(r.status == "completed" and r.text == f"echo: {by_id[r.turn_id].text}" for r in replies)
+    assert recorder.max["fifo"] == 1, "the model saw two turns of one thread at once"
+    assert [r.last_user_text for r in fake_model.requests] == [by_id[t].text for t in admission]
+    assert fake_model.count() == 20
+    items = store_items(agent_spec.room, thread_id)
+    assert [(i.turn_id, i.type) for i in items] == [(t, kind) for t in admission for kind in ("user", "assistant")]
+    snap = await thread_snapshot(temporal_client, thread_id)
+    assert snap.turns_completed == 20 and snap.queued_turn_ids == [] and snap.status == "idle"
+
+
+async def test_update_limit_reached_by_two_clients_falls_back_to_signal(temporal_server, temporal_client: Client,
+                                                                      agent_spec, agent_worker, fake_model):
+    """Two client processes (here: two connections) each stay under their own cap, together over Temporal's 10
+    in-flight updates: the server's RESOURCE_EXHAUSTED must send the extra turns by signal, not fail them."""
+    await agent_worker(agent_spec)
+    other_client = await connect(temporal_server.address)
+    thread_id = _thread(agent_spec)
+    gate = Gate()
+    fake_model.enqueue(gate.response())
+    turns = [Turn(turn_id=new_turn_id(), text=f"message {n:02d}") for n in range(14)]
+    calls = [
+        asyncio.create_task(submit_turn(client, agent_spec.ref, thread_id, turn))
+        for client, turn in zip([temporal_client, other_client] * 7, turns)
+    ]
+
+    async def all_admitted():
+        snap = await thread_snapshot(temporal_client, thread_id)
+        return snap.running_turn_id and len(snap.queued_turn_ids) == 13
+
+    await eventually(all_admitted, timeout=45, what="all 14 turns admitted")
+    snap = await thread_snapshot(temporal_client, thread_id)
+    assert snap.run_updates <= 10
+    gate.release()
+    replies = await asyncio.wait_for(asyncio.gather(*calls), 60)
+    assert [r.text for r in replies] == [f"echo: {t.text}" for t in turns]
+    assert fake_model.count() == 14
+
+
+async def test_duplicate_turn_id_runs_once(temporal_client: Client, agent_spec, agent_worker, fake_model):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    gate = Gate()
+    fake_model.enqueue(gate.response(FakeResponse.text("the one answer")))
+    turn = Turn(turn_id=new_turn_id(), text="only once please")
+    first = asyncio.create_task(submit_turn(temporal_client, agent_spec.ref, thread_id, turn))
+    second = asyncio.create_task(submit_turn(temporal_client, agent_spec.ref, thread_id, turn))
+    await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
+    gate.release()
+    a, b = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    assert a == b and a.text == "the one answer"
+    # Sequentially, and by signal (twice), after the turn completed: still the same reply, no new model call.
+    again = await submit_turn(temporal_client, agent_spec.ref, thread_id, turn)
+    await deliver_turn(temporal_client, agent_spec.ref, thread_id, turn)
+    await deliver_turn(temporal_client, agent_spec.ref, thread_id, turn)
+    polled = await wait_for_reply(temporal_client, thread_id, turn.turn_id, timeout=10)
+    assert again == a and polled == a
+    # A later turn runs, proving the duplicates were not merely still queued.
+    later = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="next"))
+    assert later.text == "echo: next"
+    assert [r.last_user_text for r in fake_model.requests] == ["only once please", "next"]
+    assert [(i.type, i.text) for i in store_items(agent_spec.room, thread_id)] == [
+        ("user", "only once please"), ("assistant", "the one answer"), ("user", "next"), ("assistant", "echo: next"),
+    ]
+
+
+async def test_duplicate_delivery_by_signal_runs_once(temporal_client: Client, agent_spec, agent_worker, fake_model):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    turn = Turn(turn_id=new_turn_id(), channel="mail", text="mailed twice")
+    await asyncio.gather(
+        deliver_turn(temporal_client, agent_spec.ref, thread_id, turn),
+        deliver_turn(temporal_client, agent_spec.ref, thread_id, turn),
+    )
+    reply = await wait_for_reply(temporal_client, thread_id, turn.turn_id, timeout=20)
+    await deliver_turn(temporal_client, agent_spec.ref, thread_id, turn)
+    updated = await submit_turn(temporal_client, agent_spec.ref, thread_id, turn)
+    assert updated == reply and reply.text == "echo: mailed twice"
+    assert fake_model.count() == 1
+    assert [i.type for i in store_items(agent_spec.room, thread_id)] == ["user", "assistant"]
+
+
+async def test_usage_per_turn_and_per_thread(temporal_client: Client, agent_spec, agent_worker, fake_model):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    fake_model.enqueue(
+        FakeResponse.tool_calls([("current_time", {})], usage=(100, 7)),
+        FakeResponse.text("it is now", usage=(120, 3)),
+        FakeResponse.text("second", usage=(50, 2)),
+    )
+    first = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="time?"))
+    second = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="again"))
+    assert (first.usage.prompt_tokens, first.usage.completion_tokens, first.usage.total_tokens) == (220, 10, 230)
+    assert first.usage.model_calls == 2 and first.steps == 2
+    assert (second.usage.prompt_tokens, second.usage.completion_tokens, second.usage.total_tokens) == (50, 2, 52)
+    info = ThreadStore.for_room(agent_spec.room).thread(thread_id)
+    assert info is not None
+    assert (info.usage.prompt_tokens, info.usage.completion_tokens, info.usage.total_tokens) == (270, 12, 282)
+    assert info.usage.model_calls == 3
+    snap = await thread_snapshot(temporal_client, thread_id)
+    assert snap.usage == first.usage + second.usage
+
+
+async def test_status_search_attributes_and_snapshot(temporal_client: Client, agent_spec, agent_worker, fake_model):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    room = agent_spec.room
+    gate = Gate()
+    fake_model.enqueue(gate.response())
+    running = Turn(turn_id=new_turn_id(), text="first")
+    queued = Turn(turn_id=new_turn_id(), text="second")
+    first = asyncio.create_task(submit_turn(temporal_client, agent_spec.ref, thread_id, running))
+    await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
+    await deliver_turn(temporal_client, agent_spec.ref, thread_id, queued)
+
+    async def snapshot_with_queue():
+        snap = await thread_snapshot(temporal_client, thread_id)
+        return snap if snap.queued_turn_ids else None
+
+    snap = await eventually(snapshot_with_queue, what="queued turn in snapshot")
+    assert (snap.status, snap.running_turn_id, snap.queued_turn_ids) == ("running", running.turn_id, [queued.turn_id])
+
+    async def listed(status: str) -> list[str]:
+        query = f"ThreadlineRoom = '{room}' AND ThreadlineStatus = '{status}' AND ThreadlineAgent = 'support'"
+        return [w.id async for w in temporal_client.list_workflows(query)]
+
+    assert await eventually(lambda: listed("running"), what="thread listed as running") == [thread_id]
+    gate.release()
+    await first
+    await wait_for_reply(temporal_client, thread_id, queued.turn_id, timeout=20)
+    assert await eventually(lambda: listed("idle"), what="thread listed as idle") == [thread_id]
+    snap = await thread_snapshot(temporal_client, thread_id)
+    assert (snap.status, snap.running_turn_id, snap.queued_turn_ids, snap.turns_completed) == ("idle", None, [], 2)
+    info = ThreadStore.for_room(room).thread(thread_id)
+    assert info is not None and info.status == "idle" and info.name == "first"
+
+
+async def test_oversized_turn_is_rejected_client_side(temporal_client: Client, agent_spec, fake_model):
+    thread_id = _thread(agent_spec)
+    with pytest.raises(ValidationError) as caught:
+        Turn(turn_id=new_turn_id(), text="x" * (MAX_TURN_TEXT_BYTES + 1))
+    message = str(caught.value)
+    assert f"over the {MAX_TURN_TEXT_BYTES} byte limit" in message and "attach it instead" in message
+    Turn(turn_id=new_turn_id(), text="x" * MAX_TURN_TEXT_BYTES)  # the limit itself is fine
+    with pytest.raises(RPCError) as missing:
+        await temporal_client.get_workflow_handle(thread_id).describe()
+    assert missing.value.status == RPCStatusCode.NOT_FOUND
+    assert fake_model.count() == 0

@@ -1,0 +1,35 @@
+"""Typed tool functions for runtime tests, loaded with `--tool tests.tools_for_tests:NAME` (AgentSpec.tools).
+
+`slow_lookup` appends its start and end times to `$THREADLINE_HOME/tool-calls.jsonl`, so a test can prove that
+tool calls ran in parallel (overlapping time windows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+
+def tool_log_path() -> Path:
+    return Path(os.environ["THREADLINE_HOME"]) / "tool-calls.jsonl"
+
+
+async def slow_lookup(key: str, seconds: float = 1.0) -> str:
+    """Looks a key up, slowly."""
+    started = time.time()
+    await asyncio.sleep(seconds)
+    ended = time.time()
+    path = tool_log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps({"key": key, "start": started, "end": ended}) + "\n")
+    return f"value of {key}"
+
+
+def big_output(size: int) -> str:
+    """Returns `size` bytes of text."""
+    line = "0123456789abcdef" * 4 + "\n"
+    return (line * (size // len(line) + 1))[:size]
