@@ -16,6 +16,7 @@ from temporalio.worker import Worker
 
 from activities.agent import AgentActivities
 from activities.storage import RoomStorage
+from activities.stream_log import StreamLog
 from activities.thread_store import ThreadStore
 from activities.tools import build_toolbox
 from channels.base import ChannelAdapter, ChannelContext
@@ -52,6 +53,7 @@ def build_activities(spec: AgentSpec, env: Mapping[str, str] | None = None) -> A
         spec,
         rules=load_rules(spec),
         store=ThreadStore.for_room(spec.room),
+        stream=StreamLog.for_room(spec.room),
         storage=storage,
         toolbox=build_toolbox(storage=storage if spec.storage else None, tool_references=spec.tools),
         env=dict(os.environ if env is None else env),

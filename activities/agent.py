@@ -20,8 +20,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.offline import offline_completion
 from activities.storage import RoomStorage
+from activities.stream_log import DeltaCoalescer, StreamLog
 from activities.thread_store import ThreadStore
-from activities.tools import Toolbox, ToolArgumentsError
+from activities.tools import Toolbox, ToolArgumentsError, summarize_call
 from models import (
     AgentSpec,
     ModelCallInput,
@@ -179,6 +180,7 @@ class AgentActivities:
         *,
         rules: list[str],
         store: ThreadStore,
+        stream: StreamLog,
         storage: RoomStorage,
         toolbox: Toolbox,
         env: dict[str, str],
@@ -186,6 +188,7 @@ class AgentActivities:
         self.spec = spec
         self.rules = rules
         self.store = store
+        self.stream = stream
         self.storage = storage
         self.toolbox = toolbox
         self.env = env
@@ -221,13 +224,19 @@ class AgentActivities:
             name, base_url, api_key = resolve_model(requested, self.spec.model_base_url, self.env)
         except ModelConfigError as e:
             raise ApplicationError(str(e), type="ModelConfigError", non_retryable=True) from e
+        attempt = activity.info().attempt
+        if attempt > 1:
+            self.stream.publish(call.thread_id, call.turn_id, attempt, "retry", {"step": call.step})
+        deltas = DeltaCoalescer(self.stream, call.thread_id, call.turn_id, attempt)
         async with heartbeating():
             if name == "offline":
                 text, offline_calls = offline_completion(messages, set(self.toolbox.tools))
                 calls = [(None, tool_name, arguments) for tool_name, arguments in offline_calls]
                 usage = Usage(model_calls=1)
+                deltas.add(text)
+                deltas.flush()
             else:
-                text, calls, usage = await self._openai_completion(name, base_url, api_key, messages)
+                text, calls, usage = await self._openai_completion(name, base_url, api_key, messages, deltas)
         tool_calls = []
         for n, (call_id, tool_name, arguments) in enumerate(calls):
             tool = self.toolbox.get(tool_name)
@@ -256,41 +265,60 @@ class AgentActivities:
         )
 
     async def _openai_completion(
-        self, name: str, base_url: str | None, api_key: str | None, messages: list[dict[str, Any]]
+        self,
+        name: str,
+        base_url: str | None,
+        api_key: str | None,
+        messages: list[dict[str, Any]],
+        deltas: DeltaCoalescer,
     ) -> tuple[str, list[tuple[str | None, str, str]], Usage]:
+        """Streams the completion, publishing text deltas as they come; returns the whole answer."""
         for message in messages:
             if message["role"] == "tool":
                 message.pop("name", None)
-        kwargs: dict[str, Any] = {"model": name, "messages": messages}
+        kwargs: dict[str, Any] = {
+            "model": name, "messages": messages, "stream": True, "stream_options": {"include_usage": True},
+        }
         if self.toolbox.tools:
             kwargs["tools"] = self.toolbox.openai_schemas()
+        text: list[str] = []
+        calls: dict[int, list[str]] = {}
+        usage = Usage(model_calls=1)
         try:
-            response = await self._client(base_url, api_key).chat.completions.create(**kwargs)
+            stream = await self._client(base_url, api_key).chat.completions.create(**kwargs)
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage = Usage(
+                        prompt_tokens=chunk.usage.prompt_tokens or 0,
+                        completion_tokens=chunk.usage.completion_tokens or 0,
+                        total_tokens=chunk.usage.total_tokens or 0,
+                        model_calls=1,
+                    )
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta
+                if delta.content:
+                    text.append(delta.content)
+                    deltas.add(delta.content)
+                for call in delta.tool_calls or []:
+                    entry = calls.setdefault(call.index, ["", "", ""])
+                    entry[0] = call.id or entry[0]
+                    if call.function is not None:
+                        entry[1] += call.function.name or ""
+                        entry[2] += call.function.arguments or ""
         except openai.OpenAIError as e:
             raise model_error(e, name) from e
-        if not response.choices:
-            raise ApplicationError(f"model {name} returned no choices", type="ModelFailed")
-        message = response.choices[0].message
-        calls = [
-            (c.id, c.function.name, c.function.arguments or "{}")
-            for c in (message.tool_calls or [])
-            if getattr(c, "function", None) is not None
-        ]
-        usage = Usage(model_calls=1)
-        if response.usage is not None:
-            usage = Usage(
-                prompt_tokens=response.usage.prompt_tokens or 0,
-                completion_tokens=response.usage.completion_tokens or 0,
-                total_tokens=response.usage.total_tokens or 0,
-                model_calls=1,
-            )
-        return message.content or "", calls, usage
+        deltas.flush()
+        return "".join(text), [(c[0] or None, c[1], c[2] or "{}") for _, c in sorted(calls.items())], usage
 
     @activity.defn(name="run_tool")
     async def run_tool(self, request: ToolCallInput) -> ToolOutcome:
         """Runs one tool and persists its result. After the last attempt an error becomes the model's answer."""
         call = request.call
         tool = self.toolbox.get(call.name)
+        attempt = activity.info().attempt
+        self.stream.publish(request.thread_id, request.turn_id, attempt, "tool_started",
+                            {"call_id": call.call_id, "summary": summarize_call(call.name, call.arguments)})
         ok = True
         if tool is None:
             ok, output = False, f"error: there is no tool named {call.name!r}; tools: {', '.join(self.toolbox.tools)}"
@@ -311,6 +339,8 @@ class AgentActivities:
         )
         self._persist(request.thread_id, [item])
         summary = " ".join(output.split())
+        self.stream.publish(request.thread_id, request.turn_id, attempt, "tool_finished",
+                            {"call_id": call.call_id, "name": call.name, "ok": ok, "summary": summary[:120]})
         return ToolOutcome(call_id=call.call_id, name=call.name, ok=ok, summary=summary[:200])
 
     def _spill_large_output(self, request: ToolCallInput, output: str) -> str:

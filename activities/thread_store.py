@@ -102,8 +102,8 @@ class ThreadStore:
             db.executemany(
                 "INSERT OR REPLACE INTO items (thread_id, seq, turn_id, type, body, created_at) VALUES (?,?,?,?,?,?)",
                 [
-                    (thread_id, i.seq, i.turn_id, i.type, i.model_dump_json(), i.created_at or now)
-                    for i in items
+                    (thread_id, i.seq, i.turn_id, i.type, i.model_dump_json(), i.created_at)
+                    for i in (i if i.created_at else i.model_copy(update={"created_at": now}) for i in items)
                 ],
             )
             db.execute(

@@ -14,6 +14,7 @@ from rich.markup import escape
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.stream_log import StreamEvent, StreamLog
 from activities.thread_store import ThreadStore
 from activities.tools import summarize_call
 from channels.delivery import (
@@ -30,6 +31,7 @@ from cli.output import err, out, status, warn
 from cli.threads import short_id
 from models import AgentRef, Reply, Turn
 
+STREAM_POLL_SECONDS = 0.05
 HELP = "type a message; /new starts a thread, /threads lists them, /use ID switches, /help; Ctrl-D leaves"
 
 
@@ -60,22 +62,107 @@ def thread_hint(thread_id: str) -> str:
     return f"thread: {name} (continue with --thread-id {name})"
 
 
+class LiveReply:
+    """Shows a turn as it happens: text deltas on stdout, tool calls as status lines on stderr.
+
+    Events come from the room's stream log, which the agent's activities write; a retried model call starts its
+    text again, so the aborted attempt's text is closed off with a note rather than silently mixed in."""
+
+    def __init__(self, log: StreamLog, thread_id: str, turn_id: str, prefix: str = "") -> None:
+        self.log, self.thread_id, self.turn_id, self.prefix = log, thread_id, turn_id, prefix
+        self.after = 0
+        self.attempt = 1
+        self.text = ""
+        self.line_open = False
+
+    def pump(self) -> None:
+        for event in self.log.events(self.thread_id, after_id=self.after, turn_id=self.turn_id):
+            self.after = event.id
+            self._show(event)
+
+    def _show(self, event: StreamEvent) -> None:
+        if event.attempt < self.attempt:
+            return
+        if event.kind == "delta":
+            if not self.line_open:
+                out.file.write(self.prefix)
+            out.file.write(event.data["text"])
+            out.file.flush()
+            self.text += event.data["text"]
+            self.line_open = True
+            return
+        self._close_line()
+        if event.kind == "retry":
+            self.attempt, self.text = event.attempt, ""
+            status("(the model call was retried after a failure; its answer starts again)")
+        elif event.kind == "tool_started":
+            status(f"· tool {event.data['summary']}")
+        elif event.kind == "tool_finished" and not event.data.get("ok", True):
+            status(f"· tool {event.data['name']} failed: {event.data['summary']}")
+
+    def _close_line(self) -> None:
+        if self.line_open:
+            out.file.write("\n")
+            out.file.flush()
+            self.line_open = False
+
+    async def follow(self, done: asyncio.Event) -> None:
+        while not done.is_set():
+            self.pump()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), STREAM_POLL_SECONDS)
+        self.pump()
+
+    def showed(self, reply: Reply) -> bool:
+        """Ends the live output; True when it already showed the whole reply text."""
+        shown = reply.status == "completed" and bool(reply.text) and self.text.endswith(reply.text)
+        self._close_line()
+        return shown
+
+
 class Chat:
     """Sends turns to one agent's current thread and reports the replies."""
 
     def __init__(
-        self, client: Client, ref: AgentRef, thread_id: str, *, sender: str = "user", local_worker: bool = False
+        self,
+        client: Client,
+        ref: AgentRef,
+        thread_id: str,
+        *,
+        sender: str = "user",
+        local_worker: bool = False,
+        stream: StreamLog | None = None,
     ) -> None:
         self.client, self.ref, self.thread_id, self.sender = client, ref, thread_id, sender
         self.local_worker = local_worker
         """True in `process run`: the agent's worker is this process, so it is online."""
+        self.stream = stream
         self.running_turn: str | None = None
+        self.reply_shown = False
+        """Whether the last reply's text was already shown live."""
+        self.prefix = ""
+        """Written before live text, e.g. the agent's name in the interactive chat."""
 
     async def ask(self, text: str, *, wait_offline: bool = True) -> Reply:
         try:
             turn = Turn(turn_id=new_turn_id(), channel="chat", sender=self.sender, text=text)
         except ValidationError as e:
             raise usage_error(str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from e
+        self.reply_shown = False
+        if self.stream is None:
+            return await self._deliver(turn, wait_offline)
+        live = LiveReply(self.stream, self.thread_id, turn.turn_id, self.prefix)
+        done = asyncio.Event()
+        follower = asyncio.ensure_future(live.follow(done))
+        try:
+            reply = await self._deliver(turn, wait_offline)
+        finally:
+            done.set()
+            await follower
+        self.reply_shown = live.showed(reply)
+        return reply
+
+    async def _deliver(self, turn: Turn, wait_offline: bool) -> Reply:
         self.running_turn = turn.turn_id
         try:
             if self.local_worker or await agent_is_online(self.client, self.ref):
@@ -100,6 +187,8 @@ class Chat:
     def tool_lines(self, store: ThreadStore | None, turn_id: str) -> list[str]:
         """Tool calls of a finished turn, read from the thread store (empty when the store is elsewhere)."""
         if store is None:
+            return []
+        if self.stream is not None:
             return []
         lines = []
         for item in store.items(self.thread_id):
@@ -165,7 +254,7 @@ class Interrupts:
 def print_reply(chat: Chat, reply: Reply, store: ThreadStore | None, label: str) -> None:
     for line in chat.tool_lines(store, reply.turn_id):
         status(line)
-    if reply.status == "completed":
+    if reply.status == "completed" and not chat.reply_shown:
         out.print(f"[bold]{escape(label)}>[/bold] {escape(reply.text)}")
     elif reply.status == "cancelled":
         warn("turn cancelled")
@@ -185,6 +274,7 @@ async def interactive(chat: Chat, store: ThreadStore | None, *, label: str) -> N
         asyncio.ensure_future(interrupt_turn(chat.client, chat.thread_id, turn_id))
         return True
 
+    chat.prefix = f"{label}> "
     interrupts = Interrupts(interrupt_turn_now)
     interrupts.install()
     reader = _LineReader()

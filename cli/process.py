@@ -44,6 +44,11 @@ Message = Annotated[
     str | None,
     typer.Option("--message", "-m", help="Send this one message, print the reply and exit.", show_default=False),
 ]
+Stream = Annotated[
+    bool | None,
+    typer.Option("--stream/--no-stream", help="Show the reply as it is written [default: when stdout is a terminal].",
+                 show_default=False),
+]
 Limit = Annotated[int, typer.Option("--limit", min=1, help="Most threads to list (newest first).")]
 Offset = Annotated[int, typer.Option("--offset", min=0, help="Threads to skip first.")]
 
@@ -213,16 +218,27 @@ def run(
     connection: ConnectionOptions,
     message: Message = None,
     thread_id: ThreadId = None,
+    stream: Stream = None,
     verbose: Verbose = False,
 ) -> None:
     """Run an agent in this terminal and chat with it (or send one message with -m)."""
     spec = build_spec(agent, connection, default_channels=["chat"])
     if "chat" not in spec.channels:
         spec = spec.model_copy(update={"channels": ["chat", *spec.channels]})
-    asyncio.run(_run(spec, connection, message, thread_id))
+    asyncio.run(_run(spec, connection, message, thread_id, stream))
 
 
-async def _run(spec, connection: ConnectionOptions, message: str | None, thread_id: str | None) -> None:  # noqa: ANN001
+def _live_events(room: str, stream: bool | None):  # noqa: ANN202
+    """The room's stream log when live output is wanted and the room's store is on this machine."""
+    from activities.storage import room_dir
+    from activities.stream_log import StreamLog
+
+    wanted = out.is_terminal if stream is None else stream
+    return StreamLog.for_room(room) if wanted and room_dir(room).exists() else None
+
+
+async def _run(spec, connection: ConnectionOptions, message: str | None, thread_id: str | None,  # noqa: ANN001
+               stream: bool | None) -> None:
     from activities.thread_store import ThreadStore
     from channels.delivery import new_thread_name
     from cli.chat import Chat, check_thread, interactive, thread_hint
@@ -241,11 +257,11 @@ async def _run(spec, connection: ConnectionOptions, message: str | None, thread_
             current = ref.thread_id("main")
         else:
             current = ref.thread_id(new_thread_name())
-        chat = Chat(temporal.client, ref, current, local_worker=True)
+        chat = Chat(temporal.client, ref, current, local_worker=True, stream=_live_events(spec.room, stream))
         store = ThreadStore.for_room(spec.room)
         if message is not None:
             reply = await chat.ask(message)
-            _finish_one_shot(reply, thread_hint(chat.thread_id))
+            _finish_one_shot(reply, thread_hint(chat.thread_id), chat.reply_shown)
         else:
             status(_status_line(spec, temporal))
             await interactive(chat, store, label=spec.agent_name)
@@ -253,9 +269,10 @@ async def _run(spec, connection: ConnectionOptions, message: str | None, thread_
         await runner.shutdown()
 
 
-def _finish_one_shot(reply, hint: str) -> None:  # noqa: ANN001
+def _finish_one_shot(reply, hint: str, shown: bool) -> None:  # noqa: ANN001
     if reply.status == "completed":
-        out.print(escape(reply.text))
+        if not shown:
+            out.print(escape(reply.text))
         status(hint)
         return
     status(hint)
@@ -279,6 +296,7 @@ def use(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Fail at once when the agent is not running, instead of queueing.")
     ] = False,
+    stream: Stream = None,
     verbose: Verbose = False,
 ) -> None:
     """Talk to an agent that is already running (no worker in this process)."""
@@ -290,10 +308,11 @@ def use(
         ref = AgentRef(room=room, agent_name=agent_name, thread_dir=thread_dir)
     except ValueError as e:
         raise usage_error(str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from e  # type: ignore[attr-defined]
-    asyncio.run(_use(ref, connection, thread_id, message, no_wait))
+    asyncio.run(_use(ref, connection, thread_id, message, no_wait, stream))
 
 
-async def _use(ref, connection: ConnectionOptions, thread_id: str | None, message: str | None, no_wait: bool) -> None:  # noqa: ANN001
+async def _use(ref, connection: ConnectionOptions, thread_id: str | None, message: str | None,  # noqa: ANN001
+               no_wait: bool, stream: bool | None) -> None:
     from activities.thread_store import ThreadStore
     from channels.delivery import agent_is_online, new_thread_name
     from cli.chat import Chat, check_thread, interactive, thread_hint
@@ -301,7 +320,7 @@ async def _use(ref, connection: ConnectionOptions, thread_id: str | None, messag
 
     temporal = await open_temporal(connection)
     current = await check_thread(temporal.client, ref, thread_id) if thread_id else ref.thread_id(new_thread_name())
-    chat = Chat(temporal.client, ref, current)
+    chat = Chat(temporal.client, ref, current, stream=_live_events(ref.room, stream))
     if no_wait and not await agent_is_online(temporal.client, ref):
         raise CliError(
             f"agent {ref.agent_name} is not running in room {ref.room} (no worker polls {ref.task_queue}); "
@@ -312,7 +331,7 @@ async def _use(ref, connection: ConnectionOptions, thread_id: str | None, messag
             reply = await chat.ask(message, wait_offline=not no_wait)
         except asyncio.CancelledError:
             raise
-        _finish_one_shot(reply, thread_hint(chat.thread_id))
+        _finish_one_shot(reply, thread_hint(chat.thread_id), chat.reply_shown)
         return
     await interactive(chat, ThreadStore.for_room(ref.room), label=ref.agent_name)
 

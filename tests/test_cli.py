@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from activities.stream_log import StreamLog
 from activities.thread_store import ThreadStore
 from cli.app import app
 from models import AgentRef, ThreadItem
@@ -421,3 +422,17 @@ def test_second_signal_exits_at_once(join, room: str, fake_model: FakeOpenAI, ad
     finally:
         release.set()
         use.kill()
+
+
+def test_use_streams_the_reply_as_it_is_written(join, address: str, room: str, fake_model: FakeOpenAI) -> None:  # noqa: ANN001
+    words = " ".join(f"word{n}" for n in range(40))
+    fake_model.enqueue(FakeResponse.text(words, chunk_delay=0.02))
+    join(room, "--model", "fake-model")
+    result = run_cli("process", "use", "--room", room, "--agent-name", "support", "--temporal-address", address,
+                     "--stream", "-m", "write forty words")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == words + "\n"
+    thread_id = f"{room}/.threads/support/{thread_name(result.stderr)}"
+    deltas = [e for e in StreamLog.for_room(room).events(thread_id) if e.kind == "delta"]
+    assert len(deltas) >= 2, "the reply was published in one piece, not streamed"
+    assert "".join(e.data["text"] for e in deltas) == words

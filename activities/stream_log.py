@@ -1,0 +1,115 @@
+"""Live turn events (text deltas, tool calls, retries) for streaming clients, kept beside the thread store.
+
+The model activity streams from the model and appends coalesced deltas here; chat clients tail the log by event id,
+so a client that connects late or reconnects with its last id gets what it missed, and several agent processes on
+one machine share it. Events are tagged with the activity attempt: a retried model call announces itself with a
+`retry` event so clients drop the aborted attempt's text instead of showing it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from activities.storage import room_dir
+
+EventKind = Literal["delta", "retry", "tool_started", "tool_finished"]
+
+COALESCE_SECONDS = 0.1
+KEEP_SECONDS = 24 * 3600
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stream_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    thread_id TEXT NOT NULL,
+    turn_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stream_events_thread ON stream_events (thread_id, id);
+"""
+
+
+class StreamEvent(BaseModel):
+    id: int
+    thread_id: str
+    turn_id: str
+    attempt: int
+    kind: EventKind
+    data: dict[str, Any]
+    created_at: float
+
+
+class StreamLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connect().executescript(_SCHEMA)
+
+    @classmethod
+    def for_room(cls, room: str) -> StreamLog:
+        return cls(room_dir(room) / "threads.sqlite3")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            self._local.db = db
+        return db
+
+    def publish(self, thread_id: str, turn_id: str, attempt: int, kind: EventKind, data: dict[str, Any]) -> None:
+        self._connect().execute(
+            "INSERT INTO stream_events (thread_id, turn_id, attempt, kind, data, created_at) VALUES (?,?,?,?,?,?)",
+            (thread_id, turn_id, attempt, kind, json.dumps(data), time.time()),
+        )
+
+    def events(self, thread_id: str, *, after_id: int = 0, turn_id: str | None = None) -> list[StreamEvent]:
+        query = "SELECT id, thread_id, turn_id, attempt, kind, data, created_at FROM stream_events WHERE thread_id=? AND id>?"
+        args: list[Any] = [thread_id, after_id]
+        if turn_id is not None:
+            query += " AND turn_id=?"
+            args.append(turn_id)
+        return [
+            StreamEvent(id=r[0], thread_id=r[1], turn_id=r[2], attempt=r[3], kind=r[4], data=json.loads(r[5]),
+                        created_at=r[6])
+            for r in self._connect().execute(query + " ORDER BY id", args)
+        ]
+
+    def last_id(self) -> int:
+        row = self._connect().execute("SELECT MAX(id) FROM stream_events").fetchone()
+        return row[0] or 0
+
+    def prune(self, older_than: float = KEEP_SECONDS) -> None:
+        self._connect().execute("DELETE FROM stream_events WHERE created_at<?", (time.time() - older_than,))
+
+
+class DeltaCoalescer:
+    """Buffers text deltas and publishes them a few times per 100 ms, not once per token; the first goes at once."""
+
+    def __init__(self, log: StreamLog, thread_id: str, turn_id: str, attempt: int) -> None:
+        self.log, self.thread_id, self.turn_id, self.attempt = log, thread_id, turn_id, attempt
+        self.buffer: list[str] = []
+        self.last_flush = 0.0
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        self.buffer.append(text)
+        if time.monotonic() - self.last_flush >= COALESCE_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.log.publish(self.thread_id, self.turn_id, self.attempt, "delta", {"text": "".join(self.buffer)})
+            self.buffer.clear()
+        self.last_flush = time.monotonic()
