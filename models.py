@@ -163,6 +163,7 @@ class ThreadInfo(BaseModel):
     modified_at: float
     items: int = 0
     usage: Usage = Field(default_factory=Usage)
+    archived: bool = False
 
 
 class ThreadState(BaseModel):
@@ -267,6 +268,8 @@ class AgentSpec(BaseModel):
     use_toolkits: list[str] = Field(
         default_factory=list, description="toolkits of the room this agent may call: NAME or NAME?timeout=SECONDS"
     )
+    mail: MailSettings = Field(default_factory=lambda: MailSettings(), description="the mail channel's settings")
+    http: HttpSettings = Field(default_factory=lambda: HttpSettings(), description="the chat channel's HTTP server")
 
     @field_validator("room")
     @classmethod
@@ -548,3 +551,86 @@ class ToolResult(BaseModel):
     text: str
     thread_id: str
     turn_id: str
+
+
+# The mail channel: inbound SMTP → a mail job on the mailbox's queue → a turn → a reply through an SMTP relay.
+
+DEFAULT_MAX_MAIL_BYTES = 25 * 1024 * 1024
+
+
+class MailSettings(BaseModel):
+    """`--smtp-host`, `--smtp-port` (0: no inbound server in this process), `--smtp-relay`, `--mail-allow`,
+    `--max-mail-size`, `--mail-failure-notice`."""
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(2525, ge=0, le=65535)
+    smtp_relay: str | None = Field(None, description="host:port of the relay that sends replies")
+    allow: list[str] = Field(default_factory=list, description="addresses or @domains that may start work")
+    max_size: int = Field(DEFAULT_MAX_MAIL_BYTES, ge=1024)
+    failure_notice: bool = True
+
+
+class MailJobInput(BaseModel):
+    """The mail job workflow's input, as the SMTP server started it: a reference to the stored .eml."""
+
+    room: str
+    queue: str
+    mailbox: str
+    job_key: str
+    message_id: str
+    eml_path: str = Field(description="room storage path of the raw message")
+    subject: str = ""
+    sender: str = ""
+    accepted_at: datetime
+
+
+class MailEnvelope(BaseModel):
+    """What a reply needs from the inbound mail."""
+
+    mailbox: str
+    message_id: str
+    subject: str = ""
+    to: list[str] = Field(default_factory=list)
+    cc: list[str] = Field(default_factory=list)
+    references: list[str] = Field(default_factory=list, description="the reply's References header")
+
+
+class MailTurnPlan(BaseModel):
+    """`prepare_mail_turn` → the job: the thread, the turn, and how to answer (or why not to)."""
+
+    thread_id: str
+    new_thread: bool = False
+    subject: str = ""
+    turn: Turn | None = None
+    envelope: MailEnvelope | None = None
+    skipped: str | None = Field(None, description="why this mail runs no turn (recorded, not answered)")
+
+
+class MailReplyRequest(BaseModel):
+    room: str
+    thread_id: str
+    turn_id: str
+    envelope: MailEnvelope
+    status: TurnStatus
+    text: str = ""
+    error: str | None = None
+    thread_title: str | None = Field(None, description="names a new thread after the mail's subject")
+
+
+# The chat channel over HTTP (`--channel chat` in `process join`): API, SSE, web page, OpenAI-compatible endpoint.
+
+DEFAULT_HTTP_PORT = 8780
+
+
+class HttpSettings(BaseModel):
+    """`--http-host`, `--http-port`, `--http-token`, `--temporal-ui-url`."""
+
+    serve: bool = Field(True, description="False: the chat channel runs without its HTTP server (process run)")
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, le=65535,
+                             description="None: the default port, left to another process when it is taken; 0: any")
+    token: str | None = Field(None, repr=False, description="bearer token every API request must carry")
+    temporal_ui_url: str | None = Field(None, description="base URL of the Temporal UI, for links to threads")
+
+
+AgentSpec.model_rebuild()

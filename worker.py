@@ -20,6 +20,7 @@ from activities.stream_log import StreamLog
 from activities.thread_store import ThreadStore
 from activities.tools import build_toolbox
 from channels.base import ChannelAdapter, ChannelContext
+from channels.toolkit import toolkit_tools
 from models import AgentSpec
 from workflows.search_attributes import SEARCH_ATTRIBUTES
 from workflows.thread import ThreadWorkflow
@@ -55,7 +56,9 @@ def build_activities(spec: AgentSpec, env: Mapping[str, str] | None = None) -> A
         store=ThreadStore.for_room(spec.room),
         stream=StreamLog.for_room(spec.room),
         storage=storage,
-        toolbox=build_toolbox(storage=storage if spec.storage else None, tool_references=spec.tools),
+        toolbox=build_toolbox(
+            storage=storage if spec.storage else None, tool_references=spec.tools, extra_tools=toolkit_tools(spec)
+        ),
         env=dict(os.environ if env is None else env),
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -140,9 +140,13 @@ class Toolbox:
         return [t.openai_schema() for t in self.tools.values()]
 
 
-def build_toolbox(*, storage: RoomStorage | None, tool_references: list[str]) -> Toolbox:
+def build_toolbox(
+    *, storage: RoomStorage | None, tool_references: list[str], extra_tools: Sequence[Tool] = ()
+) -> Toolbox:
+    """Built-ins, storage tools, `--tool` functions, then `extra_tools` (e.g. `--use-toolkit` calls)."""
     tools = [Tool("current_time", "Returns the current date and time (ISO 8601, UTC).", current_time, 10.0)]
     if storage is not None:
         tools += storage_tools(storage)
     tools += [load_tool(ref) for ref in tool_references]
+    tools += list(extra_tools)
     return Toolbox(tools)

@@ -4,20 +4,28 @@ deliver turns directly."""
 from __future__ import annotations
 
 from channels.base import ChannelAdapter
+from channels.mail import MailChannel
 from channels.queue import QueueChannel
+from channels.toolkit import ToolkitChannel
 
-ADAPTERS = {"queue": QueueChannel}
+ADAPTERS = {"queue": QueueChannel, "mail": MailChannel}
 
 
 def adapters_for(channels: list[str]) -> list[ChannelAdapter]:
-    adapters = []
+    adapters: list[ChannelAdapter] = []
+    toolkits = []
     for channel in channels:
         kind, _, value = channel.partition(":")
         if kind in ADAPTERS:
             adapters.append(ADAPTERS[kind](value))
+        elif kind == "toolkit":
+            toolkits.append(value)
+    if toolkits:
+        # All toolkits of an agent share the room's toolkit task queue: one adapter, one worker.
+        adapters.append(ToolkitChannel(*toolkits))
     return adapters
 
 
 def unavailable(channels: list[str]) -> list[str]:
     """Channels the grammar accepts whose adapters this version does not have yet."""
-    return [c for c in channels if c != "chat" and c.partition(":")[0] not in ADAPTERS]
+    return [c for c in channels if c != "chat" and c.partition(":")[0] not in {*ADAPTERS, "toolkit"}]

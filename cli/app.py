@@ -17,6 +17,7 @@ import typer
 from cli.errors import USAGE, CliError
 from cli.options import Verbose
 from cli.output import error_line, state
+from cli.mail import mail_app, mailbox_app
 from cli.process import process_app
 from cli.room import room_app
 from cli.server import server_app
@@ -48,6 +49,8 @@ app = typer.Typer(
 app.add_typer(process_app, name="process")
 app.add_typer(server_app, name="server")
 app.add_typer(room_app, name="room")
+app.add_typer(mailbox_app, name="mailbox")
+app.add_typer(mail_app, name="mail")
 
 
 @app.callback()

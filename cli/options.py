@@ -103,10 +103,54 @@ Tools = Annotated[
     typer.Option("--tool", envvar="THREADLINE_TOOLS", help="A Python function as a tool, package.module:function; repeatable.",
                  rich_help_panel=AGENT_PANEL, show_default=False),
 ]
+UseToolkits = Annotated[
+    list[str] | None,
+    typer.Option("--use-toolkit", envvar="THREADLINE_USE_TOOLKITS",
+                 help="Give the agent the tool run_NAME_task of room toolkit NAME (another agent); repeatable. "
+                      "NAME?timeout=SECONDS (default 300) bounds each call, &max-depth=N (default 4) nested calls.",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
 MaxSteps = Annotated[
     int,
     typer.Option("--max-steps", envvar="THREADLINE_MAX_STEPS", min=1, max=1000,
                  help="Most model calls in one turn before it fails.", rich_help_panel=AGENT_PANEL),
+]
+
+# The mail channel's options (used by agents with --channel mail:ADDRESS, and by `threadline mail serve`).
+
+MAIL_PANEL = "Mail"
+SmtpHost = Annotated[
+    str,
+    typer.Option("--smtp-host", envvar="THREADLINE_SMTP_HOST", help="Interface the inbound SMTP server listens on.",
+                 rich_help_panel=MAIL_PANEL),
+]
+SmtpPort = Annotated[
+    int,
+    typer.Option("--smtp-port", envvar="THREADLINE_SMTP_PORT", min=0, max=65535,
+                 help="Port of the inbound SMTP server; 0: none in this process (another one receives the mail).",
+                 rich_help_panel=MAIL_PANEL),
+]
+SmtpRelay = Annotated[
+    str | None,
+    typer.Option("--smtp-relay", envvar="THREADLINE_SMTP_RELAY",
+                 help="host:port of the SMTP relay that sends replies (login and TLS: THREADLINE_SMTP_* env vars).",
+                 rich_help_panel=MAIL_PANEL, show_default=False),
+]
+MailAllow = Annotated[
+    list[str] | None,
+    typer.Option("--mail-allow", envvar="THREADLINE_MAIL_ALLOW",
+                 help="An address or @domain that may start work by mail; repeatable (default: anyone).",
+                 rich_help_panel=MAIL_PANEL, show_default=False),
+]
+MaxMailSize = Annotated[
+    int,
+    typer.Option("--max-mail-size", envvar="THREADLINE_MAX_MAIL_SIZE", min=1024,
+                 help="Largest inbound message in bytes (larger: 552).", rich_help_panel=MAIL_PANEL),
+]
+MailFailureNotice = Annotated[
+    bool,
+    typer.Option("--mail-failure-notice/--no-mail-failure-notice", envvar="THREADLINE_MAIL_FAILURE_NOTICE",
+                 help="Answer a mail whose turn failed with a short notice.", rich_help_panel=MAIL_PANEL),
 ]
 
 # The Temporal connection options.
@@ -164,6 +208,13 @@ class AgentOptions:
     storage: Storage = False
     tool: Tools = None
     max_steps: MaxSteps = 12
+    smtp_host: SmtpHost = "127.0.0.1"
+    smtp_port: SmtpPort = 2525
+    smtp_relay: SmtpRelay = None
+    mail_allow: MailAllow = None
+    max_mail_size: MaxMailSize = 25 * 1024 * 1024
+    mail_failure_notice: MailFailureNotice = True
+    use_toolkit: UseToolkits = None
 
 
 @dataclass
@@ -296,15 +347,18 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
             max_steps=agent.max_steps,
             temporal_address=connection.temporal_address,
             namespace=connection.namespace,
+            mail=mail_settings(agent),
+            use_toolkits=[t.strip() for t in agent.use_toolkit or []],
         )
     except ValidationError as e:
         raise usage_error(_first_error(e)) from e
+    extra_tools = _toolkit_tools(spec)
     try:
         load_rules(spec)
     except RulesFileError as e:
         raise usage_error(f"{e}; check the --rules-file path") from e
     try:
-        build_toolbox(storage=None, tool_references=spec.tools)
+        build_toolbox(storage=None, tool_references=spec.tools, extra_tools=extra_tools)
     except ToolLoadError as e:
         raise usage_error(str(e)) from e
     try:
@@ -312,6 +366,51 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
     except ModelConfigError as e:
         raise usage_error(str(e)) from e
     return spec
+
+
+def _toolkit_tools(spec):  # noqa: ANN001, ANN202
+    """`toolkit:NAME` channels and `--use-toolkit` values, checked: names usable as toolkit names."""
+    from channels.toolkit import toolkit_tools
+    from models import validate_name
+
+    for channel in spec.channels:
+        if channel.startswith("toolkit:"):
+            try:
+                validate_name("toolkit name", channel.partition(":")[2])
+            except ValueError as e:
+                raise usage_error(f"channel {channel!r}: {e}") from e
+    try:
+        return toolkit_tools(spec)
+    except ValueError as e:
+        raise usage_error(str(e) if "--use-toolkit" in str(e) else f"--use-toolkit: {e}") from e
+
+
+def check_relay(relay: str | None) -> str | None:
+    if relay is None or not relay.strip():
+        return None
+    host, _, port = relay.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise usage_error(f"--smtp-relay {relay!r} is not host:port; use for example smtp.example.com:587")
+    return relay.strip()
+
+
+def check_mail_allow(values: list[str] | None) -> list[str]:
+    """Addresses or @domains; commas also separate entries (for THREADLINE_MAIL_ALLOW)."""
+    entries = [v.strip().lower() for value in values or [] for v in value.split(",") if v.strip()]
+    for entry in entries:
+        if not _ADDRESS.match(f"x{entry}" if entry.startswith("@") else entry):
+            raise usage_error(f"--mail-allow {entry!r} is neither an address nor @domain")
+    return entries
+
+
+def mail_settings(agent: AgentOptions):  # noqa: ANN201
+    from models import MailSettings
+
+    return MailSettings(
+        smtp_host=agent.smtp_host, smtp_port=agent.smtp_port, smtp_relay=check_relay(agent.smtp_relay),
+        allow=check_mail_allow(agent.mail_allow), max_size=agent.max_mail_size,
+        failure_notice=agent.mail_failure_notice,
+    )
 
 
 def _first_error(e: ValidationError) -> str:

@@ -23,6 +23,7 @@ from channels.delivery import TemporalUnreachable
 from channels.queue import JobNotFound, check_job, list_jobs, queue_has_consumers, send_job, wait_for_job
 from channels.queue import job_status as read_job_status
 from cli.connection import open_temporal
+from cli.room_agent import agent_app
 from cli.options import ConnectionOptions, Namespace, TemporalAddress
 from cli.errors import FAILURE, USAGE, CliError, usage_error
 from cli.output import error_line, status as status_line, warn
@@ -36,6 +37,7 @@ queue_app = typer.Typer(
     no_args_is_help=True,
 )
 room_app.add_typer(queue_app, name="queue")
+room_app.add_typer(agent_app, name="agent")
 
 
 class Format(str, Enum):

@@ -1,0 +1,863 @@
+"""The mail channel: people email the agent, the agent answers in the same email thread, once.
+
+Pieces:
+
+- `MailStore`: one SQLite file, `THREADLINE_HOME/mail.sqlite3`, shared by the SMTP server and the consumers on a
+  machine: the mailbox registry (address → room, queue), inbound mail received (queued or ignored, and why), the
+  Message-ID → thread index (mail received and sent), and the record of replies sent.
+- `MailServer`: the inbound SMTP server (aiosmtpd). RCPT for an address that is no registered mailbox → 550; a
+  message over the size limit → 552; DATA is answered 250 only after the raw .eml is in room storage and a
+  `MailJobWorkflow` is started on the mailbox's queue (job key derived from the Message-ID, so a duplicate
+  delivery is one job); Temporal unreachable → 451 and the sender retries. Bounces and automatic mail are stored
+  and recorded, never answered; a sender outside `--mail-allow` gets 550.
+- `MailActivities` + `MailChannel`: `--channel mail:ADDRESS` consumes the mailbox's queue (a worker on the queue's
+  task queue hosting the mail job workflow), turns each mail into a turn and sends the reply through
+  `--smtp-relay`.
+
+Exactly once: a reply's Message-ID is derived from its turn, and `send_mail_reply` checks the `sent` record before
+the SMTP transaction and writes it right after the relay's 250. A worker killed before the relay accepted the
+message sends it on retry (once); killed after the 250 but before the record was written (a window of one local
+SQLite write), the retry sends a second copy with the same Message-ID, which most mail stores collapse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import email.utils
+import hashlib
+import logging
+import os
+import re
+import smtplib
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity, common
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
+
+from activities.storage import RoomStorage, threadline_home
+from channels.base import ChannelAdapter, ChannelContext
+from channels.queue import QueueActivities
+from models import (
+    MAX_TURN_TEXT_BYTES,
+    AgentSpec,
+    JobStatus,
+    MailEnvelope,
+    MailJobInput,
+    MailReplyRequest,
+    MailSettings,
+    MailTurnPlan,
+    Turn,
+    validate_name,
+)
+from workflows.mail_job import MailJobWorkflow
+from workflows.queue_job import MEMO_KEY, job_memo, job_task_queue, job_turn_id, job_workflow_id, public_job_id
+from workflows.search_attributes import CHANNEL_ATTRIBUTE, JOB_STATUS_ATTRIBUTE, QUEUE_ATTRIBUTE, ROOM_ATTRIBUTE
+
+log = logging.getLogger("threadline.mail")
+
+ADDRESS_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+MESSAGE_ID_RE = re.compile(r"<[^<>\s]+>")
+AUTO_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
+SYSTEM_SENDERS = {"mailer-daemon", "postmaster"}
+HANDOFF_TIMEOUT = 20.0
+"""Seconds the SMTP server waits for Temporal to accept a mail before answering 451."""
+MAX_REFERENCES = 20
+FAILURE_NOTICE = (
+    "Sorry, I could not complete an answer to your message this time. It has been recorded, and you are welcome "
+    "to write again."
+)
+
+
+class MailboxError(ValueError):
+    """An invalid address, room or queue (usage)."""
+
+
+class MailboxExists(LookupError):
+    pass
+
+
+class MailboxNotFound(LookupError):
+    pass
+
+
+# Addresses and names.
+
+
+def normalize_address(address: str) -> str:
+    value = address.strip().lower()
+    if not ADDRESS_RE.match(value) or len(value) > 254:
+        raise MailboxError(f"{address.strip() or '(empty)'!r} is not a valid email address (like support@example.com)")
+    return value
+
+
+def default_queue(address: str) -> str:
+    """A mailbox's queue when none is given: the address, spelt as a queue name (`@` → `_at_`)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", address.replace("@", "_at_"))
+    if len(name) > 63:
+        name = f"{name[:50]}-{hashlib.sha256(address.encode()).hexdigest()[:12]}"
+    return name
+
+
+def allowed(sender: str, allow: Iterable[str]) -> bool:
+    """No list: everyone. Entries are addresses or `@domain` (that domain and its subdomains)."""
+    rules = [a.strip().lower() for a in allow if a.strip()]
+    if not rules:
+        return True
+    sender = sender.strip().lower()
+    domain = sender.rpartition("@")[2]
+    for rule in rules:
+        if rule.startswith("@"):
+            if domain == rule[1:] or domain.endswith("." + rule[1:]):
+                return True
+        elif sender == rule:
+            return True
+    return False
+
+
+def message_ids(value: str | None) -> list[str]:
+    return MESSAGE_ID_RE.findall(str(value or ""))
+
+
+def mail_job_key(mailbox: str, message_id: str) -> str:
+    return "mail-" + hashlib.sha256(f"{mailbox}\n{message_id}".encode()).hexdigest()[:32]
+
+
+def reply_message_id(turn_id: str, mailbox: str) -> str:
+    """Deterministic per turn: every attempt to send a turn's reply sends the same message."""
+    return f"<threadline-{hashlib.sha256(turn_id.encode()).hexdigest()[:32]}@{mailbox.rpartition('@')[2]}>"
+
+
+def reply_subject(subject: str) -> str:
+    base = re.sub(r"^\s*(?:(?:re|aw|sv|antw)(?:\[\d+\])?\s*:\s*)+", "", subject or "", flags=re.IGNORECASE).strip()
+    return f"Re: {base or 'your message'}"
+
+
+def thread_slug(subject: str) -> str:
+    words = re.sub(r"[^a-z0-9]+", "-", reply_subject(subject)[4:].lower()).strip("-")
+    return words[:40].strip("-") or "mail"
+
+
+# The store.
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS mailboxes (
+    address TEXT PRIMARY KEY, room TEXT NOT NULL, queue TEXT NOT NULL, created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inbound (
+    job_key TEXT PRIMARY KEY, mailbox TEXT NOT NULL, message_id TEXT NOT NULL, sender TEXT NOT NULL,
+    subject TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, eml_path TEXT, received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS message_threads (
+    room TEXT NOT NULL, message_id TEXT NOT NULL, thread_id TEXT NOT NULL, direction TEXT NOT NULL,
+    created_at REAL NOT NULL, PRIMARY KEY (room, message_id)
+);
+CREATE TABLE IF NOT EXISTS sent (
+    message_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, recipients TEXT NOT NULL, sent_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    address: str
+    room: str
+    queue: str
+    created_at: float
+
+
+class MailStore:
+    """SQLite in WAL mode: the SMTP server and the agents of one machine share it. Agents on several machines
+    need one shared THREADLINE_HOME (the .eml files in room storage must be shared as well)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._db().executescript(_SCHEMA)
+
+    @classmethod
+    def default(cls) -> MailStore:
+        return cls(threadline_home() / "mail.sqlite3")
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            self._local.db = db
+        return db
+
+    # Mailboxes.
+
+    def create_mailbox(self, address: str, room: str, queue: str | None = None) -> Mailbox:
+        address = normalize_address(address)
+        try:
+            validate_name("room", room)
+            queue = validate_name("queue", queue) if queue else default_queue(address)
+        except ValueError as e:
+            raise MailboxError(str(e)) from e
+        try:
+            self._db().execute(
+                "INSERT INTO mailboxes (address, room, queue, created_at) VALUES (?,?,?,?)",
+                (address, room, queue, time.time()),
+            )
+        except sqlite3.IntegrityError:
+            existing = self.mailbox(address)
+            where = f" (room {existing.room}, queue {existing.queue})" if existing else ""
+            raise MailboxExists(f"mailbox {address} is already registered{where}") from None
+        return Mailbox(address, room, queue, time.time())
+
+    def mailbox(self, address: str) -> Mailbox | None:
+        row = self._db().execute(
+            "SELECT address, room, queue, created_at FROM mailboxes WHERE address=?", (address.strip().lower(),)
+        ).fetchone()
+        return Mailbox(*row) if row else None
+
+    def mailboxes(self, room: str | None = None) -> list[Mailbox]:
+        query, args = "SELECT address, room, queue, created_at FROM mailboxes", []
+        if room:
+            query, args = query + " WHERE room=?", [room]
+        return [Mailbox(*row) for row in self._db().execute(query + " ORDER BY address", args)]
+
+    def delete_mailbox(self, address: str) -> None:
+        if not self._db().execute("DELETE FROM mailboxes WHERE address=?", (address.strip().lower(),)).rowcount:
+            raise MailboxNotFound(f"there is no mailbox {address.strip()}")
+
+    # Inbound mail.
+
+    def inbound_status(self, job_key: str) -> str | None:
+        row = self._db().execute("SELECT status FROM inbound WHERE job_key=?", (job_key,)).fetchone()
+        return row[0] if row else None
+
+    def record_inbound(
+        self, job_key: str, mailbox: str, message_id: str, sender: str, subject: str, status: str,
+        reason: str | None = None, eml_path: str | None = None,
+    ) -> None:
+        self._db().execute(
+            "INSERT OR REPLACE INTO inbound (job_key, mailbox, message_id, sender, subject, status, reason, eml_path,"
+            " received_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (job_key, mailbox, message_id, sender, subject, status, reason, eml_path, time.time()),
+        )
+
+    def inbound(self, mailbox: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT job_key, mailbox, message_id, sender, subject, status, reason, eml_path, received_at FROM inbound"
+        args = [mailbox] if mailbox else []
+        rows = self._db().execute(query + (" WHERE mailbox=?" if mailbox else "") + " ORDER BY received_at", args)
+        names = ("job_key", "mailbox", "message_id", "sender", "subject", "status", "reason", "eml_path", "received_at")
+        return [dict(zip(names, row)) for row in rows]
+
+    # Threading.
+
+    def remember(self, room: str, message_id: str, thread_id: str, direction: str) -> None:
+        self._db().execute(
+            "INSERT OR IGNORE INTO message_threads (room, message_id, thread_id, direction, created_at)"
+            " VALUES (?,?,?,?,?)",
+            (room, message_id, thread_id, direction, time.time()),
+        )
+
+    def thread_of(self, room: str, ids: Iterable[str]) -> str | None:
+        """The thread of the first id known (callers pass the most specific first)."""
+        for message_id in ids:
+            row = self._db().execute(
+                "SELECT thread_id FROM message_threads WHERE room=? AND message_id=?", (room, message_id)
+            ).fetchone()
+            if row:
+                return row[0]
+        return None
+
+    # Replies sent.
+
+    def was_sent(self, message_id: str) -> bool:
+        return self._db().execute("SELECT 1 FROM sent WHERE message_id=?", (message_id,)).fetchone() is not None
+
+    def mark_sent(self, message_id: str, thread_id: str, recipients: list[str]) -> None:
+        self._db().execute(
+            "INSERT OR IGNORE INTO sent (message_id, thread_id, recipients, sent_at) VALUES (?,?,?,?)",
+            (message_id, thread_id, ", ".join(recipients), time.time()),
+        )
+
+
+# Parsing.
+
+
+class _TextFromHtml(HTMLParser):
+    BLOCKS = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table", "hr"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skip = 0
+        self.href: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self.skip += 1
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+            if tag == "li":
+                self.parts.append("- ")
+        elif tag == "a":
+            self.href = dict(attrs).get("href")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self.skip = max(0, self.skip - 1)
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+        elif tag == "a" and self.href:
+            if self.href.startswith(("http://", "https://", "mailto:")):
+                self.parts.append(f" ({self.href})")
+            self.href = None
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip:
+            self.parts.append(re.sub(r"\s+", " ", data))
+
+
+def html_to_text(html: str) -> str:
+    parser = _TextFromHtml()
+    parser.feed(html)
+    parser.close()
+    lines = [line.strip() for line in "".join(parser.parts).splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def markdown_to_html(text: str) -> str:
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    return f'<!DOCTYPE html><html><body style="font-family: sans-serif">{body}</body></html>'
+
+
+@dataclass
+class ParsedMail:
+    message: EmailMessage
+    message_id: str
+    subject: str
+    from_name: str
+    from_address: str
+    reply_to: list[str]
+    to: list[str]
+    cc: list[str]
+    date: str
+    in_reply_to: list[str]
+    references: list[str]
+    body: str
+
+    @property
+    def sender(self) -> str:
+        return self.from_name or self.from_address or "unknown sender"
+
+    def automatic(self, envelope_sender: str | None = None) -> str | None:
+        """Why this mail must not be answered (a bounce or automatic mail), or None."""
+        msg = self.message
+        if msg.get_content_type() == "multipart/report":
+            return "a delivery report (multipart/report)"
+        auto = str(msg.get("Auto-Submitted", "") or "").strip().lower()
+        if auto and auto.split(";")[0].strip() != "no":
+            return f"automatic mail (Auto-Submitted: {auto})"
+        precedence = str(msg.get("Precedence", "") or "").strip().lower()
+        if precedence in AUTO_PRECEDENCE:
+            return f"automatic mail (Precedence: {precedence})"
+        return_path = msg.get("Return-Path")
+        if return_path is not None and str(return_path).strip() in ("", "<>"):
+            return "a bounce (empty Return-Path)"
+        if envelope_sender is not None and envelope_sender.strip() in ("", "<>"):
+            return "a bounce (empty envelope sender)"
+        for address in (self.from_address, (envelope_sender or "").lower()):
+            if address and address.partition("@")[0] in SYSTEM_SENDERS:
+                return f"a bounce or system message (from {address})"
+        return None
+
+
+def _addresses(msg: EmailMessage, name: str) -> list[tuple[str, str]]:
+    values = [str(v) for v in msg.get_all(name, [])]
+    return [(n, a.lower()) for n, a in email.utils.getaddresses(values) if a and "@" in a]
+
+
+def parse_mail(raw: bytes) -> ParsedMail:
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    ids = message_ids(msg.get("Message-ID"))
+    message_id = ids[0] if ids else f"<generated-{hashlib.sha256(raw).hexdigest()[:32]}@threadline.invalid>"
+    senders = _addresses(msg, "From")
+    from_name, from_address = senders[0] if senders else ("", "")
+    body = ""
+    part = msg.get_body(preferencelist=("plain", "html"))
+    if part is not None:
+        with contextlib.suppress(Exception):
+            content = part.get_content()
+            body = html_to_text(content) if part.get_content_type() == "text/html" else content
+    return ParsedMail(
+        message=msg,
+        message_id=message_id,
+        subject=" ".join(str(msg.get("Subject", "") or "").split()),
+        from_name=from_name.strip(),
+        from_address=from_address,
+        reply_to=[a for _, a in _addresses(msg, "Reply-To")],
+        to=[a for _, a in _addresses(msg, "To")],
+        cc=[a for _, a in _addresses(msg, "Cc")],
+        date=str(msg.get("Date", "") or ""),
+        in_reply_to=message_ids(msg.get("In-Reply-To")),
+        references=message_ids(msg.get("References")),
+        body=body.strip(),
+    )
+
+
+def attachments_of(msg: EmailMessage) -> list[tuple[str, bytes]]:
+    """(file name, content) of every attachment; the text body and its HTML alternative are not attachments."""
+    body = msg.get_body(preferencelist=("plain", "html"))
+    alternative = msg.get_body(preferencelist=("html",)) if body is not None else None
+    found: list[tuple[str, bytes]] = []
+    for n, part in enumerate(msg.walk()):
+        if part.is_multipart() or part is body or part is alternative:
+            continue
+        name = part.get_filename()
+        if part.get_content_disposition() != "attachment" and not name:
+            continue
+        data = part.get_payload(decode=True) or b""
+        found.append((_safe_file_name(name or f"attachment-{n}"), data))
+    return found
+
+
+def _safe_file_name(name: str) -> str:
+    base = name.replace("\\", "/").rpartition("/")[2]
+    base = re.sub(r"[^\w.+-]+", "_", base).strip("._") or "attachment"
+    return base[:120]
+
+
+# Inbound SMTP.
+
+
+class MailServer:
+    """The inbound SMTP server. It hands each accepted mail to Temporal before answering 250."""
+
+    def __init__(
+        self,
+        store: MailStore,
+        client: Callable[[], Awaitable[Client]],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 2525,
+        max_size: int = 25 * 1024 * 1024,
+        allow: Iterable[str] = (),
+        handoff_timeout: float = HANDOFF_TIMEOUT,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.host, self.requested_port = host, port
+        self.max_size = max_size
+        self.allow = list(allow)
+        self.handoff_timeout = handoff_timeout
+        self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        from aiosmtpd.smtp import SMTP
+
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: SMTP(self, data_size_limit=self.max_size, enable_SMTPUTF8=True, hostname="threadline",
+                             ident="Threadline mail", loop=loop),
+                host=self.host, port=self.requested_port,
+            )
+        except OSError as e:
+            raise MailServerError(
+                f"the mail channel cannot listen on {self.host}:{self.requested_port}: {e.strerror or e} (choose "
+                "another --smtp-port, or --smtp-port 0 when another process receives the mail)"
+            ) from e
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        await self.start()
+        log.info("mail: SMTP server on %s:%s", self.host, self.port)
+        try:
+            await stop.wait()
+        finally:
+            await self.close()
+
+    # aiosmtpd hooks.
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
+        mailbox = await asyncio.to_thread(self.store.mailbox, address)
+        if mailbox is None:
+            return f"550 5.1.1 <{address}>: no such mailbox here"
+        envelope.rcpt_tos.append(mailbox.address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        raw = envelope.original_content or envelope.content or b""
+        if isinstance(raw, str):
+            raw = raw.encode()
+        try:
+            mail = parse_mail(raw)
+        except Exception as e:  # noqa: BLE001 - anything unparseable is refused, never lost silently
+            return f"554 5.6.0 the message cannot be parsed: {e}"
+        automatic = mail.automatic(envelope.mail_from)
+        if automatic is None and not allowed(mail.from_address, self.allow):
+            log.info("mail: refused mail from %s (not in --mail-allow)", mail.from_address)
+            return f"550 5.7.1 <{mail.from_address}> may not write to this mailbox"
+        try:
+            for address in dict.fromkeys(envelope.rcpt_tos):
+                await self._accept(address, raw, mail, automatic)
+        except _Unavailable as e:
+            log.warning("mail: %s", e)
+            return "451 4.3.0 cannot hand the message over right now, try again later"
+        return "250 2.0.0 OK: accepted"
+
+    async def _accept(self, address: str, raw: bytes, mail: ParsedMail, automatic: str | None) -> None:
+        mailbox = await asyncio.to_thread(self.store.mailbox, address)
+        if mailbox is None:  # deleted since RCPT
+            return
+        key = mail_job_key(mailbox.address, mail.message_id)
+        if await asyncio.to_thread(self.store.inbound_status, key) is not None:
+            return  # the same mail again: already handed over (or recorded)
+        eml_path = f".mail/{mailbox.queue}/{key}.eml"
+        await asyncio.to_thread(RoomStorage.for_room(mailbox.room).write, eml_path, raw)
+        if automatic is not None:
+            log.info("mail: %s to %s recorded, not answered: %s", mail.message_id, address, automatic)
+            await asyncio.to_thread(self.store.record_inbound, key, mailbox.address, mail.message_id,
+                                    mail.from_address, mail.subject, "ignored", automatic, eml_path)
+            return
+        job = MailJobInput(
+            room=mailbox.room, queue=mailbox.queue, mailbox=mailbox.address, job_key=key, message_id=mail.message_id,
+            eml_path=eml_path, subject=mail.subject, sender=mail.from_address, accepted_at=datetime.now(timezone.utc),
+        )
+        try:
+            await asyncio.wait_for(self._start_job(job), self.handoff_timeout)
+        except Exception as e:  # noqa: BLE001 - unreachable, refused, timed out: the sender retries later
+            raise _Unavailable(f"Temporal did not take mail {mail.message_id}: {e.__class__.__name__}: {e}") from e
+        await asyncio.to_thread(self.store.record_inbound, key, mailbox.address, mail.message_id,
+                                mail.from_address, mail.subject, "queued", None, eml_path)
+
+    async def _start_job(self, job: MailJobInput) -> None:
+        client = await self.client()
+        status = JobStatus(job_id=public_job_id(job.queue, job.job_key), room=job.room, queue=job.queue,
+                           status="queued", accepted_at=job.accepted_at)
+        for attempt in range(2):
+            try:
+                await client.start_workflow(
+                    MailJobWorkflow.run,
+                    job,
+                    id=job_workflow_id(job.room, job.queue, job.job_key),
+                    task_queue=job_task_queue(job.room, job.queue),
+                    id_reuse_policy=common.WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    id_conflict_policy=common.WorkflowIDConflictPolicy.FAIL,
+                    search_attributes=common.TypedSearchAttributes([
+                        common.SearchAttributePair(ROOM_ATTRIBUTE, job.room),
+                        common.SearchAttributePair(QUEUE_ATTRIBUTE, job.queue),
+                        common.SearchAttributePair(CHANNEL_ATTRIBUTE, "mail"),
+                        common.SearchAttributePair(JOB_STATUS_ATTRIBUTE, "queued"),
+                    ]),
+                    memo={MEMO_KEY: job_memo(status)},
+                    static_summary=f"mail from {job.sender}: {job.subject}"[:200],
+                )
+                return
+            except WorkflowAlreadyStartedError:
+                return
+            except RPCError as e:
+                if attempt or e.status != RPCStatusCode.INVALID_ARGUMENT or "search attribute" not in str(e).lower():
+                    raise
+                from worker import register_search_attributes
+
+                await register_search_attributes(client)
+
+
+class _Unavailable(Exception):
+    pass
+
+
+class MailServerError(RuntimeError):
+    """The SMTP server cannot start."""
+
+
+def lazy_client(connect: Callable[[], Awaitable[Client]]) -> Callable[[], Awaitable[Client]]:
+    """A client connected on first use; a failed connection is tried again at the next mail."""
+    holder: dict[str, Client] = {}
+
+    async def get() -> Client:
+        if "client" not in holder:
+            holder["client"] = await connect()
+        return holder["client"]
+
+    return get
+
+
+# Replies.
+
+
+def build_reply(
+    envelope: MailEnvelope, message_id: str, text: str, *, sender_name: str | None = None
+) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = email.utils.formataddr((sender_name, envelope.mailbox)) if sender_name else envelope.mailbox
+    msg["To"] = ", ".join(envelope.to)
+    if envelope.cc:
+        msg["Cc"] = ", ".join(envelope.cc)
+    msg["Subject"] = reply_subject(envelope.subject)
+    msg["Date"] = email.utils.format_datetime(datetime.now(timezone.utc))
+    msg["Message-ID"] = message_id
+    msg["In-Reply-To"] = envelope.message_id
+    msg["References"] = " ".join(envelope.references)
+    # RFC 3834: an automatic answer. Another agent (or an out-of-office) never answers it, so agents cannot loop.
+    msg["Auto-Submitted"] = "auto-replied"
+    msg.set_content(text or "(no text)")
+    msg.add_alternative(markdown_to_html(text or "(no text)"), subtype="html")
+    return msg
+
+
+def reply_references(mail: ParsedMail) -> list[str]:
+    refs = list(dict.fromkeys([*mail.references, *mail.in_reply_to[:1], mail.message_id]))
+    refs = [r for r in refs if r != mail.message_id] + [mail.message_id]
+    return refs if len(refs) <= MAX_REFERENCES else [refs[0], *refs[-(MAX_REFERENCES - 1):]]
+
+
+def relay_send(relay: str, msg: EmailMessage, sender: str, recipients: list[str], env: dict[str, str]) -> None:
+    """One SMTP transaction with the relay. THREADLINE_SMTP_USERNAME / THREADLINE_SMTP_PASSWORD log in;
+    THREADLINE_SMTP_TLS is `starttls` (required), `ssl` (implicit TLS, port 465), `none`, or `auto` (the default:
+    STARTTLS when the relay offers it)."""
+    host, _, port_text = relay.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise ApplicationError(f"--smtp-relay {relay!r} is not host:port", type="MailConfigError", non_retryable=True)
+    port = int(port_text)
+    mode = env.get("THREADLINE_SMTP_TLS", "auto").strip().lower()
+    context = ssl.create_default_context()
+    if env.get("THREADLINE_SMTP_INSECURE", "").lower() in ("1", "true", "yes"):
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    smtp: smtplib.SMTP = (
+        smtplib.SMTP_SSL(host, port, timeout=60, context=context) if mode == "ssl" else smtplib.SMTP(host, port, timeout=60)
+    )
+    try:
+        smtp.ehlo()
+        if mode == "starttls" or (mode == "auto" and smtp.has_extn("starttls")):
+            smtp.starttls(context=context)
+            smtp.ehlo()
+        user = env.get("THREADLINE_SMTP_USERNAME")
+        if user:
+            smtp.login(user, env.get("THREADLINE_SMTP_PASSWORD", ""))
+        smtp.send_message(msg, from_addr=sender, to_addrs=recipients)
+    finally:
+        with contextlib.suppress(Exception):
+            smtp.quit()
+
+
+class MailActivities:
+    """The consumer side of a mailbox: the agent, its settings and `?reply-all`."""
+
+    def __init__(self, spec: AgentSpec, address: str, reply_all: bool, store: MailStore) -> None:
+        self.spec = spec
+        self.address = address
+        self.reply_all = reply_all
+        self.store = store
+        self.storage = RoomStorage.for_room(spec.room)
+        self.env = dict(os.environ)
+
+    @activity.defn(name="prepare_mail_turn")
+    async def prepare_mail_turn(self, job: MailJobInput) -> MailTurnPlan:
+        try:
+            raw = await asyncio.to_thread(self.storage.resolve(job.eml_path).read_bytes)
+        except OSError as e:
+            raise ApplicationError(
+                f"cannot read {job.eml_path} from room storage: {e} (the SMTP server and the agent must share "
+                "THREADLINE_HOME)", type="MailUnreadable", non_retryable=activity.info().attempt >= 5,
+            ) from e
+        mail = parse_mail(raw)
+        agent = self.spec.ref
+        known = self.store.thread_of(job.room, [mail.message_id])
+        parent = self.store.thread_of(job.room, [*mail.in_reply_to, *reversed(mail.references)])
+        thread_id = known or parent
+        new_thread = thread_id is None
+        if thread_id is None:
+            thread_id = agent.thread_id(f"mail-{thread_slug(mail.subject)}-{job.job_key[5:13]}")
+        self.store.remember(job.room, mail.message_id, thread_id, "in")
+        if not allowed(mail.from_address, self.spec.mail.allow):
+            return MailTurnPlan(thread_id=thread_id, subject=mail.subject,
+                                skipped=f"{mail.from_address} is not in --mail-allow")
+        if reason := mail.automatic():
+            return MailTurnPlan(thread_id=thread_id, subject=mail.subject, skipped=reason)
+
+        folder = f"{thread_id.partition('/')[2]}/mail/{job.job_key}"
+        attachments = []
+        for name, data in attachments_of(mail.message):
+            path = f"{folder}/{name}"
+            while path in attachments:
+                path = f"{folder}/{len(attachments)}-{name}"
+            self.storage.write(path, data)
+            attachments.append(path)
+        text = self._turn_text(mail, folder, attachments)
+        recipients = mail.reply_to or ([mail.from_address] if mail.from_address else [])
+        cc: list[str] = []
+        if self.reply_all:
+            skip = {self.address, mail.from_address, *recipients}
+            cc = [a for a in dict.fromkeys([*mail.to, *mail.cc]) if a not in skip]
+        envelope = MailEnvelope(
+            mailbox=job.mailbox, message_id=mail.message_id, subject=mail.subject, to=recipients, cc=cc,
+            references=reply_references(mail),
+        )
+        workflow_id = job_workflow_id(job.room, job.queue, job.job_key)
+        turn = Turn(
+            turn_id=job_turn_id(workflow_id), channel=f"mail:{job.mailbox}", sender=mail.sender, text=text,
+            attachments=attachments,
+            metadata={"queue": job.queue, "job_id": public_job_id(job.queue, job.job_key),
+                      "mail": {"message_id": mail.message_id, "from": mail.from_address, "subject": mail.subject,
+                               "eml": job.eml_path}},
+        )
+        return MailTurnPlan(thread_id=thread_id, new_thread=new_thread, subject=mail.subject, turn=turn,
+                            envelope=envelope)
+
+    def _turn_text(self, mail: ParsedMail, folder: str, attachments: list[str]) -> str:
+        sender = email.utils.formataddr((mail.from_name, mail.from_address)) if mail.from_name else mail.from_address
+        header = [f"From: {sender}", f"To: {', '.join(mail.to)}"]
+        if mail.cc:
+            header.append(f"Cc: {', '.join(mail.cc)}")
+        header.append(f"Subject: {mail.subject}")
+        if mail.date:
+            header.append(f"Date: {mail.date}")
+        body = mail.body or "(no text)"
+        head = "An email to " + self.address + ":\n" + "\n".join(header) + "\n\n"
+        limit = MAX_TURN_TEXT_BYTES - len(head.encode()) - 512
+        if len(body.encode()) > limit:
+            path = f"{folder}/body.txt"
+            self.storage.write(path, body)
+            attachments.append(path)
+            body = body.encode()[:limit].decode(errors="ignore") + f"\n[the message continues: all of it is in {path}]"
+        return head + body
+
+    @activity.defn(name="send_mail_reply")
+    async def send_mail_reply(self, request: MailReplyRequest) -> str:
+        if request.thread_title:
+            with contextlib.suppress(Exception):
+                from activities.thread_store import ThreadStore
+
+                ThreadStore.for_room(request.room).rename(request.thread_id, request.thread_title or "(no subject)")
+        text = request.text
+        if request.status != "completed":
+            if not self.spec.mail.failure_notice:
+                return "no reply: the turn failed and failure notices are off"
+            text = FAILURE_NOTICE
+        message_id = reply_message_id(request.turn_id, request.envelope.mailbox)
+        if self.store.was_sent(message_id):
+            return message_id
+        relay = self.spec.mail.smtp_relay
+        if not relay:
+            raise ApplicationError(
+                "no --smtp-relay is configured: the reply cannot be sent", type="MailConfigError", non_retryable=True
+            )
+        # Known before it is sent, so an answer to it that comes back fast finds its thread.
+        self.store.remember(request.room, message_id, request.thread_id, "out")
+        msg = build_reply(request.envelope, message_id, text)
+        recipients = list(dict.fromkeys([*request.envelope.to, *request.envelope.cc]))
+        if not recipients:
+            raise ApplicationError("the mail has no sender to answer", type="MailRejected", non_retryable=True)
+
+        async def beat() -> None:
+            while True:
+                activity.heartbeat()
+                await asyncio.sleep(1)
+
+        beating = asyncio.create_task(beat())
+        try:
+            await asyncio.to_thread(relay_send, relay, msg, request.envelope.mailbox, recipients, self.env)
+        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused) as e:
+            raise ApplicationError(f"the relay refused the reply: {e}", type="MailRejected", non_retryable=True) from e
+        except smtplib.SMTPResponseException as e:
+            permanent = 500 <= e.smtp_code < 600
+            raise ApplicationError(f"the relay answered {e.smtp_code}: {e.smtp_error!r}",
+                                   type="MailRejected" if permanent else "MailUnavailable",
+                                   non_retryable=permanent) from e
+        except (OSError, smtplib.SMTPException) as e:
+            raise ApplicationError(f"cannot reach the relay {relay}: {e}", type="MailUnavailable") from e
+        finally:
+            beating.cancel()
+        self.store.mark_sent(message_id, request.thread_id, recipients)
+        return message_id
+
+
+class MailChannel(ChannelAdapter):
+    """`--channel mail:ADDRESS[?reply-all=true]`: consumes the mailbox's queue and, unless `--smtp-port 0`, runs the
+    inbound SMTP server in the agent process."""
+
+    def __init__(self, value: str) -> None:
+        address, _, query = value.partition("?")
+        self.address = normalize_address(address)
+        self.reply_all = "reply-all=true" in query.lower()
+        self.name = f"mail:{self.address}"
+
+    def _mailbox(self, spec: AgentSpec, store: MailStore) -> Any:
+        mailbox = store.mailbox(self.address)
+        if mailbox is None:
+            raise MailboxNotFound(
+                f"channel mail:{self.address}: there is no such mailbox; create it with: threadline mailbox create "
+                f"--address {self.address} --room {spec.room}"
+            )
+        if mailbox.room != spec.room:
+            raise MailboxError(f"channel mail:{self.address}: the mailbox belongs to room {mailbox.room}, "
+                               f"not {spec.room}")
+        return mailbox
+
+    def workers(self, context: ChannelContext) -> list[Worker]:
+        store = MailStore.default()
+        mailbox = self._mailbox(context.spec, store)
+        if not context.spec.mail.smtp_relay:
+            log.warning("mail:%s has no --smtp-relay: replies cannot be sent", self.address)
+        mail = MailActivities(context.spec, self.address, self.reply_all, store)
+        queue = QueueActivities(context.client, context.spec)
+        return [
+            Worker(
+                context.client,
+                task_queue=job_task_queue(context.spec.room, mailbox.queue),
+                workflows=[MailJobWorkflow],
+                activities=[mail.prepare_mail_turn, queue.run_queue_turn, mail.send_mail_reply],
+                sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
+                graceful_shutdown_timeout=timedelta(seconds=10),
+            )
+        ]
+
+    async def serve(self, context: ChannelContext, stop: asyncio.Event) -> None:
+        settings: MailSettings = context.spec.mail
+        where = (settings.smtp_host, settings.smtp_port)
+        if not settings.smtp_port or where in _SERVING:
+            # One inbound server per process serves every registered mailbox.
+            await stop.wait()
+            return
+        _SERVING.add(where)
+
+        async def client() -> Client:
+            return context.client
+
+        server = MailServer(MailStore.default(), client, host=settings.smtp_host, port=settings.smtp_port,
+                            max_size=settings.max_size, allow=settings.allow)
+        try:
+            await server.serve(stop)
+        finally:
+            _SERVING.discard(where)
+
+
+_SERVING: set[tuple[str, int]] = set()

@@ -1,0 +1,146 @@
+"""`threadline mailbox create|list|delete` (the mailbox registry) and `threadline mail serve` (a standalone
+inbound SMTP server feeding every registered mailbox's queue).
+
+The registry is `THREADLINE_HOME/mail.sqlite3`: the SMTP server (in an agent process or `mail serve`) and the
+agents consuming mailboxes read it. Bad input exits 2, an address already registered (or unknown) exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from datetime import datetime, timezone
+from typing import Annotated
+
+import typer
+
+from cli.errors import FAILURE, USAGE
+from cli.options import (
+    ConnectionOptions,
+    MailAllow,
+    MaxMailSize,
+    SmtpHost,
+    SmtpPort,
+    Verbose,
+    check_mail_allow,
+    with_options,
+)
+from cli.output import error_line, status
+
+mailbox_app = typer.Typer(
+    help="Register the email addresses agents answer (--channel mail:ADDRESS).", no_args_is_help=True
+)
+mail_app = typer.Typer(help="The inbound SMTP server.", no_args_is_help=True)
+
+Address = Annotated[str, typer.Option("--address", "-a", help="The mailbox's email address.", show_default=False)]
+
+
+def _fail(message: str, code: int) -> None:
+    error_line(message)
+    raise typer.Exit(code)
+
+
+@mailbox_app.command("create")
+def create(
+    address: Address,
+    room: Annotated[str | None, typer.Option("--room", envvar="THREADLINE_ROOM", help="Room whose agents answer it.",
+                                             show_default=False)] = None,
+    queue: Annotated[str | None, typer.Option("--queue", "-q", help="Queue its mail goes to (default: the address, "
+                                              "with @ spelt _at_).", show_default=False)] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Register a mailbox: mail to ADDRESS becomes jobs on a queue of ROOM, answered by --channel mail:ADDRESS."""
+    from channels.mail import MailboxError, MailboxExists, MailStore
+
+    if not room or not room.strip():
+        _fail("--room is required (or set THREADLINE_ROOM)", USAGE)
+    try:
+        mailbox = MailStore.default().create_mailbox(address, room.strip(), queue.strip() if queue else None)
+    except MailboxError as e:
+        _fail(str(e), USAGE)
+    except MailboxExists as e:
+        _fail(str(e), FAILURE)
+    typer.echo(f"Created mailbox: {mailbox.address} (room {mailbox.room}, queue {mailbox.queue})")
+    status(f"answer it with: threadline process join --room {mailbox.room} --agent-name NAME "
+           f"--channel mail:{mailbox.address} --smtp-relay HOST:PORT")
+
+
+@mailbox_app.command("list")
+def list_(
+    room: Annotated[str | None, typer.Option("--room", envvar="THREADLINE_ROOM", help="Only this room's mailboxes.",
+                                             show_default=False)] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
+    verbose: Verbose = False,
+) -> None:
+    """List registered mailboxes."""
+    from channels.mail import MailStore
+
+    boxes = MailStore.default().mailboxes(room)
+    if output == "json":
+        typer.echo(json.dumps([
+            {"address": b.address, "room": b.room, "queue": b.queue,
+             "created_at": datetime.fromtimestamp(b.created_at, timezone.utc).isoformat()} for b in boxes
+        ], indent=2))
+        return
+    if not boxes:
+        status("no mailboxes" + (f" in room {room}" if room else ""))
+        return
+    width = max(len(b.address) for b in boxes)
+    typer.echo(f"{'ADDRESS':<{width}}  {'ROOM':<20}  QUEUE")
+    for b in boxes:
+        typer.echo(f"{b.address:<{width}}  {b.room:<20}  {b.queue}")
+
+
+@mailbox_app.command("delete")
+def delete(address: Address, verbose: Verbose = False) -> None:
+    """Unregister a mailbox: new mail to it is refused (550); its threads and jobs stay."""
+    from channels.mail import MailboxNotFound, MailStore
+
+    try:
+        MailStore.default().delete_mailbox(address)
+    except MailboxNotFound as e:
+        _fail(str(e), FAILURE)
+    typer.echo(f"Deleted mailbox: {address.strip().lower()}")
+
+
+@mail_app.command("serve")
+@with_options(connection=ConnectionOptions)
+def serve(
+    connection: ConnectionOptions,
+    smtp_host: SmtpHost = "127.0.0.1",
+    smtp_port: SmtpPort = 2525,
+    max_mail_size: MaxMailSize = 25 * 1024 * 1024,
+    mail_allow: MailAllow = None,
+    verbose: Verbose = False,
+) -> None:
+    """Receive mail for every registered mailbox and hand it to Temporal (agents with --channel mail:ADDRESS
+    answer it; run them with --smtp-port 0). Stops on SIGINT/SIGTERM."""
+    allow = check_mail_allow(mail_allow)
+    asyncio.run(_serve(connection, smtp_host, smtp_port or 2525, max_mail_size, allow))
+
+
+async def _serve(connection: ConnectionOptions, host: str, port: int, max_size: int, allow: list[str]) -> None:
+    from channels.mail import MailServer, MailServerError, MailStore, lazy_client
+    from cli.connection import open_temporal
+    from cli.errors import CliError
+
+    async def connect():  # noqa: ANN202
+        return (await open_temporal(connection)).client
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = MailServer(MailStore.default(), lazy_client(connect), host=host, port=port, max_size=max_size,
+                        allow=allow)
+    try:
+        await server.start()
+    except MailServerError as e:
+        raise CliError(str(e)) from e
+    status(f"receiving mail on {host}:{server.port} for {len(MailStore.default().mailboxes())} mailbox(es); "
+           "Ctrl-C stops")
+    try:
+        await stop.wait()
+    finally:
+        await server.close()

@@ -1,0 +1,431 @@
+"""The mail channel end to end: real SMTP in both directions (smtplib sends to the agent's aiosmtpd server; a local
+aiosmtpd sink stands in for the relay and captures replies), a real Temporal dev server and the fake model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import os
+import smtplib
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import pytest
+from aiosmtpd.controller import Controller
+from temporalio.testing import ActivityEnvironment
+
+from activities.thread_store import ThreadStore
+from channels.delivery import connect
+from channels.mail import (
+    MailActivities,
+    MailChannel,
+    MailServer,
+    MailStore,
+    lazy_client,
+    mail_job_key,
+    reply_message_id,
+)
+from channels.queue import wait_for_job
+from models import AgentSpec, JobStatus, MailEnvelope, MailReplyRequest, MailSettings
+from tests.conftest import REPO
+from tests.fake_openai import FakeRequest, FakeResponse
+from tests.runtime_support import eventually
+from tests.temporal_server import TemporalDevServer, free_port
+from worker import run_agent
+from workflows.queue_job import public_job_id
+from workflows.search_attributes import SEARCH_ATTRIBUTES
+
+ADDRESS = "agent@example.com"
+ALICE = "Alice Example <alice@example.com>"
+
+
+class Sink:
+    """The relay: captures every message; `hold_next()` makes the next RCPT wait until `release()`."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held = threading.Event()
+        self.controller = Controller(self, hostname="127.0.0.1", port=free_port())
+
+    @property
+    def relay(self) -> str:
+        return f"127.0.0.1:{self.controller.port}"
+
+    def hold_next(self) -> None:
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001, ANN201
+        if not self.gate.is_set():
+            self.held.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.gate.wait)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201
+        self.messages.append(email.message_from_bytes(envelope.original_content, policy=email.policy.default))
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 OK"
+
+
+@pytest.fixture
+def sink() -> Sink:
+    relay = Sink()
+    relay.controller.start()
+    yield relay
+    relay.release()
+    relay.controller.stop()
+
+
+def new_mail(body: str, subject: str = "Order 42", *, sender: str = ALICE, to: str = ADDRESS,
+             message_id: str | None = None, **headers: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.formatdate()
+    msg["Message-ID"] = message_id or make_msgid(domain="example.com")
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content(body)
+    return msg
+
+
+def deliver(port: int, msg: EmailMessage, *, mail_from: str | None = None, to: list[str] | None = None) -> int:
+    """Sends over SMTP; returns 250 or the code the server refused with."""
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+            smtp.send_message(msg, from_addr=mail_from, to_addrs=to)
+        return 250
+    except smtplib.SMTPRecipientsRefused as e:
+        return next(iter(e.recipients.values()))[0]
+    except smtplib.SMTPResponseException as e:
+        return e.smtp_code
+
+
+async def send(port: int, msg: EmailMessage, **kw) -> int:  # noqa: ANN003
+    return await asyncio.to_thread(deliver, port, msg, **kw)
+
+
+def job_id(spec: AgentSpec, message_id: str, address: str = ADDRESS) -> str:
+    mailbox = MailStore.default().mailbox(address)
+    assert mailbox is not None
+    return public_job_id(mailbox.queue, mail_job_key(address, message_id))
+
+
+async def job_done(client, spec: AgentSpec, message_id: str) -> JobStatus:  # noqa: ANN001
+    job = job_id(spec, message_id)
+    await eventually(lambda: client.get_workflow_handle(f"{spec.room}/.queues/{job}").describe(), 30)
+    return await asyncio.wait_for(wait_for_job(client, spec.room, job), 60)
+
+
+def can_connect(port: int) -> bool:
+    with contextlib.suppress(OSError), smtplib.SMTP("127.0.0.1", port, timeout=5) as smtp:
+        return smtp.noop()[0] == 250
+    return False
+
+
+@contextlib.asynccontextmanager
+async def mail_agent(temporal_server, spec: AgentSpec, channel: str = ADDRESS) -> AsyncIterator[int]:  # noqa: ANN001
+    """An in-process agent with `--channel mail:...`, its SMTP server on a free port; yields the port."""
+    client = await connect(temporal_server.address)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_agent(client, spec, stop, ready, channels=[MailChannel(channel)]))
+    await asyncio.wait_for(ready.wait(), 30)
+    await eventually(lambda: asyncio.to_thread(can_connect, spec.mail.smtp_port), 10, what="SMTP server up")
+    try:
+        yield spec.mail.smtp_port
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def mail_spec(spec: AgentSpec, sink: Sink, **settings) -> AgentSpec:  # noqa: ANN003
+    mail = MailSettings(smtp_port=free_port(), smtp_relay=sink.relay, **settings)
+    return spec.model_copy(update={"mail": mail})
+
+
+@pytest.fixture
+def mailbox(agent_spec: AgentSpec) -> str:
+    MailStore.default().create_mailbox(ADDRESS, agent_spec.room)
+    return ADDRESS
+
+
+async def test_new_mail_is_answered_in_thread_and_replies_continue_it(
+    temporal_server, temporal_client, agent_spec, mailbox, sink, fake_model
+):
+    spec = mail_spec(agent_spec, sink)
+    async with mail_agent(temporal_server, spec) as port:
+        first = new_mail("Where is my order?", Cc="bob@example.com")
+        assert await send(port, first) == 250
+        job = await job_done(temporal_client, spec, first["Message-ID"])
+        assert job.status == "completed" and job.agent == "support"
+        assert len(sink.messages) == 1
+        reply = sink.messages[0]
+        assert reply["From"] == ADDRESS and reply["To"] == "alice@example.com" and reply["Cc"] is None
+        assert reply["Subject"] == "Re: Order 42"
+        assert reply["In-Reply-To"] == first["Message-ID"]
+        assert reply["References"] == first["Message-ID"]
+        assert reply["Message-ID"] == job.metadata["mail"]["reply"]
+        assert reply["Message-ID"].endswith("@example.com>") and reply["Auto-Submitted"] == "auto-replied"
+        assert sink.envelopes[0] == (ADDRESS, ["alice@example.com"])
+        assert reply.get_content_type() == "multipart/alternative"
+        text = reply.get_body(("plain",)).get_content()
+        html = reply.get_body(("html",)).get_content()
+        assert "echo: " in text and "Where is my order?" in text and "<p>" in html
+        prompt = fake_model.requests[-1].last_user_text
+        for line in ("From: Alice Example <alice@example.com>", f"To: {ADDRESS}", "Cc: bob@example.com",
+                     "Subject: Order 42", "Date: ", "Where is my order?"):
+            assert line in prompt, prompt
+        items = ThreadStore.for_room(spec.room).items(job.thread_id)
+        assert items[0].sender == "Alice Example" and items[0].data["channel"] == f"mail:{ADDRESS}"
+        assert ThreadStore.for_room(spec.room).thread(job.thread_id).name == "Order 42"
+
+        # A reply to the reply: same thread, the model sees the earlier mail, no "Re: Re:".
+        second = new_mail("And the invoice?", "Re: Re: Order 42", In_Reply_To=reply["Message-ID"],
+                          References=f"{first['Message-ID']} {reply['Message-ID']}")
+        assert await send(port, second) == 250
+        job2 = await job_done(temporal_client, spec, second["Message-ID"])
+        assert job2.thread_id == job.thread_id and len(sink.messages) == 2
+        answer = sink.messages[1]
+        assert answer["Subject"] == "Re: Order 42" and answer["In-Reply-To"] == second["Message-ID"]
+        assert answer["References"].split() == [first["Message-ID"], reply["Message-ID"], second["Message-ID"]]
+        history = [m["content"] for m in fake_model.requests[-1].messages if m["role"] == "user"]
+        assert "Where is my order?" in history[0] and "And the invoice?" in history[-1]
+
+        # References only (no In-Reply-To), naming the agent's last reply: still the same thread.
+        third = new_mail("One more thing", "Order 42 again", References=answer["Message-ID"])
+        assert await send(port, third) == 250
+        job3 = await job_done(temporal_client, spec, third["Message-ID"])
+        assert job3.thread_id == job.thread_id
+
+        # Unrelated mail: a new thread named after its subject.
+        other = new_mail("Hello", "Something else")
+        assert await send(port, other) == 250
+        job4 = await job_done(temporal_client, spec, other["Message-ID"])
+        assert job4.thread_id != job.thread_id and "something-else" in job4.thread_id
+
+
+async def test_duplicate_delivery_runs_once_and_reply_all(
+    temporal_server, temporal_client, agent_spec, mailbox, sink, fake_model
+):
+    spec = mail_spec(agent_spec, sink)
+    async with mail_agent(temporal_server, spec, f"{ADDRESS}?reply-all=true") as port:
+        msg = new_mail("Please review", "Review", to=f"{ADDRESS}, carol@example.com", Cc="dave@example.com, alice@example.com",
+                       Reply_To="alice-team@example.com")
+        assert await send(port, msg) == 250
+        assert await send(port, msg) == 250  # the sender retried: same Message-ID
+        job = await job_done(temporal_client, spec, msg["Message-ID"])
+        assert job.status == "completed"
+        assert await send(port, msg) == 250  # once more after it finished
+        assert len(sink.messages) == 1
+        assert sum("Please review" in r.last_user_text for r in fake_model.requests) == 1
+        reply = sink.messages[0]
+        assert reply["To"] == "alice-team@example.com"
+        assert [a.strip() for a in reply["Cc"].split(",")] == ["carol@example.com", "dave@example.com"]
+
+        # A failed turn: a short, polite notice; the error stays in the thread and the job.
+        fake_model.script(lambda req: FakeResponse.error(400, message="bad body") if "break" in req.last_user_text else None)
+        broken = new_mail("please break", "Broken")
+        assert await send(port, broken) == 250
+        failed = await job_done(temporal_client, spec, broken["Message-ID"])
+        assert failed.status == "failed" and "HTTP 400" in failed.error
+        notice = sink.messages[1]
+        assert notice["In-Reply-To"] == broken["Message-ID"] and "Sorry" in notice.get_body(("plain",)).get_content()
+        assert "bad body" not in notice.as_string()
+        items = ThreadStore.for_room(spec.room).items(failed.thread_id)
+        assert items[-1].type == "error" and "HTTP 400" in items[-1].text
+
+
+async def test_bounces_and_automatic_mail_are_recorded_not_answered(
+    temporal_server, temporal_client, agent_spec, mailbox, sink
+):
+    spec = mail_spec(agent_spec, sink)
+    boundary = "b0undary"
+    bounce = email.message_from_bytes((
+        "From: Mail Delivery System <MAILER-DAEMON@example.net>\r\n"
+        f"To: {ADDRESS}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        f"Message-ID: {make_msgid(domain='example.net')}\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"\r\n\r\n'
+        f"--{boundary}\r\nContent-Type: text/plain\r\n\r\nCould not deliver.\r\n"
+        f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\nStatus: 5.1.1\r\n\r\n"
+        f"--{boundary}--\r\n"
+    ).encode(), policy=email.policy.default)
+    automatic = [
+        bounce,
+        new_mail("I am out of office", "Out of office", Auto_Submitted="auto-replied"),
+        new_mail("newsletter", "News", Precedence="bulk"),
+        new_mail("no return", "Empty return path", Return_Path="<>"),
+    ]
+    async with mail_agent(temporal_server, spec) as port:
+        for msg in automatic:
+            assert await send(port, msg) == 250
+        envelope_bounce = new_mail("bounced", "Delivery failure")
+        assert await send(port, envelope_bounce, mail_from="") == 250
+        human = new_mail("A real question")
+        assert await send(port, human) == 250
+        await job_done(temporal_client, spec, human["Message-ID"])
+    assert len(sink.messages) == 1 and sink.messages[0]["In-Reply-To"] == human["Message-ID"]
+    recorded = {r["message_id"]: r for r in MailStore.default().inbound(ADDRESS)}
+    ignored = [m["Message-ID"] for m in [*automatic, envelope_bounce]]
+    assert all(recorded[i]["status"] == "ignored" for i in ignored), recorded
+    assert "multipart/report" in recorded[bounce["Message-ID"]]["reason"]
+    assert "Auto-Submitted" in recorded[automatic[1]["Message-ID"]]["reason"]
+    assert recorded[human["Message-ID"]]["status"] == "queued"
+
+
+async def test_smtp_refusals_unknown_recipient_size_and_allowlist(
+    temporal_server, temporal_client, agent_spec, mailbox, sink
+):
+    spec = mail_spec(agent_spec, sink, max_size=8192, allow=["@example.com", "boss@partner.org"])
+    async with mail_agent(temporal_server, spec) as port:
+        assert await send(port, new_mail("hi", to="nobody@example.com")) == 550
+        assert await send(port, new_mail("x" * 20000)) == 552
+        assert await send(port, new_mail("let me in", sender="Eve <eve@evil.org>")) == 550
+        boss = new_mail("from a partner", sender="Boss <boss@partner.org>")
+        assert await send(port, boss) == 250
+        job = await job_done(temporal_client, spec, boss["Message-ID"])
+        assert job.status == "completed"
+    assert [m["To"] for m in sink.messages] == ["boss@partner.org"]
+
+
+async def test_attachment_saved_under_the_thread_and_read_by_a_tool(
+    temporal_server, temporal_client, agent_spec, mailbox, sink, fake_model
+):
+    def script(request: FakeRequest) -> FakeResponse | None:
+        marker = "Attachments (room storage): "
+        if marker in request.last_user_text and not request.tool_results:
+            path = request.last_user_text.split(marker)[1].split(",")[0].strip()
+            return FakeResponse.tool_calls([("storage_read", {"path": path})])
+        if request.tool_results:
+            return FakeResponse.text("The file says: " + str(request.tool_results[0]["content"]))
+        return None
+
+    fake_model.script(script)
+    spec = mail_spec(agent_spec.model_copy(update={"storage": True}), sink)
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = ALICE, ADDRESS, "Notes attached"
+    msg["Message-ID"] = make_msgid(domain="example.com")
+    msg.set_content("<p>Please read <b>the notes</b>.</p>", subtype="html")
+    msg.add_attachment(b"the secret is 42", maintype="text", subtype="plain", filename="../notes.txt")
+    async with mail_agent(temporal_server, spec) as port:
+        assert await send(port, msg) == 250
+        job = await job_done(temporal_client, spec, msg["Message-ID"])
+    assert job.status == "completed", job.error
+    prompt = fake_model.requests[0].last_user_text
+    assert "Please read the notes." in prompt and "<b>" not in prompt
+    thread_path = job.thread_id.partition("/")[2]
+    items = ThreadStore.for_room(spec.room).items(job.thread_id)
+    [path] = items[0].data["attachments"]
+    assert path.startswith(f"{thread_path}/mail/") and path.endswith("/notes.txt")
+    assert path in prompt
+    assert "the secret is 42" in sink.messages[0].get_body(("plain",)).get_content()
+
+
+async def test_temporal_down_answers_451_and_the_retry_succeeds(room, sink):
+    server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES})
+    await server.astart()
+    try:
+        MailStore.default().create_mailbox(ADDRESS, room)
+        smtp = MailServer(MailStore.default(), lazy_client(lambda: connect(server.address)), port=0,
+                          handoff_timeout=5)
+        await smtp.start()
+        try:
+            assert await send(smtp.port, new_mail("while up")) == 250
+            await server.astop()
+            msg = new_mail("while down")
+            assert await send(smtp.port, msg) == 451
+            assert MailStore.default().inbound_status(mail_job_key(ADDRESS, msg["Message-ID"])) is None
+            await server.astart()
+            assert await send(smtp.port, msg) == 250
+        finally:
+            await smtp.close()
+        client = await connect(server.address)
+        handle = client.get_workflow_handle(f"{room}/.queues/{job_id_in(room, msg['Message-ID'])}")
+        assert (await handle.describe()).status is not None
+    finally:
+        await server.astop()
+        server.close()
+
+
+def job_id_in(room: str, message_id: str) -> str:
+    mailbox = MailStore.default().mailbox(ADDRESS)
+    assert mailbox is not None and mailbox.room == room
+    return public_job_id(mailbox.queue, mail_job_key(ADDRESS, message_id))
+
+
+class ConsumerProcess:
+    def __init__(self, address: str, spec: AgentSpec) -> None:
+        self.args = [sys.executable, "-m", "tests.mail_consumer_process", address, spec.model_dump_json(), ADDRESS]
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> ConsumerProcess:
+        self.proc = subprocess.Popen(self.args, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"consumer process did not start (exit code {self.proc.wait()})")
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def test_consumer_killed_before_the_reply_was_sent_replies_exactly_once(
+    temporal_server, temporal_client, agent_spec, mailbox, sink, fake_model
+):
+    spec = agent_spec.model_copy(update={"mail": MailSettings(smtp_port=0, smtp_relay=sink.relay)})
+    smtp = MailServer(MailStore.default(), lazy_client(lambda: connect(temporal_server.address)), port=0)
+    await smtp.start()
+    processes: list[ConsumerProcess] = []
+    try:
+        processes.append(await asyncio.to_thread(ConsumerProcess(temporal_server.address, spec).start))
+        sink.hold_next()
+        msg = new_mail("Kill me softly")
+        assert await send(smtp.port, msg) == 250
+        # The model answered and the reply's SMTP transaction is under way (held at RCPT): kill -9 the consumer.
+        await eventually(lambda: sink.held.is_set(), 60, what="reply transaction started")
+        job = job_id(spec, msg["Message-ID"])
+        assert sum("Kill me softly" in r.last_user_text for r in fake_model.requests) == 1
+        processes[0].kill()
+        sink.release()
+        processes.append(await asyncio.to_thread(ConsumerProcess(temporal_server.address, spec).start))
+        done = await asyncio.wait_for(wait_for_job(temporal_client, spec.room, job), 60)
+    finally:
+        for process in processes:
+            process.kill()
+        await smtp.close()
+    assert done.status == "completed", done.error
+    assert len(sink.messages) == 1 and sink.messages[0]["In-Reply-To"] == msg["Message-ID"]
+    assert sum("Kill me softly" in r.last_user_text for r in fake_model.requests) == 1
+
+
+async def test_a_reply_recorded_as_sent_is_not_sent_again(agent_spec, mailbox, sink):
+    """The other side of the window: an attempt that sent and recorded, then died before reporting, is retried;
+    the retry finds the record and sends nothing."""
+    spec = agent_spec.model_copy(update={"mail": MailSettings(smtp_port=0, smtp_relay=sink.relay)})
+    activities = MailActivities(spec, ADDRESS, False, MailStore.default())
+    request = MailReplyRequest(
+        room=spec.room, thread_id=spec.ref.thread_id("t1"), turn_id="turn-1", status="completed", text="**Hi**",
+        envelope=MailEnvelope(mailbox=ADDRESS, message_id="<m1@example.com>", subject="Hello",
+                              to=["alice@example.com"], references=["<m1@example.com>"]),
+    )
+    env = ActivityEnvironment()
+    first = await env.run(activities.send_mail_reply, request)
+    again = await env.run(activities.send_mail_reply, request)
+    assert first == again == reply_message_id("turn-1", ADDRESS)
+    assert len(sink.messages) == 1
+    assert "<strong>Hi</strong>" in sink.messages[0].get_body(("html",)).get_content()

@@ -1,0 +1,143 @@
+"""`MailJobWorkflow`: one inbound mail to one mailbox, as a job on the mailbox's queue.
+
+The SMTP server starts it (id `<room>/.queues/<queue>/mail-<hash of mailbox and Message-ID>`, so the same mail
+delivered twice is one job) on the queue's task queue, where an agent with `--channel mail:ADDRESS` consumes it.
+It shows in `room queue status|list` like any job. Three activities, all in the consumer's worker:
+
+1. `prepare_mail_turn` reads the stored .eml, picks the thread (a known Message-ID in In-Reply-To/References
+   continues its thread), saves attachments and builds the turn (its id derived from the job, as queue jobs do);
+2. `run_queue_turn` (the queue channel's) submits the turn and waits durably for its reply;
+3. `send_mail_reply` sends the answer (or a failure notice) once: its Message-ID is derived from the turn and the
+   sending is recorded.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from models import JobStatus, MailJobInput, MailReplyRequest, MailTurnPlan, QueueTurnRequest, QueueTurnResult
+    from workflows.queue_job import (
+        HEARTBEAT_TIMEOUT,
+        MEMO_KEY,
+        TURN_RETRY,
+        TURN_TIMEOUT,
+        job_memo,
+        job_thread_name,
+        public_job_id,
+    )
+    from workflows.search_attributes import AGENT_ATTRIBUTE, JOB_STATUS_ATTRIBUTE
+
+PREPARE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), non_retryable_error_types=["MailUnreadable"]
+)
+SEND_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(minutes=5),
+    non_retryable_error_types=["MailRejected", "MailConfigError"],
+)
+SEND_GIVE_UP = timedelta(days=2)
+"""A relay that stays down this long: the reply is given up and the error kept in the job."""
+
+
+@workflow.defn(name="MailJobWorkflow")
+class MailJobWorkflow:
+    @workflow.init
+    def __init__(self, job: MailJobInput) -> None:
+        self.job = job
+        self.state = JobStatus(
+            job_id=public_job_id(job.queue, job.job_key), room=job.room, queue=job.queue, status="queued",
+            accepted_at=job.accepted_at, metadata={"mail": {"message_id": job.message_id, "mailbox": job.mailbox}},
+        )
+
+    @workflow.run
+    async def run(self, job: MailJobInput) -> JobStatus:
+        self.state.status = "running"
+        self.state.started_at = workflow.now()
+        self._publish()
+        try:
+            plan: MailTurnPlan = await workflow.execute_activity(
+                "prepare_mail_turn", job, result_type=MailTurnPlan,
+                start_to_close_timeout=timedelta(minutes=2), retry_policy=PREPARE_RETRY,
+                summary=f"mail from {job.sender}: {job.subject}"[:80],
+            )
+        except ActivityError as e:
+            return self._finish("failed", error=f"the mail could not be read: {_failure_message(e)}")
+        self.state.thread_id = plan.thread_id
+        if plan.skipped or plan.turn is None or plan.envelope is None:
+            self.state.metadata["mail"]["ignored"] = plan.skipped
+            return self._finish("completed")
+        try:
+            result: QueueTurnResult = await workflow.execute_activity(
+                "run_queue_turn",
+                QueueTurnRequest(
+                    room=job.room, queue=job.queue, job_id=self.state.job_id,
+                    thread_name=job_thread_name(job.queue, job.job_key), path=plan.thread_id,
+                    accepted_at=job.accepted_at, turn=plan.turn,
+                ),
+                result_type=QueueTurnResult,
+                start_to_close_timeout=TURN_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=TURN_RETRY,
+                summary=f"turn for mail: {plan.subject}"[:80],
+            )
+        except ActivityError as e:
+            return self._finish("failed", error=_failure_message(e))
+        self.state.agent = result.agent
+        self.state.thread_id = result.thread_id
+        reply = result.reply
+        self.state.text = reply.text
+        self.state.usage = reply.usage
+        error = None if reply.status == "completed" else (reply.error or f"the turn was {reply.status}")
+        try:
+            sent: str = await workflow.execute_activity(
+                "send_mail_reply",
+                MailReplyRequest(
+                    room=job.room, thread_id=result.thread_id, turn_id=plan.turn.turn_id, envelope=plan.envelope,
+                    status=reply.status, text=reply.text, error=reply.error,
+                    thread_title=plan.subject if plan.new_thread else None,
+                ),
+                result_type=str,
+                start_to_close_timeout=timedelta(minutes=2),
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                schedule_to_close_timeout=SEND_GIVE_UP,
+                retry_policy=SEND_RETRY,
+                summary=f"reply to {', '.join(plan.envelope.to)}"[:80],
+            )
+            self.state.metadata["mail"]["reply"] = sent
+        except ActivityError as e:
+            failure = f"the reply could not be sent: {_failure_message(e)}"
+            error = f"{error}; {failure}" if error else failure
+        return self._finish("completed" if reply.status == "completed" else "failed", error=error)
+
+    @workflow.query(name="status")
+    def status(self) -> JobStatus:
+        return self.state
+
+    def _finish(self, status: Literal["completed", "failed"], error: str | None = None) -> JobStatus:
+        self.state.status = status
+        self.state.error = error
+        self.state.finished_at = workflow.now()
+        self._publish()
+        return self.state
+
+    def _publish(self) -> None:
+        attributes = [JOB_STATUS_ATTRIBUTE.value_set(self.state.status)]
+        if self.state.agent:
+            attributes.append(AGENT_ATTRIBUTE.value_set(self.state.agent))
+        workflow.upsert_search_attributes(attributes)
+        workflow.upsert_memo({MEMO_KEY: job_memo(self.state)})
+
+
+def _failure_message(e: BaseException) -> str:
+    if isinstance(e, ActivityError) and e.cause is not None:
+        cause = e.cause
+        if isinstance(cause, ApplicationError):
+            return cause.message
+        return f"{cause.__class__.__name__}: {cause}"
+    return str(e)
