@@ -1,0 +1,118 @@
+"""The floor: the least a durable agent turn can cost on Temporal, to compare Threadline's turn against.
+
+One workflow per thread; a turn is one update-with-start whose handler runs one activity that calls the model with
+the real `openai` client (retries off). No thread store, no search attributes, no heartbeats.
+
+Diagnostic variants (the workflow's start input, `FloorOptions`) add one of Threadline's costs at a time, so a gap
+between the floor and Threadline can be attributed: `heartbeat` (the model activity heartbeats as Threadline's does,
+heartbeat timeout 5 s), `upsert` (the status search attribute is set to running, then idle, in every turn).
+
+    python -m bench.floor ADDRESS TASK_QUEUE [MAX_CACHED_WORKFLOWS]
+
+runs a worker for it in its own process (model at OPENAI_BASE_URL); prints `ready` once it polls, stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import contextlib
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+from temporalio import activity, workflow
+
+with workflow.unsafe.imports_passed_through():
+    import openai
+
+    from workflows.search_attributes import STATUS_ATTRIBUTE
+
+FLOOR_MODEL = "fake-model"
+_client: openai.AsyncOpenAI | None = None
+
+
+@activity.defn(name="floor_call_model")
+async def floor_call_model(text: str) -> str:
+    global _client
+    if _client is None:
+        _client = openai.AsyncOpenAI(
+            base_url=os.environ["OPENAI_BASE_URL"], api_key=os.environ.get("OPENAI_API_KEY", "x"), max_retries=0
+        )
+    response = await _client.chat.completions.create(model=FLOOR_MODEL, messages=[{"role": "user", "content": text}])
+    return response.choices[0].message.content or ""
+
+
+@activity.defn(name="floor_call_model_heartbeat")
+async def floor_call_model_heartbeat(text: str) -> str:
+    """Same call, heartbeating every second while it runs (as Threadline's `heartbeating()` does)."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(1.0)
+
+    task = asyncio.create_task(beat())
+    try:
+        return await floor_call_model(text)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@dataclass
+class FloorOptions:
+    heartbeat: bool = False
+    upsert: bool = False
+
+
+@workflow.defn(name="FloorWorkflow")
+class FloorWorkflow:
+    @workflow.init
+    def __init__(self, options: FloorOptions) -> None:
+        self.options = options
+
+    @workflow.run
+    async def run(self, options: FloorOptions) -> None:
+        await workflow.wait_condition(lambda: False)
+
+    @workflow.update(name="turn")
+    async def turn(self, text: str) -> str:
+        if self.options.upsert:
+            workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set("running")])
+        if self.options.heartbeat:
+            result = await workflow.execute_activity(
+                floor_call_model_heartbeat, text, start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=5),
+            )
+        else:
+            result = await workflow.execute_activity(
+                floor_call_model, text, start_to_close_timeout=timedelta(minutes=5)
+            )
+        if self.options.upsert:
+            workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set("idle")])
+        return result
+
+
+async def _main(address: str, task_queue: str, max_cached: int) -> None:
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    client = await Client.connect(address)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[FloorWorkflow],
+        activities=[floor_call_model, floor_call_model_heartbeat],
+        max_cached_workflows=max_cached,
+    ):
+        print("ready", flush=True)
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 1000))
