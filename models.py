@@ -247,6 +247,20 @@ class OutcomeRecord(BaseModel):
 ThreadItem.model_rebuild()
 
 
+def validate_storage_url(url: str | None) -> str | None:
+    """`s3://BUCKET[/PREFIX]`, `file:///DIR` or a directory (room storage of every room under it); '' is none."""
+    url = (url or "").strip()
+    if not url:
+        return None
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme == "s3":
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", rest.partition("/")[0]):
+            raise ValueError(f"storage URL {url!r}: expected s3://BUCKET[/PREFIX] with a valid bucket name")
+    elif sep and scheme != "file":
+        raise ValueError(f"storage URL {url!r}: expected s3://BUCKET[/PREFIX], file:///DIR or a directory")
+    return url
+
+
 class AgentSpec(BaseModel):
     """An agent process's configuration: the worker reads rules, tools and limits from here at every turn."""
 
@@ -261,6 +275,9 @@ class AgentSpec(BaseModel):
     thread_dir: str = ""
     storage: bool = False
     require_storage: bool = False
+    storage_url: str | None = Field(
+        None, description="room storage: s3://BUCKET[/PREFIX] or a directory; none: ~/.threadline/rooms/ROOM/storage"
+    )
     tools: list[str] = Field(default_factory=list)
     max_steps: int = Field(12, ge=1, le=1000)
     temporal_address: str | None = None
@@ -270,6 +287,8 @@ class AgentSpec(BaseModel):
     )
     mail: MailSettings = Field(default_factory=lambda: MailSettings(), description="the mail channel's settings")
     http: HttpSettings = Field(default_factory=lambda: HttpSettings(), description="the chat channel's HTTP server")
+    web: WebSettings = Field(default_factory=lambda: WebSettings(), description="--web-fetch and --web-search")
+    mcp: McpSettings = Field(default_factory=lambda: McpSettings(), description="--mcp servers and --mcp-serve-port")
 
     @field_validator("room")
     @classmethod
@@ -280,6 +299,11 @@ class AgentSpec(BaseModel):
     @classmethod
     def _agent(cls, v: str) -> str:
         return validate_name("agent name", v)
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        return validate_storage_url(v)
 
     @property
     def ref(self) -> AgentRef:
@@ -631,6 +655,29 @@ class HttpSettings(BaseModel):
                              description="None: the default port, left to another process when it is taken; 0: any")
     token: str | None = Field(None, repr=False, description="bearer token every API request must carry")
     temporal_ui_url: str | None = Field(None, description="base URL of the Temporal UI, for links to threads")
+
+
+# Web and MCP tools (activities/web.py, activities/mcp_tools.py).
+
+
+class WebSettings(BaseModel):
+    """`--web-fetch`, `--web-fetch-allow`, `--web-search`, `--web-search-provider`."""
+
+    fetch: bool = False
+    fetch_allow: list[str] = Field(default_factory=list, description="hosts, host:port or CIDRs exempt from the guard")
+    fetch_max_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    fetch_timeout: float = Field(30.0, gt=0, le=600)
+    search: bool = False
+    search_provider: str | None = Field(None, description="searxng | brave | tavily; None: the first configured")
+
+
+class McpSettings(BaseModel):
+    """`--mcp URL[#options]` (repeatable), `--mcp-optional`, `--mcp-serve-host`, `--mcp-serve-port`."""
+
+    servers: list[str] = Field(default_factory=list)
+    optional: bool = False
+    serve_host: str = "127.0.0.1"
+    serve_port: int | None = Field(None, ge=0, le=65535, description="None: no MCP server; 0: any free port")
 
 
 AgentSpec.model_rebuild()

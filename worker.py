@@ -12,13 +12,16 @@ from pathlib import Path
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.agent import AgentActivities
 from activities.storage import RoomStorage
 from activities.stream_log import StreamLog
 from activities.thread_store import ThreadStore
-from activities.tools import build_toolbox
+from activities.mcp_tools import load_mcp_tools
+from activities.tools import Tool, build_toolbox
+from activities.web import web_tools
 from channels.base import ChannelAdapter, ChannelContext
 from channels.toolkit import toolkit_tools
 from models import AgentSpec
@@ -27,6 +30,11 @@ from workflows.thread import ThreadWorkflow
 
 MAX_CACHED_THREADS = 200
 """Idle threads beyond this are evicted from worker memory and replayed from history when they get a turn."""
+
+
+GRACEFUL_SHUTDOWN = timedelta(seconds=10)
+"""How long a stopping worker lets in-flight activities finish before cancelling them (deployments give the process
+longer than this plus a heartbeat timeout before killing it)."""
 
 
 class RulesFileError(ValueError):
@@ -46,8 +54,12 @@ def load_rules(spec: AgentSpec) -> list[str]:
     return rules
 
 
-def build_activities(spec: AgentSpec, env: Mapping[str, str] | None = None) -> AgentActivities:
-    storage = RoomStorage.for_room(spec.room)
+def build_activities(
+    spec: AgentSpec, env: Mapping[str, str] | None = None, extra_tools: Sequence[Tool] = ()
+) -> AgentActivities:
+    """`extra_tools`: tools found at start-up (the `--mcp` servers' tools, see `load_extra_tools`)."""
+    env = dict(os.environ if env is None else env)
+    storage = RoomStorage.for_spec(spec, env)
     if spec.require_storage:
         storage.check_writable()
     return AgentActivities(
@@ -57,10 +69,18 @@ def build_activities(spec: AgentSpec, env: Mapping[str, str] | None = None) -> A
         stream=StreamLog.for_room(spec.room),
         storage=storage,
         toolbox=build_toolbox(
-            storage=storage if spec.storage else None, tool_references=spec.tools, extra_tools=toolkit_tools(spec)
+            storage=storage if spec.storage else None, tool_references=spec.tools,
+            extra_tools=[*toolkit_tools(spec), *web_tools(spec.web, env), *extra_tools],
         ),
-        env=dict(os.environ if env is None else env),
+        env=env,
     )
+
+
+async def load_extra_tools(spec: AgentSpec, env: Mapping[str, str] | None = None) -> list[Tool]:
+    """Tools that need I/O at start-up: the tools of the agent's `--mcp` servers."""
+    if not spec.mcp.servers:
+        return []
+    return await load_mcp_tools(spec.mcp.servers, dict(os.environ if env is None else env), spec.mcp.optional)
 
 
 async def register_search_attributes(client: Client) -> None:
@@ -74,9 +94,14 @@ async def register_search_attributes(client: Client) -> None:
         if key.name not in existing.custom_attributes
     }
     if missing:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
-        )
+        try:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
+            )
+        except RPCError as e:
+            # Replicas starting together race to add them: the loser finds them added.
+            if e.status != RPCStatusCode.ALREADY_EXISTS:
+                raise
 
 
 def build_worker(client: Client, spec: AgentSpec, activities: AgentActivities) -> Worker:
@@ -88,7 +113,7 @@ def build_worker(client: Client, spec: AgentSpec, activities: AgentActivities) -
         max_cached_workflows=MAX_CACHED_THREADS,
         # A crashed worker's sticky queue is abandoned quickly so another worker replays the thread.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
-        graceful_shutdown_timeout=timedelta(seconds=10),
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         # Activities heartbeat every second; sending each one lets an interrupt reach a running model call or tool
         # within about a second (the default throttle, 80% of the 5 s heartbeat timeout, makes it up to 4 s).
         max_heartbeat_throttle_interval=timedelta(seconds=1),
@@ -104,7 +129,11 @@ async def run_agent(
 ) -> None:
     """Runs the agent's worker and its channel adapters until `stop` is set, then shuts down gracefully
     (in-flight activities finish or are handed back to Temporal)."""
-    activities = build_activities(spec)
+    activities = build_activities(spec, extra_tools=await load_extra_tools(spec))
+    if spec.mcp.serve_port is not None:
+        from channels.mcp_serve import McpServeChannel
+
+        channels = [*channels, McpServeChannel()]
     await register_search_attributes(client)
     context = ChannelContext(client=client, spec=spec)
     workers = [build_worker(client, spec, activities)]

@@ -342,7 +342,7 @@ class AgentActivities:
                 if activity.info().attempt < call.max_attempts:
                     raise
                 ok, output = False, f"error: {call.name} failed: {e}"
-        text = self._spill_large_output(request, output)
+        text = await asyncio.to_thread(self._spill_large_output, request, output)
         item = ThreadItem(
             seq=request.seq, turn_id=request.turn_id, type="tool_result", text=text,
             tool_call_id=call.call_id, tool_name=call.name, data={"ok": ok},

@@ -19,7 +19,8 @@ from pydantic import BaseModel
 
 from activities.storage import room_dir
 
-EventKind = Literal["delta", "retry", "tool_started", "tool_finished"]
+EventKind = Literal["delta", "retry", "tool_started", "tool_finished", "accepted"]
+"""`accepted`: a channel handed the turn to its thread (published by the HTTP chat channel, attempt 0)."""
 
 COALESCE_SECONDS = 0.1
 KEEP_SECONDS = 24 * 3600
@@ -84,6 +85,13 @@ class StreamLog:
                         created_at=r[6])
             for r in self._connect().execute(query + " ORDER BY id", args)
         ]
+
+    def last_id_until(self, thread_id: str, created_at: float) -> int:
+        """The id of a thread's last event published at or before `created_at` (0 when none)."""
+        row = self._connect().execute(
+            "SELECT MAX(id) FROM stream_events WHERE thread_id=? AND created_at<=?", (thread_id, created_at)
+        ).fetchone()
+        return row[0] or 0
 
     def last_id(self) -> int:
         row = self._connect().execute("SELECT MAX(id) FROM stream_events").fetchone()

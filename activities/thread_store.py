@@ -45,6 +45,16 @@ CREATE TABLE IF NOT EXISTS items (
 _NAME_LIMIT = 60
 
 
+def _add_column(db: sqlite3.Connection, table: str, column: str, kind: str) -> None:
+    """Schema growth for files written by older versions: columns are only ever added."""
+    if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+        try:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        except sqlite3.OperationalError as e:  # another process added it first
+            if "duplicate column" not in str(e):
+                raise
+
+
 def display_name(text: str) -> str:
     words = re.sub(r"\s+", " ", text).strip()
     return words if len(words) <= _NAME_LIMIT else words[: _NAME_LIMIT - 1].rstrip() + "…"
@@ -57,6 +67,7 @@ class ThreadStore:
         self._local = threading.local()
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            _add_column(db, "threads", "archived_at", "REAL")
 
     @classmethod
     def for_room(cls, room: str) -> ThreadStore:
@@ -120,35 +131,74 @@ class ThreadStore:
             "UPDATE threads SET status=?, modified_at=? WHERE thread_id=?", (status, time.time(), thread_id)
         )
 
+    def ensure_thread(self, thread_id: str, *, room: str, agent: str, channel: str = "chat", name: str = "") -> None:
+        """Creates the thread's row (no items yet) unless it exists; its first message names it when `name` is empty."""
+        now = time.time()
+        self._connect().execute(
+            "INSERT OR IGNORE INTO threads (thread_id, room, agent, name, status, channel, created_at, modified_at)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (thread_id, room, agent, display_name(name) if name else "", "idle", channel, now, now),
+        )
+
+    def archive(self, thread_id: str, archived: bool = True) -> bool:
+        """Hides a thread from listings that leave out archived threads (its items stay). False: no such thread."""
+        cursor = self._connect().execute(
+            "UPDATE threads SET archived_at=? WHERE thread_id=?", (time.time() if archived else None, thread_id)
+        )
+        return cursor.rowcount > 0
+
+    def changes(self, thread_id: str, *, after: int = 0) -> list[tuple[int, ThreadItem]]:
+        """Items written (or rewritten) after position `after`, in write order, with their positions: a cursor for
+        readers that follow a thread (write order is commit order, since SQLite serialises writers)."""
+        rows = self._connect().execute(
+            "SELECT rowid, body FROM items WHERE thread_id=? AND rowid>? ORDER BY rowid", (thread_id, after)
+        )
+        return [(rowid, ThreadItem.model_validate_json(body)) for rowid, body in rows]
+
+    def position(self, thread_id: str) -> tuple[int, float]:
+        """The latest write position of a thread's items and the newest item time (0, 0.0 when it has none)."""
+        row = self._connect().execute(
+            "SELECT MAX(rowid), MAX(created_at) FROM items WHERE thread_id=?", (thread_id,)
+        ).fetchone()
+        return (row[0] or 0, row[1] or 0.0)
+
     def rename(self, thread_id: str, name: str) -> None:
         self._connect().execute("UPDATE threads SET name=? WHERE thread_id=?", (display_name(name), thread_id))
 
     def items(self, thread_id: str, *, before_seq: int | None = None, limit: int | None = None) -> list[ThreadItem]:
         """Items in order; with `limit`, the last `limit` of them."""
-        query = "SELECT body FROM items WHERE thread_id=?"
+        query = "SELECT seq, body FROM items WHERE thread_id=?"
         args: list[object] = [thread_id]
         if before_seq is not None:
             query += " AND seq<?"
             args.append(before_seq)
         if limit is not None:
-            query = f"SELECT body FROM ({query} ORDER BY seq DESC LIMIT ?) ORDER BY json_extract(body, '$.seq')"
+            query = f"SELECT seq, body FROM ({query} ORDER BY seq DESC LIMIT ?) ORDER BY seq"
             args.append(limit)
         else:
             query += " ORDER BY seq"
-        return [ThreadItem.model_validate_json(b) for (b,) in self._connect().execute(query, args)]
+        return [ThreadItem.model_validate_json(b) for (_, b) in self._connect().execute(query, args)]
 
     def thread(self, thread_id: str) -> ThreadInfo | None:
         found = self.threads(thread_id=thread_id)
         return found[0] if found else None
 
     def threads(
-        self, *, agent: str | None = None, thread_id: str | None = None, limit: int = 1000, offset: int = 0
+        self,
+        *,
+        agent: str | None = None,
+        thread_id: str | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+        archived: bool | None = None,
     ) -> list[ThreadInfo]:
+        """Newest first; `archived=False` leaves archived threads out, `True` lists only them, None lists all."""
         query = (
             "SELECT t.thread_id, t.room, t.agent, t.name, t.status, t.channel, t.created_at, t.modified_at,"
             " (SELECT COUNT(*) FROM items i WHERE i.thread_id=t.thread_id),"
             " (SELECT json_group_array(json_extract(i.body, '$.data.usage')) FROM items i"
-            "  WHERE i.thread_id=t.thread_id AND i.type='assistant')"
+            "  WHERE i.thread_id=t.thread_id AND i.type='assistant'),"
+            " t.archived_at"
             " FROM threads t WHERE 1=1"
         )
         args: list[object] = []
@@ -158,6 +208,8 @@ class ThreadStore:
         if thread_id is not None:
             query += " AND t.thread_id=?"
             args.append(thread_id)
+        if archived is not None:
+            query += " AND t.archived_at IS NOT NULL" if archived else " AND t.archived_at IS NULL"
         query += " ORDER BY t.modified_at DESC LIMIT ? OFFSET ?"
         args += [limit, offset]
         result = []
@@ -166,7 +218,7 @@ class ThreadStore:
             result.append(
                 ThreadInfo(
                     thread_id=row[0], room=row[1], agent=row[2], name=row[3], status=row[4], channel=row[5],
-                    created_at=row[6], modified_at=row[7], items=row[8], usage=usage,
+                    created_at=row[6], modified_at=row[7], items=row[8], usage=usage, archived=row[10] is not None,
                 )
             )
         return result

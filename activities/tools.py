@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import json
@@ -86,15 +87,16 @@ def current_time() -> str:
 
 
 def storage_tools(storage: RoomStorage) -> list[Tool]:
-    def storage_write(path: str, content: str) -> str:
-        size = storage.write(path, content)
+    # Off the event loop: the storage may be object storage across the network.
+    async def storage_write(path: str, content: str) -> str:
+        size = await asyncio.to_thread(storage.write, path, content)
         return f"wrote {size} bytes to {path}"
 
-    def storage_read(path: str) -> str:
-        return storage.read_text(path)
+    async def storage_read(path: str) -> str:
+        return await asyncio.to_thread(storage.read_text, path)
 
-    def storage_list(path: str = "") -> str:
-        return json.dumps(storage.list(path))
+    async def storage_list(path: str = "") -> str:
+        return json.dumps(await asyncio.to_thread(storage.list, path))
 
     return [
         Tool("storage_write", "Write a text file to the room's shared storage (path relative to the room).", storage_write),

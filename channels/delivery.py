@@ -12,9 +12,12 @@ import time
 import uuid
 import weakref
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from temporalio import common
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -28,6 +31,8 @@ from workflows.search_attributes import AGENT_ATTRIBUTE, CHANNEL_ATTRIBUTE, ROOM
 from workflows.thread import ThreadWorkflow
 
 POLL_INTERVAL = 0.2
+ONLINE_WINDOW = timedelta(seconds=75)
+"""A worker long-polls for about a minute: one that has not polled for longer is gone."""
 UPDATES_IN_FLIGHT_PER_THREAD = 8
 """Temporal keeps at most 10 updates in flight per workflow and answers the 11th with RESOURCE_EXHAUSTED, but only
 after the client's own retries (about 15 s): callers of one process past this many go by signal + poll at once."""
@@ -175,17 +180,23 @@ async def thread_snapshot(client: Client, thread_id: str) -> ThreadSnapshot:
     return await client.get_workflow_handle(thread_id).query(ThreadWorkflow.snapshot)
 
 
-async def agent_is_online(client: Client, agent: AgentRef) -> bool:
-    """True when a worker of the agent polled its task queue recently."""
-    from temporalio.api.enums.v1 import TaskQueueType
-    from temporalio.api.taskqueue.v1 import TaskQueue
-    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-
+async def recent_pollers(client: Client, task_queue: str, window: timedelta = ONLINE_WINDOW) -> set[str]:
+    """Identities of the workers that polled the task queue's workflow tasks within `window` (Temporal keeps
+    listing a stopped worker for minutes, so its mere presence says little)."""
     response = await client.workflow_service.describe_task_queue(
         DescribeTaskQueueRequest(
             namespace=client.namespace,
-            task_queue=TaskQueue(name=agent.task_queue),
+            task_queue=TaskQueue(name=task_queue),
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
         )
     )
-    return bool(response.pollers)
+    since = datetime.now(timezone.utc) - window
+    return {
+        p.identity for p in response.pollers
+        if p.HasField("last_access_time") and p.last_access_time.ToDatetime(timezone.utc) >= since
+    }
+
+
+async def agent_is_online(client: Client, agent: AgentRef) -> bool:
+    """True when a worker of the agent polled its task queue recently."""
+    return bool(await recent_pollers(client, agent.task_queue))

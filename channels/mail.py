@@ -183,7 +183,7 @@ class Mailbox:
 
 class MailStore:
     """SQLite in WAL mode: the SMTP server and the agents of one machine share it. Agents on several machines
-    need one shared THREADLINE_HOME (the .eml files in room storage must be shared as well)."""
+    need one shared THREADLINE_HOME (and one room storage for the .eml files: the same --storage-url)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -458,8 +458,12 @@ class MailServer:
         max_size: int = 25 * 1024 * 1024,
         allow: Iterable[str] = (),
         handoff_timeout: float = HANDOFF_TIMEOUT,
+        storage_url: str | None = None,
     ) -> None:
+        """`storage_url`: the room storage the raw .eml files go to (`--storage-url`; None: this machine's
+        THREADLINE_HOME); the agents that consume the mailboxes must use the same one."""
         self.store = store
+        self.storage_url = storage_url
         self.client = client
         self.host, self.requested_port = host, port
         self.max_size = max_size
@@ -540,7 +544,8 @@ class MailServer:
         if await asyncio.to_thread(self.store.inbound_status, key) is not None:
             return  # the same mail again: already handed over (or recorded)
         eml_path = f".mail/{mailbox.queue}/{key}.eml"
-        await asyncio.to_thread(RoomStorage.for_room(mailbox.room).write, eml_path, raw)
+        storage = RoomStorage.for_url(self.storage_url, mailbox.room)
+        await asyncio.to_thread(storage.write, eml_path, raw)
         if automatic is not None:
             log.info("mail: %s to %s recorded, not answered: %s", mail.message_id, address, automatic)
             await asyncio.to_thread(self.store.record_inbound, key, mailbox.address, mail.message_id,
@@ -676,17 +681,18 @@ class MailActivities:
         self.address = address
         self.reply_all = reply_all
         self.store = store
-        self.storage = RoomStorage.for_room(spec.room)
+        self.storage = RoomStorage.for_spec(spec)
         self.env = dict(os.environ)
 
     @activity.defn(name="prepare_mail_turn")
     async def prepare_mail_turn(self, job: MailJobInput) -> MailTurnPlan:
         try:
-            raw = await asyncio.to_thread(self.storage.resolve(job.eml_path).read_bytes)
+            raw = await asyncio.to_thread(self.storage.read_bytes, job.eml_path)
         except OSError as e:
             raise ApplicationError(
-                f"cannot read {job.eml_path} from room storage: {e} (the SMTP server and the agent must share "
-                "THREADLINE_HOME)", type="MailUnreadable", non_retryable=activity.info().attempt >= 5,
+                f"cannot read {job.eml_path} from room storage {self.storage.url}: {e} (the SMTP server and the "
+                "agent must use the same --storage-url, or share THREADLINE_HOME)",
+                type="MailUnreadable", non_retryable=activity.info().attempt >= 5,
             ) from e
         mail = parse_mail(raw)
         agent = self.spec.ref
@@ -709,9 +715,9 @@ class MailActivities:
             path = f"{folder}/{name}"
             while path in attachments:
                 path = f"{folder}/{len(attachments)}-{name}"
-            self.storage.write(path, data)
+            await asyncio.to_thread(self.storage.write, path, data)
             attachments.append(path)
-        text = self._turn_text(mail, folder, attachments)
+        text = await asyncio.to_thread(self._turn_text, mail, folder, attachments)
         recipients = mail.reply_to or ([mail.from_address] if mail.from_address else [])
         cc: list[str] = []
         if self.reply_all:
@@ -853,7 +859,7 @@ class MailChannel(ChannelAdapter):
             return context.client
 
         server = MailServer(MailStore.default(), client, host=settings.smtp_host, port=settings.smtp_port,
-                            max_size=settings.max_size, allow=settings.allow)
+                            max_size=settings.max_size, allow=settings.allow, storage_url=context.spec.storage_url)
         try:
             await server.serve(stop)
         finally:

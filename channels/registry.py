@@ -1,14 +1,15 @@
-"""`--channel` values → the adapters an agent process runs. Chat needs none: the terminal and `process use`
-deliver turns directly."""
+"""`--channel` values → the adapters an agent process runs. `chat` serves the HTTP API and web page
+(`channels.chat_http`); the terminal and `process use` deliver turns directly."""
 
 from __future__ import annotations
 
 from channels.base import ChannelAdapter
+from channels.chat_http import ChatHttpChannel
 from channels.mail import MailChannel
 from channels.queue import QueueChannel
 from channels.toolkit import ToolkitChannel
 
-ADAPTERS = {"queue": QueueChannel, "mail": MailChannel}
+ADAPTERS = {"queue": QueueChannel, "mail": MailChannel, "chat": ChatHttpChannel}
 
 
 def adapters_for(channels: list[str]) -> list[ChannelAdapter]:

@@ -4,7 +4,7 @@ Serving. `--channel toolkit:NAME` runs `ToolkitChannel("NAME")`: it hosts the ro
 `workflows/toolkit.py`) and registers toolkit NAME with one tool, `run_<name>_task`, whose arguments are a strict
 JSON schema (`TOOLKIT_SCHEMA`). A toolkit is *online* when one of the processes that registered it (and did not
 stop gracefully) polls its agent's task queue; Temporal reports pollers for minutes after they stop, so a poll
-counts only when it started within `ONLINE_WINDOW` (idle workers re-poll at least once a minute).
+counts only when it polled within `channels.delivery.ONLINE_WINDOW` (idle workers re-poll at least once a minute).
 
 Invoking. `Room(client, room).invoke_tool(toolkit, tool, arguments)` validates the arguments, waits (up to
 `timeout`) for the toolkit to be registered and online, then runs one turn on the serving agent's thread through
@@ -47,7 +47,7 @@ from temporalio.worker import Worker
 
 from activities.tools import Tool
 from channels.base import ChannelAdapter, ChannelContext
-from channels.delivery import interrupt_turn, new_thread_name, new_turn_id, submit_turn
+from channels.delivery import interrupt_turn, new_thread_name, new_turn_id, recent_pollers, submit_turn
 from models import (
     AgentRef,
     AgentSpec,
@@ -65,8 +65,6 @@ from models import (
 from workflows.search_attributes import AGENT_ATTRIBUTE, CHANNEL_ATTRIBUTE, ROOM_ATTRIBUTE
 from workflows.toolkit import MEMO_KEY, ToolkitWorkflow, room_task_queue, tool_name_for, toolkit_workflow_id
 
-ONLINE_WINDOW = timedelta(seconds=75)
-"""A worker's long poll lasts up to a minute, so a live idle worker has always polled within this window."""
 WAIT_POLL_INTERVAL = 0.5
 DEFAULT_INVOKE_TIMEOUT = 30.0
 DEFAULT_CALL_TIMEOUT = 300.0
@@ -207,26 +205,6 @@ def toolkit_info(name: str, agent: AgentRef) -> ToolkitInfo:
 
 
 # Online state.
-
-
-async def recent_pollers(client: Client, task_queue: str, window: timedelta = ONLINE_WINDOW) -> set[str]:
-    """Identities of the workers that polled the task queue's workflow tasks within `window`."""
-    from temporalio.api.enums.v1 import TaskQueueType
-    from temporalio.api.taskqueue.v1 import TaskQueue
-    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-
-    response = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace=client.namespace,
-            task_queue=TaskQueue(name=task_queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        )
-    )
-    since = datetime.now(timezone.utc) - window
-    return {
-        p.identity for p in response.pollers
-        if p.HasField("last_access_time") and p.last_access_time.ToDatetime(timezone.utc) >= since
-    }
 
 
 async def _listing(client: Client, state: ToolkitState) -> ToolkitListing | None:

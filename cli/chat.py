@@ -71,7 +71,6 @@ class LiveReply:
     def __init__(self, log: StreamLog, thread_id: str, turn_id: str, prefix: str = "") -> None:
         self.log, self.thread_id, self.turn_id, self.prefix = log, thread_id, turn_id, prefix
         self.after = 0
-        self.attempt = 1
         self.text = ""
         self.line_open = False
 
@@ -81,8 +80,7 @@ class LiveReply:
             self._show(event)
 
     def _show(self, event: StreamEvent) -> None:
-        if event.attempt < self.attempt:
-            return
+        # Events come in write order: an aborted attempt's text is all before the `retry` event of the next one.
         if event.kind == "delta":
             if not self.line_open:
                 out.file.write(self.prefix)
@@ -93,7 +91,7 @@ class LiveReply:
             return
         self._close_line()
         if event.kind == "retry":
-            self.attempt, self.text = event.attempt, ""
+            self.text = ""
             status("(the model call was retried after a failure; its answer starts again)")
         elif event.kind == "tool_started":
             status(f"· tool {event.data['summary']}")

@@ -22,6 +22,7 @@ from cli.options import (
     MaxMailSize,
     SmtpHost,
     SmtpPort,
+    StorageUrl,
     Verbose,
     check_mail_allow,
     with_options,
@@ -112,15 +113,23 @@ def serve(
     smtp_port: SmtpPort = 2525,
     max_mail_size: MaxMailSize = 25 * 1024 * 1024,
     mail_allow: MailAllow = None,
+    storage_url: StorageUrl = None,
     verbose: Verbose = False,
 ) -> None:
     """Receive mail for every registered mailbox and hand it to Temporal (agents with --channel mail:ADDRESS
-    answer it; run them with --smtp-port 0). Stops on SIGINT/SIGTERM."""
+    answer it; run them with --smtp-port 0 and the same --storage-url). Stops on SIGINT/SIGTERM."""
+    from models import validate_storage_url
+
     allow = check_mail_allow(mail_allow)
-    asyncio.run(_serve(connection, smtp_host, smtp_port or 2525, max_mail_size, allow))
+    try:
+        storage_url = validate_storage_url(storage_url)
+    except ValueError as e:
+        _fail(f"--storage-url: {e}", USAGE)
+    asyncio.run(_serve(connection, smtp_host, smtp_port or 2525, max_mail_size, allow, storage_url))
 
 
-async def _serve(connection: ConnectionOptions, host: str, port: int, max_size: int, allow: list[str]) -> None:
+async def _serve(connection: ConnectionOptions, host: str, port: int, max_size: int, allow: list[str],
+                 storage_url: str | None = None) -> None:
     from channels.mail import MailServer, MailServerError, MailStore, lazy_client
     from cli.connection import open_temporal
     from cli.errors import CliError
@@ -133,7 +142,7 @@ async def _serve(connection: ConnectionOptions, host: str, port: int, max_size: 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     server = MailServer(MailStore.default(), lazy_client(connect), host=host, port=port, max_size=max_size,
-                        allow=allow)
+                        allow=allow, storage_url=storage_url)
     try:
         await server.start()
     except MailServerError as e:

@@ -98,6 +98,13 @@ Storage = Annotated[
                  help="Give the agent room storage tools (storage must be writable at start).",
                  rich_help_panel=AGENT_PANEL),
 ]
+StorageUrl = Annotated[
+    str | None,
+    typer.Option("--storage-url", envvar="THREADLINE_STORAGE_URL",
+                 help="Where room storage lives: s3://BUCKET/PREFIX (endpoint and credentials from AWS_* env) or a "
+                      "directory, each room under <url>/<room>/ (default: ~/.threadline/rooms/ROOM/storage).",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
 Tools = Annotated[
     list[str] | None,
     typer.Option("--tool", envvar="THREADLINE_TOOLS", help="A Python function as a tool, package.module:function; repeatable.",
@@ -153,6 +160,95 @@ MailFailureNotice = Annotated[
                  help="Answer a mail whose turn failed with a short notice.", rich_help_panel=MAIL_PANEL),
 ]
 
+# The chat channel's HTTP server (process join --channel chat; process run only with --http-port).
+
+HTTP_PANEL = "Chat over HTTP"
+HttpHost = Annotated[
+    str,
+    typer.Option("--http-host", envvar="THREADLINE_HTTP_HOST",
+                 help="Interface of the chat page and API; other than loopback needs --http-token.",
+                 rich_help_panel=HTTP_PANEL),
+]
+HttpPort = Annotated[
+    int | None,
+    typer.Option("--http-port", envvar="THREADLINE_HTTP_PORT", min=0, max=65535,
+                 help="Port of the chat page and API [default: 8780; process run serves HTTP only with this option].",
+                 rich_help_panel=HTTP_PANEL, show_default=False),
+]
+HttpToken = Annotated[
+    str | None,
+    typer.Option("--http-token", envvar="THREADLINE_HTTP_TOKEN",
+                 help="Bearer token every chat API request must carry.", rich_help_panel=HTTP_PANEL,
+                 show_default=False),
+]
+TemporalUiUrl = Annotated[
+    str | None,
+    typer.Option("--temporal-ui-url", envvar="THREADLINE_TEMPORAL_UI_URL",
+                 help="Temporal UI base URL for the chat page's links to threads [default: http://localhost:8233 "
+                      "with a local server].", rich_help_panel=HTTP_PANEL, show_default=False),
+]
+
+# Web and MCP tools (activities/web.py, activities/mcp_tools.py, channels/mcp_serve.py).
+
+TOOLS_PANEL = "Web and MCP tools"
+WebFetch = Annotated[
+    bool,
+    typer.Option("--web-fetch", envvar="THREADLINE_WEB_FETCH",
+                 help="Give the agent web_fetch(url): a page as readable text; private addresses refused.",
+                 rich_help_panel=TOOLS_PANEL),
+]
+WebFetchAllow = Annotated[
+    list[str] | None,
+    typer.Option("--web-fetch-allow", envvar="THREADLINE_WEB_FETCH_ALLOW",
+                 help="A host, host:port or CIDR web_fetch may reach although it is private or local; repeatable.",
+                 rich_help_panel=TOOLS_PANEL, show_default=False),
+]
+WebSearch = Annotated[
+    bool,
+    typer.Option("--web-search", envvar="THREADLINE_WEB_SEARCH",
+                 help="Give the agent web_search(query): needs SEARXNG_URL, BRAVE_API_KEY or TAVILY_API_KEY.",
+                 rich_help_panel=TOOLS_PANEL),
+]
+WebSearchProvider = Annotated[
+    str | None,
+    typer.Option("--web-search-provider", envvar="THREADLINE_WEB_SEARCH_PROVIDER",
+                 help="searxng | brave | tavily [default: the first configured].",
+                 rich_help_panel=TOOLS_PANEL, show_default=False),
+]
+Mcp = Annotated[
+    list[str] | None,
+    typer.Option("--mcp", envvar="THREADLINE_MCP",
+                 help="Streamable HTTP MCP server whose tools the agent gets; repeatable. Options after '#': "
+                      "bearer=ENV_VAR, header.NAME=ENV_VAR, prefix=TEXT, timeout=SECONDS (joined with &).",
+                 rich_help_panel=TOOLS_PANEL, show_default=False),
+]
+McpOptional = Annotated[
+    bool,
+    typer.Option("--mcp-optional", envvar="THREADLINE_MCP_OPTIONAL",
+                 help="Start without an --mcp server that is down (warning) instead of failing.",
+                 rich_help_panel=TOOLS_PANEL),
+]
+McpServePort = Annotated[
+    int | None,
+    typer.Option("--mcp-serve-port", envvar="THREADLINE_MCP_SERVE_PORT", min=0, max=65535,
+                 help="Serve the agent's toolkit tools (run_NAME_task) over MCP at http://HOST:PORT/mcp.",
+                 rich_help_panel=TOOLS_PANEL, show_default=False),
+]
+McpServeHost = Annotated[
+    str,
+    typer.Option("--mcp-serve-host", envvar="THREADLINE_MCP_SERVE_HOST", help="Interface of the MCP server.",
+                 rich_help_panel=TOOLS_PANEL),
+]
+
+# Health checks of the agent process (process join; deployments probe them).
+
+HealthPort = Annotated[
+    int | None,
+    typer.Option("--health-port", envvar="THREADLINE_HEALTH_PORT", min=0, max=65535,
+                 help="Serve /healthz and /readyz (worker and channel state) on this port, on all interfaces "
+                      "[default: none; 8790 in a service spec].", rich_help_panel="Health", show_default=False),
+]
+
 # The Temporal connection options.
 
 TemporalAddress = Annotated[
@@ -206,6 +302,7 @@ class AgentOptions:
     threading_mode: Threading = ThreadingMode.default_new
     thread_dir: ThreadDir = ""
     storage: Storage = False
+    storage_url: StorageUrl = None
     tool: Tools = None
     max_steps: MaxSteps = 12
     smtp_host: SmtpHost = "127.0.0.1"
@@ -215,6 +312,19 @@ class AgentOptions:
     max_mail_size: MaxMailSize = 25 * 1024 * 1024
     mail_failure_notice: MailFailureNotice = True
     use_toolkit: UseToolkits = None
+    http_host: HttpHost = "127.0.0.1"
+    http_port: HttpPort = None
+    http_token: HttpToken = None
+    temporal_ui_url: TemporalUiUrl = None
+    web_fetch: WebFetch = False
+    web_fetch_allow: WebFetchAllow = None
+    web_search: WebSearch = False
+    web_search_provider: WebSearchProvider = None
+    mcp: Mcp = None
+    mcp_optional: McpOptional = False
+    mcp_serve_port: McpServePort = None
+    mcp_serve_host: McpServeHost = "127.0.0.1"
+    health_port: HealthPort = None
 
 
 @dataclass
@@ -343,12 +453,16 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
             thread_dir=agent.thread_dir,
             storage=agent.storage,
             require_storage=agent.storage,
+            storage_url=agent.storage_url,
             tools=list(agent.tool or []),
             max_steps=agent.max_steps,
             temporal_address=connection.temporal_address,
             namespace=connection.namespace,
             mail=mail_settings(agent),
+            http=http_settings(agent),
             use_toolkits=[t.strip() for t in agent.use_toolkit or []],
+            web=web_settings(agent),
+            mcp=mcp_settings(agent),
         )
     except ValidationError as e:
         raise usage_error(_first_error(e)) from e
@@ -385,6 +499,39 @@ def _toolkit_tools(spec):  # noqa: ANN001, ANN202
         raise usage_error(str(e) if "--use-toolkit" in str(e) else f"--use-toolkit: {e}") from e
 
 
+def web_settings(agent: AgentOptions):  # noqa: ANN201
+    """--web-fetch / --web-search; a search without a usable provider is refused here (exit 2)."""
+    from activities.web import AllowList, WebConfigError, select_provider
+    from models import WebSettings
+
+    settings = WebSettings(
+        fetch=agent.web_fetch, fetch_allow=[a.strip() for v in agent.web_fetch_allow or [] for a in v.split(",")
+                                            if a.strip()],
+        search=agent.web_search,
+        search_provider=agent.web_search_provider.strip().lower() if agent.web_search_provider else None,
+    )
+    try:
+        AllowList.parse(settings.fetch_allow)
+        if settings.search:
+            select_provider(settings.search_provider, dict(os.environ))
+    except WebConfigError as e:
+        raise usage_error(str(e)) from e
+    return settings
+
+
+def mcp_settings(agent: AgentOptions):  # noqa: ANN201
+    from activities.mcp_tools import McpConfigError, check_mcp_options
+    from models import McpSettings
+
+    servers = [m.strip() for m in agent.mcp or [] if m.strip()]
+    try:
+        check_mcp_options(servers, dict(os.environ))
+    except McpConfigError as e:
+        raise usage_error(str(e)) from e
+    return McpSettings(servers=servers, optional=agent.mcp_optional, serve_host=agent.mcp_serve_host.strip(),
+                       serve_port=agent.mcp_serve_port)
+
+
 def check_relay(relay: str | None) -> str | None:
     if relay is None or not relay.strip():
         return None
@@ -403,6 +550,23 @@ def check_mail_allow(values: list[str] | None) -> list[str]:
     return entries
 
 
+def http_settings(agent: AgentOptions):  # noqa: ANN201
+    """The chat channel's HTTP settings; binding beyond loopback without a token is refused here (exit 2)."""
+    from channels.chat_http import HttpConfigError, check_settings
+    from models import HttpSettings
+
+    url = agent.temporal_ui_url.strip().rstrip("/") if agent.temporal_ui_url else None
+    if url is not None and urlsplit(url).scheme not in ("http", "https"):
+        raise usage_error(f"--temporal-ui-url {url!r} is not an http(s) URL; use for example http://localhost:8233")
+    settings = HttpSettings(host=agent.http_host.strip(), port=agent.http_port, token=agent.http_token or None,
+                            temporal_ui_url=url)
+    try:
+        check_settings(settings)
+    except HttpConfigError as e:
+        raise usage_error(str(e)) from e
+    return settings
+
+
 def mail_settings(agent: AgentOptions):  # noqa: ANN201
     from models import MailSettings
 
@@ -417,5 +581,6 @@ def _first_error(e: ValidationError) -> str:
     first = e.errors()[0]
     message = str(first.get("msg", e)).removeprefix("Value error, ")
     where = ".".join(str(p) for p in first.get("loc", ()))
-    option = {"room": "--room", "agent_name": "--agent-name", "max_steps": "--max-steps"}.get(where, where)
+    option = {"room": "--room", "agent_name": "--agent-name", "max_steps": "--max-steps",
+              "storage_url": "--storage-url"}.get(where, where)
     return f"{option}: {message}" if option and option not in message else message

@@ -27,6 +27,7 @@ from cli.options import (
     build_spec,
 )
 from cli.output import err, out, status, warn
+from cli.spec import SpecFile, join_from_spec
 
 process_app = typer.Typer(
     name="process",
@@ -120,8 +121,9 @@ def _agent_error(e: BaseException) -> CliError:
 class AgentRun:
     """The agent's worker inside this process, from ready to graceful stop."""
 
-    def __init__(self, client, spec) -> None:  # noqa: ANN001 - temporalio types imported lazily
+    def __init__(self, client, spec, health_port: int | None = None) -> None:  # noqa: ANN001 - lazy temporalio
         self.client, self.spec = client, spec
+        self.health_port = health_port
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -131,6 +133,11 @@ class AgentRun:
 
         ready = asyncio.Event()
         adapters = adapters_for(self.spec.channels)
+        if self.health_port is not None:  # /healthz and /readyz, watching the worker and every channel
+            from channels.health import HealthServer
+
+            adapters = HealthServer(self.health_port, room=self.spec.room,
+                                    agent=self.spec.agent_name).monitor(adapters, self.spec.channels)
         self.task = asyncio.create_task(run_agent(self.client, self.spec, self.stop, ready, adapters))
         waiting = asyncio.ensure_future(ready.wait())
         await asyncio.wait([self.task, waiting], return_when=asyncio.FIRST_COMPLETED)
@@ -179,19 +186,24 @@ def _status_line(spec, temporal) -> str:  # noqa: ANN001
 
 @process_app.command("join", epilog=JOIN_EPILOG)
 @with_options(agent=AgentOptions, connection=ConnectionOptions)
-def join(agent: AgentOptions, connection: ConnectionOptions, verbose: Verbose = False) -> None:
+def join(ctx: typer.Context, agent: AgentOptions, connection: ConnectionOptions, spec_file: SpecFile = None,
+         verbose: Verbose = False) -> None:
     """Run one long-lived agent process: its Temporal worker and channels, until SIGINT/SIGTERM."""
-    if not agent.channel:
-        raise usage_error("process join needs at least one --channel (for example --channel chat)")
-    spec = build_spec(agent, connection)
-    asyncio.run(_join(spec, connection))
+    health_port = agent.health_port
+    if spec_file is not None:  # exactly the spec's agent (see cli/spec.py)
+        spec, connection, health_port = join_from_spec(ctx, spec_file)
+    else:
+        if not agent.channel:
+            raise usage_error("process join needs at least one --channel (for example --channel chat)")
+        spec = build_spec(agent, connection)
+    asyncio.run(_join(spec, connection, health_port))
 
 
-async def _join(spec, connection: ConnectionOptions) -> None:  # noqa: ANN001
+async def _join(spec, connection: ConnectionOptions, health_port: int | None = None) -> None:  # noqa: ANN001
     from cli.connection import open_temporal
 
     temporal = await open_temporal(connection)
-    runner = AgentRun(temporal.client, spec)
+    runner = AgentRun(temporal.client, spec, health_port)
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
@@ -225,6 +237,8 @@ def run(
     spec = build_spec(agent, connection, default_channels=["chat"])
     if "chat" not in spec.channels:
         spec = spec.model_copy(update={"channels": ["chat", *spec.channels]})
+    if agent.http_port is None:  # the terminal is the chat here: HTTP only when --http-port asks for it
+        spec.http.serve = False
     asyncio.run(_run(spec, connection, message, thread_id, stream))
 
 
@@ -426,3 +440,10 @@ def grep(
     print_items(found, output)
     if not found:
         raise typer.Exit(1)
+
+
+# `process spec` and `process deploy` (cli/spec.py, cli/deploy.py).
+from cli import deploy as _deploy, spec as _spec  # noqa: E402
+
+_spec.register(process_app)
+_deploy.register(process_app)

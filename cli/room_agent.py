@@ -148,7 +148,7 @@ def invoke_tool(
     if not toolkit or not toolkit.strip():
         raise usage_error(f"--toolkit is required; list the toolkits with: threadline room agent list-toolkits --room {room}")
     if not tool or not tool.strip():
-        raise usage_error(f"--tool is required: for toolkit NAME it is run_NAME_task (see list-toolkits)")
+        raise usage_error("--tool is required: for toolkit NAME it is run_NAME_task (see list-toolkits)")
     toolkit, tool = toolkit.strip(), tool.strip()
     if arguments is None:
         raise usage_error('--arguments is required: a JSON object such as \'{"prompt": "..."}\'')

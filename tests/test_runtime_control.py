@@ -10,7 +10,6 @@ from temporalio.client import Client
 
 from activities.storage import RoomStorage
 from channels.delivery import (
-    deliver_turn,
     interrupt_turn,
     new_thread_name,
     new_turn_id,

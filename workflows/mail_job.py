@@ -14,24 +14,23 @@ It shows in `room queue status|list` like any job. Three activities, all in the 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.failures import failure_message
     from models import JobStatus, MailJobInput, MailReplyRequest, MailTurnPlan, QueueTurnRequest, QueueTurnResult
     from workflows.queue_job import (
         HEARTBEAT_TIMEOUT,
-        MEMO_KEY,
         TURN_RETRY,
         TURN_TIMEOUT,
-        job_memo,
+        finish_job,
         job_thread_name,
         public_job_id,
+        publish_job,
     )
-    from workflows.search_attributes import AGENT_ATTRIBUTE, JOB_STATUS_ATTRIBUTE
 
 PREPARE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), non_retryable_error_types=["MailUnreadable"]
@@ -59,7 +58,7 @@ class MailJobWorkflow:
     async def run(self, job: MailJobInput) -> JobStatus:
         self.state.status = "running"
         self.state.started_at = workflow.now()
-        self._publish()
+        publish_job(self.state)
         try:
             plan: MailTurnPlan = await workflow.execute_activity(
                 "prepare_mail_turn", job, result_type=MailTurnPlan,
@@ -67,11 +66,11 @@ class MailJobWorkflow:
                 summary=f"mail from {job.sender}: {job.subject}"[:80],
             )
         except ActivityError as e:
-            return self._finish("failed", error=f"the mail could not be read: {_failure_message(e)}")
+            return finish_job(self.state, "failed", error=f"the mail could not be read: {failure_message(e)}")
         self.state.thread_id = plan.thread_id
         if plan.skipped or plan.turn is None or plan.envelope is None:
             self.state.metadata["mail"]["ignored"] = plan.skipped
-            return self._finish("completed")
+            return finish_job(self.state, "completed")
         try:
             result: QueueTurnResult = await workflow.execute_activity(
                 "run_queue_turn",
@@ -87,7 +86,7 @@ class MailJobWorkflow:
                 summary=f"turn for mail: {plan.subject}"[:80],
             )
         except ActivityError as e:
-            return self._finish("failed", error=_failure_message(e))
+            return finish_job(self.state, "failed", error=failure_message(e))
         self.state.agent = result.agent
         self.state.thread_id = result.thread_id
         reply = result.reply
@@ -111,33 +110,10 @@ class MailJobWorkflow:
             )
             self.state.metadata["mail"]["reply"] = sent
         except ActivityError as e:
-            failure = f"the reply could not be sent: {_failure_message(e)}"
+            failure = f"the reply could not be sent: {failure_message(e)}"
             error = f"{error}; {failure}" if error else failure
-        return self._finish("completed" if reply.status == "completed" else "failed", error=error)
+        return finish_job(self.state, "completed" if reply.status == "completed" else "failed", error=error)
 
     @workflow.query(name="status")
     def status(self) -> JobStatus:
         return self.state
-
-    def _finish(self, status: Literal["completed", "failed"], error: str | None = None) -> JobStatus:
-        self.state.status = status
-        self.state.error = error
-        self.state.finished_at = workflow.now()
-        self._publish()
-        return self.state
-
-    def _publish(self) -> None:
-        attributes = [JOB_STATUS_ATTRIBUTE.value_set(self.state.status)]
-        if self.state.agent:
-            attributes.append(AGENT_ATTRIBUTE.value_set(self.state.agent))
-        workflow.upsert_search_attributes(attributes)
-        workflow.upsert_memo({MEMO_KEY: job_memo(self.state)})
-
-
-def _failure_message(e: BaseException) -> str:
-    if isinstance(e, ActivityError) and e.cause is not None:
-        cause = e.cause
-        if isinstance(cause, ApplicationError):
-            return cause.message
-        return f"{cause.__class__.__name__}: {cause}"
-    return str(e)

@@ -17,9 +17,10 @@ from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.failures import failure_message
     from models import (
         JobPayloadError,
         JobStatus,
@@ -91,13 +92,13 @@ class QueueJobWorkflow:
             payload = QueueJobPayload.from_raw(job.payload)
             turn = payload.to_turn(job_turn_id(workflow_id), job.queue, self.state.job_id)
         except JobPayloadError as e:
-            return self._finish("failed", error=f"the payload cannot become a turn: {e}")
+            return finish_job(self.state, "failed", error=f"the payload cannot become a turn: {e}")
         self.state.metadata = payload.metadata
         # This task runs on a consumer's worker: a consumer has the job. Its agent and thread show in the
         # activity's heartbeat details until it returns (no extra workflow task per job).
         self.state.status = "running"
         self.state.started_at = workflow.now()
-        self._publish()
+        publish_job(self.state)
         try:
             result: QueueTurnResult = await workflow.execute_activity(
                 "run_queue_turn",
@@ -113,14 +114,14 @@ class QueueJobWorkflow:
                 summary=_preview(turn.text),
             )
         except ActivityError as e:
-            return self._finish("failed", error=_failure_message(e))
+            return finish_job(self.state, "failed", error=failure_message(e))
         self.state.agent = result.agent
         self.state.thread_id = result.thread_id
         reply = result.reply
         self.state.text = reply.text
         self.state.usage = reply.usage
         if reply.status != "completed":
-            return self._finish("failed", error=reply.error or f"the turn was {reply.status}")
+            return finish_job(self.state, "failed", error=reply.error or f"the turn was {reply.status}")
         if payload.reply_to:
             try:
                 self.state.reply_job_id = await workflow.execute_activity(
@@ -135,26 +136,13 @@ class QueueJobWorkflow:
                     summary=f"reply to queue {payload.reply_to}",
                 )
             except ActivityError as e:
-                self.state.error = f"the result could not be sent to queue {payload.reply_to}: {_failure_message(e)}"
-        return self._finish("completed", error=self.state.error)
+                self.state.error = f"the result could not be sent to queue {payload.reply_to}: {failure_message(e)}"
+        return finish_job(self.state, "completed", error=self.state.error)
 
     @workflow.query(name="status")
     def status(self) -> JobStatus:
         return self.state
 
-    def _finish(self, status: Literal["completed", "failed"], error: str | None = None) -> JobStatus:
-        self.state.status = status
-        self.state.error = error
-        self.state.finished_at = workflow.now()
-        self._publish()
-        return self.state
-
-    def _publish(self) -> None:
-        attributes = [JOB_STATUS_ATTRIBUTE.value_set(self.state.status)]
-        if self.state.agent:
-            attributes.append(AGENT_ATTRIBUTE.value_set(self.state.agent))
-        workflow.upsert_search_attributes(attributes)
-        workflow.upsert_memo({MEMO_KEY: job_memo(self.state)})
 
 
 def _preview(text: str) -> str:
@@ -162,10 +150,18 @@ def _preview(text: str) -> str:
     return line if len(line) <= 80 else line[:79] + "…"
 
 
-def _failure_message(e: BaseException) -> str:
-    if isinstance(e, ActivityError) and e.cause is not None:
-        cause = e.cause
-        if isinstance(cause, ApplicationError):
-            return cause.message
-        return f"{cause.__class__.__name__}: {cause}"
-    return str(e)
+def finish_job(state: JobStatus, status: Literal["completed", "failed"], error: str | None = None) -> JobStatus:
+    state.status = status
+    state.error = error
+    state.finished_at = workflow.now()
+    publish_job(state)
+    return state
+
+
+def publish_job(state: JobStatus) -> None:
+    """The job's status and agent as search attributes, and the whole status as memo (readable with no worker)."""
+    attributes = [JOB_STATUS_ATTRIBUTE.value_set(state.status)]
+    if state.agent:
+        attributes.append(AGENT_ATTRIBUTE.value_set(state.agent))
+    workflow.upsert_search_attributes(attributes)
+    workflow.upsert_memo({MEMO_KEY: job_memo(state)})

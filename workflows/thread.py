@@ -16,6 +16,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.failures import failure_message
     from models import (
         Interrupt,
         ModelCallInput,
@@ -32,7 +33,7 @@ with workflow.unsafe.imports_passed_through():
         Turn,
         Usage,
     )
-    from workflows.search_attributes import SEARCH_ATTRIBUTES, STATUS_ATTRIBUTE  # noqa: F401 (re-export)
+    from workflows.search_attributes import STATUS_ATTRIBUTE
 
 
 UPDATES_PER_RUN = 1500
@@ -255,7 +256,7 @@ class ThreadWorkflow:
                               error="turn cancelled", usage=usage, steps=model_calls)
                 final = self._item("status", turn, text="turn cancelled")
             else:
-                message = _failure_message(e)
+                message = failure_message(e)
                 reply = Reply(thread_id=self.state.thread_id, turn_id=turn.turn_id, status="failed",
                               error=message, usage=usage, steps=model_calls)
                 final = self._item("error", turn, text=message)
@@ -314,12 +315,3 @@ class ThreadWorkflow:
 def _one_line(name: str, arguments: str) -> str:
     text = f"{name} {arguments}" if arguments not in ("", "{}") else name
     return text if len(text) <= 80 else text[:79] + "…"
-
-
-def _failure_message(e: BaseException) -> str:
-    if isinstance(e, ActivityError) and e.cause is not None:
-        cause = e.cause
-        if isinstance(cause, ApplicationError):
-            return cause.message
-        return f"{cause.__class__.__name__}: {cause}"
-    return str(e)

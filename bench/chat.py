@@ -1,0 +1,280 @@
+"""Chat-over-HTTP streaming benchmark: time to the first and the last streamed delta through the HTTP API, against
+calling the fake model directly.
+
+    .venv/bin/python -m bench.chat [--turns 100] [--words 40] [--chunk-delay 0.005] [--out FILE]
+
+Starts its own Temporal dev server, a fake OpenAI-compatible model in a process of its own (every reply streams
+`--words` words, `--chunk-delay` seconds apart), and an agent process with the chat channel's HTTP server
+(`python -m tests.agent_process ... with-channels`). Then, sequentially, `--turns` times each:
+
+- direct: `openai.AsyncOpenAI` streams a completion from the fake: time to the first content chunk and to the last;
+- http: one SSE connection follows the thread (`GET /api/threads/{id}/events`, opened once); the clock starts before
+  `POST /api/threads/{id}/turns` and stops at the turn's first `delta` event and at its last one (seen when the
+  turn's `ended` event arrives);
+- openai_endpoint: the official client streams from the agent's `POST /v1/chat/completions` (same thread).
+
+Prints one JSON document (milliseconds); progress on stderr. `targets.first_delta_overhead_p50_ms` compares
+p50(http first) - p50(direct first) with the issue's 150 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+import openai  # noqa: E402
+
+from models import AgentSpec, HttpSettings  # noqa: E402
+from tests.temporal_server import TemporalDevServer  # noqa: E402
+from workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
+
+TARGET_FIRST_DELTA_OVERHEAD_MS = 150.0
+
+
+def log(message: str) -> None:
+    print(f"[bench.chat {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values]
+    return {"p50": round(percentile(ms, 50), 1), "p95": round(percentile(ms, 95), 1),
+            "mean": round(statistics.fmean(ms), 1) if ms else float("nan"), "n": len(ms)}
+
+
+def serve_fake(port: int, words: int, chunk_delay: float) -> None:
+    """The fake model's process: every reply streams `words` words."""
+    from tests.fake_openai import FakeOpenAI, FakeResponse
+
+    text = " ".join(f"word{n}" for n in range(words))
+    fake = FakeOpenAI(port=port, record=False)
+    fake.script(lambda request: FakeResponse.text(text, chunk_delay=chunk_delay))
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    with fake:
+        print(fake.base_url, flush=True)
+        done.wait()
+
+
+async def direct_turn(client: openai.AsyncOpenAI) -> tuple[float, float]:
+    start = time.perf_counter()
+    first = last = None
+    stream = await client.chat.completions.create(model="fake-model", stream=True,
+                                                  messages=[{"role": "user", "content": "hello"}])
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            last = time.perf_counter()
+            first = first or last
+    assert first is not None and last is not None
+    return first - start, last - start
+
+
+class ThreadFollower:
+    """One SSE connection on the thread; records when each turn's deltas arrive."""
+
+    def __init__(self, http: httpx.AsyncClient, thread_id: str) -> None:
+        self.http, self.thread_id = http, thread_id
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self.ended: dict[str, asyncio.Event] = {}
+        self.ready = asyncio.Event()
+
+    def expect(self, turn_id: str) -> asyncio.Event:
+        return self.ended.setdefault(turn_id, asyncio.Event())
+
+    async def run(self) -> None:
+        path = "/api/threads/" + self.thread_id + "/events"
+        async with self.http.stream("GET", path, timeout=httpx.Timeout(30, read=None)) as response:
+            event = None
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event:
+                    now = time.perf_counter()
+                    data = json.loads(line[6:])
+                    if event == "hello":
+                        self.ready.set()
+                    elif event == "delta":
+                        self.first.setdefault(data["turn_id"], now)
+                        self.last[data["turn_id"]] = now
+                    elif event == "turn" and data.get("phase") == "ended":
+                        self.expect(data["turn_id"]).set()
+                elif not line:
+                    event = None
+
+
+async def http_turn(http: httpx.AsyncClient, follower: ThreadFollower, n: int) -> tuple[float, float]:
+    turn_id = f"turn-bench-{os.getpid()}-{n}"
+    ended = follower.expect(turn_id)
+    start = time.perf_counter()
+    response = await http.post(f"/api/threads/{follower.thread_id}/turns", json={"text": "hello", "turn_id": turn_id})
+    response.raise_for_status()
+    await asyncio.wait_for(ended.wait(), 60)
+    return follower.first[turn_id] - start, follower.last[turn_id] - start
+
+
+async def endpoint_turn(client: openai.AsyncOpenAI, thread_id: str) -> tuple[float, float]:
+    start = time.perf_counter()
+    first = last = None
+    stream = await client.chat.completions.create(model="bench", stream=True, extra_headers={"X-Thread-Id": thread_id},
+                                                  messages=[{"role": "user", "content": "hello"}])
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            last = time.perf_counter()
+            first = first or last
+    assert first is not None and last is not None
+    return first - start, last - start
+
+
+async def measure(args: argparse.Namespace, fake_url: str, http_url: str) -> dict[str, Any]:
+    direct_client = openai.AsyncOpenAI(base_url=fake_url, api_key="x", max_retries=0)
+    endpoint_client = openai.AsyncOpenAI(base_url=http_url + "/v1", api_key="x", max_retries=0)
+    results: dict[str, dict[str, list[float]]] = {k: {"first": [], "last": []}
+                                                 for k in ("direct", "http", "openai_endpoint")}
+    async with httpx.AsyncClient(base_url=http_url, timeout=30) as http:
+        thread = (await http.post("/api/threads", json={"name": "bench"})).json()["thread_id"]
+        endpoint_thread = (await http.post("/api/threads", json={"name": "bench openai"})).json()["thread_id"]
+        follower = ThreadFollower(http, thread)
+        following = asyncio.create_task(follower.run())
+        await asyncio.wait_for(follower.ready.wait(), 30)
+        for n in range(args.warmup):
+            await direct_turn(direct_client)
+            await http_turn(http, follower, -1 - n)
+            await endpoint_turn(endpoint_client, endpoint_thread)
+        log(f"warm-up done; {args.turns} turns each, round-robin")
+        for n in range(args.turns):  # round-robin, so drift favours no one
+            for name, run in (("direct", lambda: direct_turn(direct_client)),
+                              ("http", lambda: http_turn(http, follower, n)),
+                              ("openai_endpoint", lambda: endpoint_turn(endpoint_client, endpoint_thread))):
+                first, last = await run()
+                results[name]["first"].append(first)
+                results[name]["last"].append(last)
+            if (n + 1) % 20 == 0:
+                log(f"{n + 1}/{args.turns}")
+        following.cancel()
+        with contextlib.suppress(BaseException):
+            await following
+    out: dict[str, Any] = {name: {"first_delta_ms": summary(r["first"]), "last_delta_ms": summary(r["last"])}
+                           for name, r in results.items()}
+    overhead = {}
+    for name in ("http", "openai_endpoint"):
+        overhead[name] = {
+            "first_delta_p50_ms": round(out[name]["first_delta_ms"]["p50"] - out["direct"]["first_delta_ms"]["p50"], 1),
+            "first_delta_p95_ms": round(out[name]["first_delta_ms"]["p95"] - out["direct"]["first_delta_ms"]["p95"], 1),
+            "last_delta_p50_ms": round(out[name]["last_delta_ms"]["p50"] - out["direct"]["last_delta_ms"]["p50"], 1),
+            "last_delta_p95_ms": round(out[name]["last_delta_ms"]["p95"] - out["direct"]["last_delta_ms"]["p95"], 1),
+        }
+    out["overhead_vs_direct"] = overhead
+    first = overhead["http"]["first_delta_p50_ms"]
+    out["targets"] = {"first_delta_overhead_p50_ms": {
+        "value": first, "target": f"<= {TARGET_FIRST_DELTA_OVERHEAD_MS}", "pass": first <= TARGET_FIRST_DELTA_OVERHEAD_MS,
+    }}
+    return out
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="threadline-bench-chat-"))
+    server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES})
+    procs: list[subprocess.Popen[str]] = []
+    log("starting Temporal, the fake model and the agent")
+    server.start()
+    try:
+        fake_port = free_port()
+        fake = subprocess.Popen([sys.executable, "-m", "bench.chat", "--serve-fake", str(fake_port),
+                                 "--words", str(args.words), "--chunk-delay", str(args.chunk_delay)],
+                                cwd=REPO, stdout=subprocess.PIPE, text=True)
+        procs.append(fake)
+        fake_url = (fake.stdout.readline() if fake.stdout else "").strip()
+        assert fake_url.startswith("http"), "the fake model did not start"
+        http_port = free_port()
+        spec = AgentSpec(room="bench", agent_name="bench", model="fake-model", channels=["chat"],
+                         http=HttpSettings(port=http_port))
+        env = {**os.environ, "THREADLINE_HOME": str(home), "OPENAI_BASE_URL": fake_url, "OPENAI_API_KEY": "x"}
+        agent = subprocess.Popen([sys.executable, "-m", "tests.agent_process", server.address,
+                                  spec.model_dump_json(), "with-channels"],
+                                 cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+        procs.append(agent)
+        assert (agent.stdout.readline() if agent.stdout else "").strip() == "ready", "the agent did not start"
+        http_url = f"http://127.0.0.1:{http_port}"
+        for _ in range(100):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(http_url + "/healthz").status_code == 200:
+                    break
+            await asyncio.sleep(0.1)
+        figures = await measure(args, fake_url + "/v1" if not fake_url.endswith("/v1") else fake_url, http_url)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(20)
+            if proc.poll() is None:
+                proc.kill()
+        server.close()
+    from channels import chat_feed
+
+    return {
+        "benchmark": "chat over HTTP: streamed deltas vs the model directly",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_avg_1m": round(os.getloadavg()[0], 2)},
+        "settings": {"turns": args.turns, "warmup": args.warmup, "words_per_reply": args.words,
+                     "chunk_delay_s": args.chunk_delay, "reader_poll_s": chat_feed.POLL_SECONDS},
+        **figures,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--turns", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--words", type=int, default=40)
+    parser.add_argument("--chunk-delay", type=float, default=0.005)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--serve-fake", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_fake is not None:
+        serve_fake(args.serve_fake, args.words, args.chunk_delay)
+        return
+    result = asyncio.run(main_async(args))
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
