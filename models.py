@@ -199,6 +199,9 @@ class ThreadSnapshot(BaseModel):
     usage: Usage
     last_error: str | None
     run_updates: int
+    recent_replies: list[Reply] = Field(
+        default_factory=list, description="the last turns' replies, text cut short; every item is in the thread store"
+    )
 
 
 class ModelCallInput(BaseModel):

@@ -186,6 +186,9 @@ async def test_usage_per_turn_and_per_thread(temporal_client: Client, agent_spec
     assert info.usage.model_calls == 3
     snap = await thread_snapshot(temporal_client, thread_id)
     assert snap.usage == first.usage + second.usage
+    assert [(r.turn_id, r.text) for r in snap.recent_replies] == [
+        (first.turn_id, "it is now"), (second.turn_id, "second")
+    ]
 
 
 async def test_status_search_attributes_and_snapshot(temporal_client: Client, agent_spec, agent_worker, fake_model):

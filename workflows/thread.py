@@ -44,6 +44,8 @@ REPLY_RETENTION_SECONDS = 300.0
 even when many turns finish between two polls."""
 MAX_KEPT_REPLIES = 200
 SEEN_TURN_IDS = 1000
+SNAPSHOT_REPLIES = 5
+SNAPSHOT_TEXT = 500
 MODEL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8)
 OUTCOME_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
 HEARTBEAT_TIMEOUT = timedelta(seconds=5)
@@ -177,6 +179,10 @@ class ThreadWorkflow:
             usage=self.state.usage,
             last_error=self.state.last_error,
             run_updates=self.run_updates,
+            recent_replies=[
+                r.model_copy(update={"text": r.text[:SNAPSHOT_TEXT] + ("…" if len(r.text) > SNAPSHOT_TEXT else "")})
+                for r in self.state.recent_replies[-SNAPSHOT_REPLIES:]
+            ],
         )
 
     @workflow.query(name="turn_reply")
