@@ -23,6 +23,7 @@ from activities.mcp_tools import load_mcp_tools
 from activities.tools import Tool, build_toolbox
 from activities.web import web_tools
 from channels.base import ChannelAdapter, ChannelContext
+from channels.mail import send_email_tools
 from channels.toolkit import toolkit_tools
 from models import AgentSpec
 from workflows.search_attributes import SEARCH_ATTRIBUTES
@@ -70,7 +71,8 @@ def build_activities(
         storage=storage,
         toolbox=build_toolbox(
             storage=storage if spec.storage else None, tool_references=spec.tools,
-            extra_tools=[*toolkit_tools(spec), *web_tools(spec.web, env), *extra_tools],
+            extra_tools=[*toolkit_tools(spec), *send_email_tools(spec, storage, env), *web_tools(spec.web, env),
+                         *extra_tools],
         ),
         env=env,
     )
