@@ -336,6 +336,7 @@ class AgentActivities:
             try:
                 async with heartbeating():
                     output = await tool.call(call.arguments)
+                ok = not output.startswith("error:")
             except ToolArgumentsError as e:
                 ok, output = False, f"error: {e}"
             except Exception as e:

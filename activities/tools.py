@@ -1,4 +1,8 @@
-"""Tools an agent can call: built-ins, room storage tools, and typed Python functions named with `--tool`."""
+"""Tools an agent can call: built-ins, room storage tools, and typed Python functions named with `--tool`.
+
+A tool answers a mistake the model can fix (a bad path, a refused URL) with a result starting `error:`; such a
+result is recorded as a failed call. An exception is retried per the tool's policy and, after the last attempt,
+becomes such an error result too."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any
 
 from pydantic import ConfigDict, ValidationError, create_model
 
-from activities.storage import RoomStorage
+from activities.storage import RoomStorage, StoragePathError
 
 
 class ToolLoadError(ValueError):
@@ -87,16 +91,26 @@ def current_time() -> str:
 
 
 def storage_tools(storage: RoomStorage) -> list[Tool]:
-    # Off the event loop: the storage may be object storage across the network.
+    # Off the event loop: the storage may be object storage across the network. A bad path or a missing file is
+    # the model's mistake: it gets the error at once instead of after retries.
     async def storage_write(path: str, content: str) -> str:
-        size = await asyncio.to_thread(storage.write, path, content)
+        try:
+            size = await asyncio.to_thread(storage.write, path, content)
+        except StoragePathError as e:
+            return f"error: {e}"
         return f"wrote {size} bytes to {path}"
 
     async def storage_read(path: str) -> str:
-        return await asyncio.to_thread(storage.read_text, path)
+        try:
+            return await asyncio.to_thread(storage.read_text, path)
+        except (StoragePathError, FileNotFoundError) as e:
+            return f"error: {e}"
 
     async def storage_list(path: str = "") -> str:
-        return json.dumps(await asyncio.to_thread(storage.list, path))
+        try:
+            return json.dumps(await asyncio.to_thread(storage.list, path))
+        except StoragePathError as e:
+            return f"error: {e}"
 
     return [
         Tool("storage_write", "Write a text file to the room's shared storage (path relative to the room).", storage_write),

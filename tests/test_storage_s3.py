@@ -142,7 +142,7 @@ async def test_storage_tools_in_a_turn_use_s3(s3: str, temporal_client: Client, 
     assert written == "wrote 14 bytes to reports/q3.md"
     assert read == "revenue up 12%"
     assert listed == '["reports/q3.md"]'
-    assert escape.startswith("error: storage_write failed:") and "must not contain '..'" in escape
+    assert escape == "error: storage path '../escape.md' must be relative to the room and must not contain '..'"
     assert _objects(s3) == [f"{spec.room}/reports/q3.md"]
     assert not (_model_and_home / "rooms" / spec.room / "storage").exists()
 
