@@ -148,6 +148,7 @@ class ToolCall(BaseModel):
     arguments: str = "{}"
     timeout_seconds: float = 60.0
     max_attempts: int = 3
+    calls_agent: bool = Field(False, description="run in a child workflow: a turn of another agent")
 
 
 class ThreadInfo(BaseModel):
@@ -264,6 +265,18 @@ def validate_storage_url(url: str | None) -> str | None:
     return url
 
 
+def validate_thread_store_url(url: str | None) -> str | None:
+    """`postgresql://USER:PASSWORD@HOST:PORT/DB` (or `postgres://`): the shared thread store; '' is none (SQLite)."""
+    url = (url or "").strip()
+    if not url:
+        return None
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres") or not rest:
+        shown = url if "@" not in url else scheme + "://…@" + url.rpartition("@")[2]
+        raise ValueError(f"thread store URL {shown!r}: expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+    return url
+
+
 class AgentSpec(BaseModel):
     """An agent process's configuration: the worker reads rules, tools and limits from here at every turn."""
 
@@ -280,6 +293,9 @@ class AgentSpec(BaseModel):
     require_storage: bool = False
     storage_url: str | None = Field(
         None, description="room storage: s3://BUCKET[/PREFIX] or a directory; none: ~/.threadline/rooms/ROOM/storage"
+    )
+    thread_store_url: str | None = Field(
+        None, description="shared thread store: postgresql://USER:PASSWORD@HOST:PORT/DB; none: the room's SQLite file"
     )
     tools: list[str] = Field(default_factory=list)
     max_steps: int = Field(12, ge=1, le=1000)
@@ -307,6 +323,11 @@ class AgentSpec(BaseModel):
     @classmethod
     def _storage_url(cls, v: str | None) -> str | None:
         return validate_storage_url(v)
+
+    @field_validator("thread_store_url")
+    @classmethod
+    def _thread_store_url(cls, v: str | None) -> str | None:
+        return validate_thread_store_url(v)
 
     @property
     def ref(self) -> AgentRef:

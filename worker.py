@@ -17,8 +17,8 @@ from temporalio.worker import Worker
 
 from activities.agent import AgentActivities
 from activities.storage import RoomStorage
-from activities.stream_log import StreamLog
-from activities.thread_store import ThreadStore
+from activities.stream_log import open_stream_log
+from activities.thread_store import open_thread_store
 from activities.mcp_tools import load_mcp_tools
 from activities.tools import Tool, build_toolbox
 from activities.web import web_tools
@@ -28,6 +28,7 @@ from channels.toolkit import toolkit_tools
 from models import AgentSpec
 from workflows.search_attributes import SEARCH_ATTRIBUTES
 from workflows.thread import ThreadWorkflow
+from workflows.tool_call import ToolCallWorkflow
 
 MAX_CACHED_THREADS = 200
 """Idle threads beyond this are evicted from worker memory and replayed from history when they get a turn."""
@@ -66,8 +67,8 @@ def build_activities(
     return AgentActivities(
         spec,
         rules=load_rules(spec),
-        store=ThreadStore.for_room(spec.room),
-        stream=StreamLog.for_room(spec.room),
+        store=open_thread_store(spec.room, spec.thread_store_url),
+        stream=open_stream_log(spec.room, spec.thread_store_url),
         storage=storage,
         toolbox=build_toolbox(
             storage=storage if spec.storage else None, tool_references=spec.tools,
@@ -110,7 +111,7 @@ def build_worker(client: Client, spec: AgentSpec, activities: AgentActivities) -
     return Worker(
         client,
         task_queue=spec.ref.task_queue,
-        workflows=[ThreadWorkflow],
+        workflows=[ThreadWorkflow, ToolCallWorkflow],
         activities=activities.all(),
         max_cached_workflows=MAX_CACHED_THREADS,
         # A crashed worker's sticky queue is abandoned quickly so another worker replays the thread.

@@ -23,7 +23,7 @@ from activities.offline import offline_completion
 from activities.storage import RoomStorage
 from activities.stream_log import DeltaCoalescer, StreamLog
 from activities.thread_store import ThreadStore
-from activities.tools import Toolbox, ToolArgumentsError, summarize_call
+from activities.tools import Toolbox, ToolArgumentsError, current_call, summarize_call
 from models import (
     AgentSpec,
     ModelCallInput,
@@ -249,6 +249,7 @@ class AgentActivities:
                     arguments=arguments,
                     timeout_seconds=tool.timeout_seconds if tool else 10.0,
                     max_attempts=tool.max_attempts if tool else 1,
+                    calls_agent=tool.calls_agent if tool else False,
                 )
             )
         answer = ThreadItem(
@@ -334,6 +335,7 @@ class AgentActivities:
             ok, output = False, f"error: there is no tool named {call.name!r}; tools: {', '.join(self.toolbox.tools)}"
         else:
             try:
+                current_call.set(request)
                 async with heartbeating():
                     output = await tool.call(call.arguments)
                 ok = not output.startswith("error:")

@@ -2,8 +2,9 @@
 
 The model activity streams from the model and appends coalesced deltas here; chat clients tail the log by event id,
 so a client that connects late or reconnects with its last id gets what it missed, and several agent processes on
-one machine share it. Events are tagged with the activity attempt: a retried model call announces itself with a
-`retry` event so clients drop the aborted attempt's text instead of showing it twice.
+one machine share it (agents on several machines: the PostgreSQL thread store's database, `open_stream_log(room,
+url)`). Events are tagged with the activity attempt: a retried model call announces itself with a `retry` event so
+clients drop the aborted attempt's text instead of showing it twice.
 """
 
 from __future__ import annotations
@@ -47,6 +48,24 @@ class StreamEvent(BaseModel):
     kind: EventKind
     data: dict[str, Any]
     created_at: float
+
+
+_opened: dict[tuple[str, str], object] = {}
+_opened_guard = threading.Lock()
+
+
+def open_stream_log(room: str, url: str | None = None) -> StreamLog:
+    """The room's stream log: beside the SQLite thread store, or in the PostgreSQL database at `url`."""
+    if not (url and url.strip()):
+        return StreamLog.for_room(room)
+    from activities.pg_store import PgStreamLog
+
+    key = (url.strip(), room)
+    with _opened_guard:
+        log = _opened.get(key)
+        if log is None:
+            log = _opened[key] = PgStreamLog(key[0], room)
+    return log  # type: ignore[return-value]  # same methods as StreamLog
 
 
 class StreamLog:

@@ -1,8 +1,9 @@
 """The thread store: every item of every thread, by sequence number, in one SQLite file per room.
 
 Writes are keyed by (thread_id, seq) and replace what is there, so a retried activity never writes an item twice.
-SQLite in WAL mode lets several agent processes on one machine share a room; agents on several machines need a
-shared backend implementing the same `ThreadStore` methods.
+SQLite in WAL mode lets several agent processes on one machine share a room; agents on several machines share a
+PostgreSQL database instead (`--thread-store-url postgresql://...`, activities/pg_store.py, same methods). Callers
+open a room's store with `open_thread_store(room, url)`; `ThreadStore.for_room` is the SQLite file only.
 """
 
 from __future__ import annotations
@@ -58,6 +59,29 @@ def _add_column(db: sqlite3.Connection, table: str, column: str, kind: str) -> N
 def display_name(text: str) -> str:
     words = re.sub(r"\s+", " ", text).strip()
     return words if len(words) <= _NAME_LIMIT else words[: _NAME_LIMIT - 1].rstrip() + "…"
+
+
+_opened: dict[tuple[str, str], object] = {}
+_opened_guard = threading.Lock()
+
+
+def is_shared_url(url: str | None) -> bool:
+    return bool(url and url.strip())
+
+
+def open_thread_store(room: str, url: str | None = None) -> ThreadStore:
+    """The room's thread store: the SQLite file on this machine, or the PostgreSQL database at `url`
+    (`AgentSpec.thread_store_url`). Postgres stores are kept per (url, room) so their connections are reused."""
+    if not is_shared_url(url):
+        return ThreadStore.for_room(room)
+    from activities.pg_store import PgThreadStore
+
+    key = (url.strip(), room)
+    with _opened_guard:
+        store = _opened.get(key)
+        if store is None:
+            store = _opened[key] = PgThreadStore(key[0], room)
+    return store  # type: ignore[return-value]  # same methods as ThreadStore
 
 
 class ThreadStore:

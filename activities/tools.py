@@ -11,6 +11,7 @@ import importlib
 import inspect
 import json
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -18,6 +19,11 @@ from typing import Any
 from pydantic import ConfigDict, ValidationError, create_model
 
 from activities.storage import RoomStorage, StoragePathError
+from models import ToolCallInput
+
+
+current_call: ContextVar[ToolCallInput] = ContextVar("current_call")
+"""The call being run, for tools that need to know their thread and place in it (set by the run_tool activity)."""
 
 
 class ToolLoadError(ValueError):
@@ -35,6 +41,8 @@ class Tool:
     fn: Callable[..., Any]
     timeout_seconds: float = 60.0
     max_attempts: int = 3
+    calls_agent: bool = False
+    """The call is a turn of another agent: the thread runs it in a child workflow, linked in the Temporal UI."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_arguments_model", _arguments_model(self.name, self.fn))

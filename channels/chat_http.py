@@ -44,8 +44,8 @@ from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.stream_log import StreamLog
-from activities.thread_store import ThreadStore
+from activities.stream_log import open_stream_log
+from activities.thread_store import open_thread_store
 from channels.base import ChannelAdapter, ChannelContext
 from channels.chat_feed import Cursor, FeedEvent, StatusWatcher, current_cursor, follow, read_after
 from channels.delivery import (
@@ -221,8 +221,8 @@ class ChatApi:
     def __init__(self, client: Client, spec: AgentSpec, closing: asyncio.Event) -> None:
         self.client, self.spec, self.ref = client, spec, spec.ref
         self.closing = closing
-        self.store = ThreadStore.for_room(spec.room)
-        self.log = StreamLog.for_room(spec.room)
+        self.store = open_thread_store(spec.room, spec.thread_store_url)
+        self.log = open_stream_log(spec.room, spec.thread_store_url)
         self.watcher = StatusWatcher(client, self.store)
         self.ui = temporal_ui_base(spec)
 

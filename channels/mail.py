@@ -791,9 +791,11 @@ class MailActivities:
     async def send_mail_reply(self, request: MailReplyRequest) -> str:
         if request.thread_title:
             with contextlib.suppress(Exception):
-                from activities.thread_store import ThreadStore
+                from activities.thread_store import open_thread_store
 
-                ThreadStore.for_room(request.room).rename(request.thread_id, request.thread_title or "(no subject)")
+                open_thread_store(request.room, self.spec.thread_store_url).rename(
+                    request.thread_id, request.thread_title or "(no subject)"
+                )
         text = request.text
         if request.status != "completed":
             if not self.spec.mail.failure_notice:

@@ -45,7 +45,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from activities.tools import Tool
+from activities.tools import Tool, current_call
 from channels.base import ChannelAdapter, ChannelContext
 from channels.delivery import interrupt_turn, new_thread_name, new_turn_id, recent_pollers, submit_turn
 from models import (
@@ -480,15 +480,16 @@ def _call_tool(spec: AgentSpec, use: UseToolkit) -> Tool:
         fn=call,
         timeout_seconds=use.timeout + 60,
         max_attempts=CALL_ATTEMPTS,
+        calls_agent=True,
         input_schema=TOOLKIT_SCHEMA,
     )
 
 
-def caller_depth(room: str, thread_id: str) -> int:
+def caller_depth(room: str, thread_id: str, store_url: str | None = None) -> int:
     """The toolkit depth of the turn running in the caller's thread: from the metadata of its (last) user item."""
-    from activities.thread_store import ThreadStore
+    from activities.thread_store import open_thread_store
 
-    for item in reversed(ThreadStore.for_room(room).items(thread_id, limit=500)):
+    for item in reversed(open_thread_store(room, store_url).items(thread_id, limit=500)):
         if item.type == "user" and "channel" in item.data:
             depth = (item.data.get("metadata") or {}).get(DEPTH_KEY, 0)
             return depth if isinstance(depth, int) else 0
@@ -499,9 +500,10 @@ async def call_toolkit(spec: AgentSpec, use: UseToolkit, arguments: dict[str, An
     """Runs in the caller's `run_tool` activity. Answers the model with JSON `{"text", "thread_id"}`, or with a
     line starting `error:` that the model can act on."""
     info = activity.info()
+    call = current_call.get()
     client = activity.client()
     tool = tool_name_for(use.name)
-    depth = await asyncio.to_thread(caller_depth, spec.room, info.workflow_id) + 1
+    depth = await asyncio.to_thread(caller_depth, spec.room, call.thread_id, spec.thread_store_url) + 1
     if depth > use.max_depth:
         return (f"error: toolkit call depth limit {use.max_depth} reached: this task is already {depth - 1} toolkit "
                 f"calls deep, so {tool} was not called; answer without it")
@@ -513,7 +515,8 @@ async def call_toolkit(spec: AgentSpec, use: UseToolkit, arguments: dict[str, An
     try:
         check_call(listing, tool, arguments)
         agent = AgentRef(room=spec.room, agent_name=listing.agent, thread_dir=listing.thread_dir)
-        key = hashlib.sha256(f"{info.workflow_id}|{info.workflow_run_id}|{info.activity_id}".encode()).hexdigest()
+        # The call's place in the caller's thread: the same on every retry, across continue-as-new, and unique.
+        key = hashlib.sha256(f"{call.thread_id}|{call.seq}".encode()).hexdigest()
         thread_id = task_thread_id(agent, arguments, f"from-{spec.agent_name}-{key[:12]}", tool)
     except ToolkitError as e:
         return f"error: {e}"
@@ -524,7 +527,7 @@ async def call_toolkit(spec: AgentSpec, use: UseToolkit, arguments: dict[str, An
         text=arguments["prompt"],
         model=arguments.get("model"),
         instructions=arguments.get("instructions"),
-        metadata={"toolkit": use.name, "tool": tool, DEPTH_KEY: depth, "caller_thread_id": info.workflow_id},
+        metadata={"toolkit": use.name, "tool": tool, DEPTH_KEY: depth, "caller_thread_id": call.thread_id},
     )
     # The deadline counts from the first attempt, so a retried call does not get a fresh timeout.
     remaining = (info.scheduled_time + timedelta(seconds=use.timeout) - datetime.now(timezone.utc)).total_seconds()

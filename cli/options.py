@@ -105,6 +105,13 @@ StorageUrl = Annotated[
                       "directory, each room under <url>/<room>/ (default: ~/.threadline/rooms/ROOM/storage).",
                  rich_help_panel=AGENT_PANEL, show_default=False),
 ]
+ThreadStoreUrl = Annotated[
+    str | None,
+    typer.Option("--thread-store-url", envvar="THREADLINE_THREAD_STORE_URL",
+                 help="Shared thread store for agents on several machines: postgresql://USER:PASSWORD@HOST:PORT/DB "
+                      "(default: the room's SQLite file, ~/.threadline/rooms/ROOM/threads.sqlite3).",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
 Tools = Annotated[
     list[str] | None,
     typer.Option("--tool", envvar="THREADLINE_TOOLS", help="A Python function as a tool, package.module:function; repeatable.",
@@ -303,6 +310,7 @@ class AgentOptions:
     thread_dir: ThreadDir = ""
     storage: Storage = False
     storage_url: StorageUrl = None
+    thread_store_url: ThreadStoreUrl = None
     tool: Tools = None
     max_steps: MaxSteps = 12
     smtp_host: SmtpHost = "127.0.0.1"
@@ -454,6 +462,7 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
             storage=agent.storage,
             require_storage=agent.storage,
             storage_url=agent.storage_url,
+            thread_store_url=agent.thread_store_url,
             tools=list(agent.tool or []),
             max_steps=agent.max_steps,
             temporal_address=connection.temporal_address,
@@ -582,5 +591,5 @@ def _first_error(e: ValidationError) -> str:
     message = str(first.get("msg", e)).removeprefix("Value error, ")
     where = ".".join(str(p) for p in first.get("loc", ()))
     option = {"room": "--room", "agent_name": "--agent-name", "max_steps": "--max-steps",
-              "storage_url": "--storage-url"}.get(where, where)
+              "storage_url": "--storage-url", "thread_store_url": "--thread-store-url"}.get(where, where)
     return f"{option}: {message}" if option and option not in message else message

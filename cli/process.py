@@ -21,6 +21,7 @@ from cli.options import (
     OutputFormat,
     Room,
     ThreadDir,
+    ThreadStoreUrl,
     Verbose,
     require,
     with_options,
@@ -111,6 +112,8 @@ def _agent_error(e: BaseException) -> CliError:
         return e
     if isinstance(e, (RulesFileError, ToolLoadError)):
         return usage_error(str(e))
+    if e.__class__.__name__ == "ThreadStoreUnavailable":  # activities/pg_store.py, imported only when used
+        return CliError(str(e))
     if isinstance(e, OSError):
         return CliError(f"room storage is not usable: {e.strerror or e} ({getattr(e, 'filename', '') or ''})")
     if isinstance(e, RPCError):
@@ -242,18 +245,20 @@ def run(
     asyncio.run(_run(spec, connection, message, thread_id, stream))
 
 
-def _live_events(room: str, stream: bool | None):  # noqa: ANN202
-    """The room's stream log when live output is wanted and the room's store is on this machine."""
+def _live_events(room: str, stream: bool | None, store_url: str | None = None):  # noqa: ANN202
+    """The room's stream log when live output is wanted and the room's store is on this machine (or shared)."""
     from activities.storage import room_dir
-    from activities.stream_log import StreamLog
+    from activities.stream_log import open_stream_log
 
     wanted = out.is_terminal if stream is None else stream
-    return StreamLog.for_room(room) if wanted and room_dir(room).exists() else None
+    if not wanted or not (store_url or room_dir(room).exists()):
+        return None
+    return open_stream_log(room, store_url)
 
 
 async def _run(spec, connection: ConnectionOptions, message: str | None, thread_id: str | None,  # noqa: ANN001
                stream: bool | None) -> None:
-    from activities.thread_store import ThreadStore
+    from activities.thread_store import open_thread_store
     from channels.delivery import new_thread_name
     from cli.chat import Chat, check_thread, interactive, thread_hint
     from cli.connection import open_temporal
@@ -271,8 +276,9 @@ async def _run(spec, connection: ConnectionOptions, message: str | None, thread_
             current = ref.thread_id("main")
         else:
             current = ref.thread_id(new_thread_name())
-        chat = Chat(temporal.client, ref, current, local_worker=True, stream=_live_events(spec.room, stream))
-        store = ThreadStore.for_room(spec.room)
+        chat = Chat(temporal.client, ref, current, local_worker=True,
+                    stream=_live_events(spec.room, stream, spec.thread_store_url))
+        store = open_thread_store(spec.room, spec.thread_store_url)
         if message is not None:
             reply = await chat.ask(message)
             _finish_one_shot(reply, thread_hint(chat.thread_id), chat.reply_shown)
@@ -311,6 +317,7 @@ def use(
         bool, typer.Option("--no-wait", help="Fail at once when the agent is not running, instead of queueing.")
     ] = False,
     stream: Stream = None,
+    thread_store_url: ThreadStoreUrl = None,
     verbose: Verbose = False,
 ) -> None:
     """Talk to an agent that is already running (no worker in this process)."""
@@ -322,19 +329,19 @@ def use(
         ref = AgentRef(room=room, agent_name=agent_name, thread_dir=thread_dir)
     except ValueError as e:
         raise usage_error(str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from e  # type: ignore[attr-defined]
-    asyncio.run(_use(ref, connection, thread_id, message, no_wait, stream))
+    asyncio.run(_use(ref, connection, thread_id, message, no_wait, stream, _store_url(thread_store_url)))
 
 
 async def _use(ref, connection: ConnectionOptions, thread_id: str | None, message: str | None,  # noqa: ANN001
-               no_wait: bool, stream: bool | None) -> None:
-    from activities.thread_store import ThreadStore
+               no_wait: bool, stream: bool | None, store_url: str | None = None) -> None:
+    from activities.thread_store import open_thread_store
     from channels.delivery import agent_is_online, new_thread_name
     from cli.chat import Chat, check_thread, interactive, thread_hint
     from cli.connection import open_temporal
 
     temporal = await open_temporal(connection)
     current = await check_thread(temporal.client, ref, thread_id) if thread_id else ref.thread_id(new_thread_name())
-    chat = Chat(temporal.client, ref, current, stream=_live_events(ref.room, stream))
+    chat = Chat(temporal.client, ref, current, stream=_live_events(ref.room, stream, store_url))
     if no_wait and not await agent_is_online(temporal.client, ref):
         raise CliError(
             f"agent {ref.agent_name} is not running in room {ref.room} (no worker polls {ref.task_queue}); "
@@ -347,25 +354,41 @@ async def _use(ref, connection: ConnectionOptions, thread_id: str | None, messag
             raise
         _finish_one_shot(reply, thread_hint(chat.thread_id), chat.reply_shown)
         return
-    await interactive(chat, ThreadStore.for_room(ref.room), label=ref.agent_name)
+    await interactive(chat, open_thread_store(ref.room, store_url), label=ref.agent_name)
 
 
 # Reading threads.
 
 
-def _store(room: str):  # noqa: ANN202
+def _store_url(url: str | None) -> str | None:
+    """`--thread-store-url`, checked (a usage error names the accepted form)."""
+    from models import validate_thread_store_url
+
+    try:
+        return validate_thread_store_url(url)
+    except ValueError as e:
+        raise usage_error(str(e)) from e
+
+
+def _store(room: str, url: str | None = None):  # noqa: ANN202
     """The room's thread store, or None when nothing was ever stored in the room (reading creates nothing)."""
     from activities.storage import room_dir
-    from activities.thread_store import ThreadStore
+    from activities.thread_store import open_thread_store
     from models import validate_name
 
     try:
         validate_name("room", room)
     except ValueError as e:
         raise usage_error(str(e)) from e
+    url = _store_url(url)
+    if url:
+        try:
+            return open_thread_store(room, url)
+        except Exception as e:  # noqa: BLE001 - activities/pg_store.ThreadStoreUnavailable: one line
+            raise CliError(str(e)) from e
     if not (room_dir(room) / "threads.sqlite3").exists():
         return None
-    return ThreadStore.for_room(room)
+    return open_thread_store(room)
 
 
 @process_app.command("threads", epilog=READ_EPILOG)
@@ -378,6 +401,7 @@ def threads(
     limit: Limit = 20,
     offset: Offset = 0,
     output: Output = OutputFormat.text,
+    thread_store_url: ThreadStoreUrl = None,
     verbose: Verbose = False,
 ) -> None:
     """List a room's threads, newest first: id, status, modified, channel, agent, name."""
@@ -385,20 +409,21 @@ def threads(
     from cli.threads import print_threads
 
     room = require(room, "--room", "THREADLINE_ROOM", "NAME")
-    store = _store(room)
+    store = _store(room, thread_store_url)
     if store is None:
         status(f"no threads in room {room} yet (THREADLINE_HOME is {threadline_home()})")
     print_threads(store.threads(agent=agent_name, limit=limit, offset=offset) if store else [], output)
 
 
-def _thread_items(room: str | None, agent_name: str | None, thread_dir: str, thread_id: str | None):  # noqa: ANN202
+def _thread_items(room: str | None, agent_name: str | None, thread_dir: str, thread_id: str | None,  # noqa: ANN202
+                  store_url: str | None = None):
     from activities.storage import threadline_home
     from cli.threads import resolve_thread
 
     room = require(room, "--room", "THREADLINE_ROOM", "NAME")
     if not thread_id:
         raise usage_error(f"--thread-id is required; list threads with: threadline process threads --room {room}")
-    store = _store(room)
+    store = _store(room, store_url)
     if store is None:
         raise usage_error(f"no thread {thread_id!r} in room {room}: nothing is stored in this room "
                           f"(THREADLINE_HOME is {threadline_home()})")
@@ -413,12 +438,13 @@ def messages(
     agent_name: AgentName = None,
     thread_dir: ThreadDir = "",
     output: Output = OutputFormat.text,
+    thread_store_url: ThreadStoreUrl = None,
     verbose: Verbose = False,
 ) -> None:
     """Show a thread's items in order: messages, replies, tool calls and results."""
     from cli.threads import print_items
 
-    print_items(_thread_items(room, agent_name, thread_dir, thread_id), output)
+    print_items(_thread_items(room, agent_name, thread_dir, thread_id, thread_store_url), output)
 
 
 @process_app.command("grep", epilog=READ_EPILOG)
@@ -430,13 +456,14 @@ def grep(
     thread_dir: ThreadDir = "",
     ignore_case: Annotated[bool, typer.Option("--ignore-case", "-i", help="Match without regard to case.")] = False,
     output: Output = OutputFormat.text,
+    thread_store_url: ThreadStoreUrl = None,
     verbose: Verbose = False,
 ) -> None:
     """Search a thread's items with a regular expression; exit code 1 when nothing matches."""
     from cli.threads import compile_pattern, grep_items, print_items
 
     regex = compile_pattern(pattern, ignore_case)
-    found = grep_items(_thread_items(room, agent_name, thread_dir, thread_id), regex)
+    found = grep_items(_thread_items(room, agent_name, thread_dir, thread_id, thread_store_url), regex)
     print_items(found, output)
     if not found:
         raise typer.Exit(1)

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cli.errors import CliError, usage_error
 from cli.options import AgentOptions, ConnectionOptions, Verbose, build_spec, with_options
 from cli.output import warn
-from models import DEFAULT_HTTP_PORT, AgentSpec
+from models import DEFAULT_HTTP_PORT, AgentSpec, validate_thread_store_url
 
 API_VERSION = "threadline/v1"
 KIND = "AgentService"
@@ -227,6 +227,9 @@ def _secret_refs(spec: AgentSpec, connection: ConnectionOptions, secret: str) ->
         for var, key in (("THREADLINE_SMTP_USERNAME", "smtp-username"), ("THREADLINE_SMTP_PASSWORD", "smtp-password")):
             refs.append(EnvRef(name=var, secret=secret, key=key, optional=True,
                                description="login at the SMTP relay that sends replies"))
+    if spec.thread_store_url:  # it carries the database password: a secret, not part of the spec
+        refs.append(EnvRef(name="THREADLINE_THREAD_STORE_URL", secret=secret, key="thread-store-url",
+                           description="URL of the shared PostgreSQL thread store"))
     if (spec.storage_url or "").startswith("s3://"):
         for var, key in (("AWS_ACCESS_KEY_ID", "aws-access-key-id"), ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key")):
             refs.append(EnvRef(name=var, secret=secret, key=key, optional=True,
@@ -273,6 +276,7 @@ def build_service_spec(agent: AgentOptions, connection: ConnectionOptions, servi
     agent_spec = spec.model_copy(update={
         "rules": load_rules(spec), "rules_files": [],  # the spec carries the rules themselves
         "http": spec.http.model_copy(update={"token": None}),
+        "thread_store_url": None,  # from the secret (THREADLINE_THREAD_STORE_URL)
     })
     try:
         return ServiceSpec(
@@ -363,6 +367,12 @@ def from_service_spec(service: ServiceSpec, environ: dict[str, str] | None = Non
     token_ref = service.env_ref("THREADLINE_HTTP_TOKEN")
     if token_ref is not None and env.get(token_ref.name):
         agent = agent.model_copy(update={"http": agent.http.model_copy(update={"token": env[token_ref.name]})})
+    store_ref = service.env_ref("THREADLINE_THREAD_STORE_URL")
+    if store_ref is not None and env.get(store_ref.name):
+        try:
+            agent = agent.model_copy(update={"thread_store_url": validate_thread_store_url(env[store_ref.name])})
+        except ValueError as e:
+            raise CliError(f"{store_ref.name}: {e}") from e
     temporal = service.temporal
     connection = ConnectionOptions(
         temporal_address=temporal.address,

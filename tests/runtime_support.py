@@ -32,7 +32,7 @@ HISTORIES = Path(__file__).resolve().parent / "histories"
 RECORD_ENV = "THREADLINE_RECORD_HISTORIES"
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1, what: str = "") -> Any:
+async def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
     """Polls `check` (sync or async) until it returns something truthy (exceptions count as not yet); returns that
     value or raises TimeoutError."""
     deadline = time.monotonic() + timeout

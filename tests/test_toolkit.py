@@ -277,6 +277,11 @@ async def test_agent_uses_another_agents_toolkit(temporal_client: Client, room: 
     assert task.sender == "ant" and task.data["metadata"]["toolkit_depth"] == 1
     assert task.data["metadata"]["caller_thread_id"] == ant.spec.ref.thread_id("t1")
 
+    # The call is a child of ant's thread in Temporal, so the UI links the thread to its call.
+    call_id = f"{ant.spec.ref.thread_id('t1')}/calls/{result.seq}"
+    call = await temporal_client.get_workflow_handle(call_id).describe()
+    assert call.workflow_type == "ToolCallWorkflow" and call.parent_id == ant.spec.ref.thread_id("t1")
+
 
 async def test_callee_killed_mid_call_runs_the_task_once(
     temporal_server, temporal_client: Client, room: str, agent, fake_model: FakeOpenAI
@@ -371,13 +376,17 @@ async def test_caller_killed_mid_call_reattaches_to_the_same_callee_turn(
 
 
 async def _attempts(client: Client, thread_id: str) -> bool:
-    """True once the thread's run_tool activity runs its second attempt."""
-    description = await client.get_workflow_handle(thread_id).describe()
-    return any(
-        p.activity_type.name == "run_tool" and p.attempt >= 2 and p.HasField("last_started_time")
-        and p.last_started_time.seconds > 0
-        for p in description.raw_description.pending_activities
-    )
+    """True once the run_tool activity of the thread's toolkit call (a child workflow) runs its second attempt."""
+    thread = await client.get_workflow_handle(thread_id).describe()
+    for child in thread.raw_description.pending_children:
+        call = await client.get_workflow_handle(child.workflow_id).describe()
+        if any(
+            p.activity_type.name == "run_tool" and p.attempt >= 2 and p.HasField("last_started_time")
+            and p.last_started_time.seconds > 0
+            for p in call.raw_description.pending_activities
+        ):
+            return True
+    return False
 
 
 class _BeeProcess:

@@ -1,12 +1,12 @@
-"""How workflows word an activity's failure for people: the activity's own message, not the wrapper's."""
+"""How workflows word a failure for people: the failing activity's own message, not its wrappers'."""
 
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 
 def failure_message(e: BaseException) -> str:
-    if isinstance(e, ActivityError) and e.cause is not None:
-        cause = e.cause
-        if isinstance(cause, ApplicationError):
-            return cause.message
-        return f"{cause.__class__.__name__}: {cause}"
-    return str(e)
+    wrapped = isinstance(e, (ActivityError, ChildWorkflowError))
+    while isinstance(e, (ActivityError, ChildWorkflowError)) and e.cause is not None:
+        e = e.cause
+    if isinstance(e, ApplicationError):
+        return e.message
+    return f"{e.__class__.__name__}: {e}" if wrapped else str(e)

@@ -13,10 +13,11 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.failures import failure_message
+    from workflows.tool_call import HEARTBEAT_TIMEOUT, ToolCallWorkflow, run_tool_options
     from models import (
         Interrupt,
         ModelCallInput,
@@ -48,7 +49,6 @@ SNAPSHOT_REPLIES = 5
 SNAPSHOT_TEXT = 500
 MODEL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8)
 OUTCOME_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
-HEARTBEAT_TIMEOUT = timedelta(seconds=5)
 
 
 class TurnInterrupted(Exception):
@@ -239,21 +239,15 @@ class ThreadWorkflow:
                 self.state.next_seq += len(step.tool_calls)
                 # Every call settles before the turn goes on or ends, so no tool writes into a turn that is over.
                 outcomes = await asyncio.gather(*[
-                    self._activity(
-                        "run_tool",
-                        ToolCallInput(thread_id=self.state.thread_id, turn_id=turn.turn_id, seq=first + n, call=call),
-                        result_type=ToolOutcome,
-                        start_to_close_timeout=timedelta(seconds=call.timeout_seconds),
-                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                        retry_policy=RetryPolicy(maximum_attempts=call.max_attempts + 1),
-                        summary=f"tool {_one_line(call.name, call.arguments)}",
-                    )
+                    self._tool_call(ToolCallInput(
+                        thread_id=self.state.thread_id, turn_id=turn.turn_id, seq=first + n, call=call
+                    ))
                     for n, call in enumerate(step.tool_calls)
                 ], return_exceptions=True)
                 failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
                 if failure is not None:
                     raise failure
-        except (TurnInterrupted, asyncio.CancelledError, ActivityError, TurnFailed) as e:
+        except (TurnInterrupted, asyncio.CancelledError, ActivityError, ChildWorkflowError, TurnFailed) as e:
             interrupted = self.interrupted_turn_id == turn.turn_id
             if isinstance(e, asyncio.CancelledError) and not interrupted:
                 raise
@@ -286,14 +280,27 @@ class ThreadWorkflow:
     async def _activity(self, name: str, arg: Any, **options: Any) -> Any:
         # An interrupt waits until the activity has really stopped: a model call or tool that went on running would
         # write its result into the thread after the turn was reported cancelled.
-        handle = workflow.start_activity(
+        return await self._interruptible(workflow.start_activity(
             name, arg, cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED, **options
-        )
-        self.inflight.add(handle)
+        ))
+
+    async def _tool_call(self, request: ToolCallInput) -> ToolOutcome:
+        if not request.call.calls_agent:
+            return await self._activity("run_tool", request, **run_tool_options(request.call))
+        # Cancelling the child (an interrupt) waits until its activity has stopped, like `_activity`.
+        return await self._interruptible(asyncio.ensure_future(workflow.execute_child_workflow(
+            ToolCallWorkflow.run,
+            request,
+            id=f"{self.state.thread_id}/calls/{request.seq}",
+            static_summary=run_tool_options(request.call)["summary"],
+        )))
+
+    async def _interruptible(self, task: asyncio.Future[Any]) -> Any:
+        self.inflight.add(task)
         try:
-            return await handle
+            return await task
         finally:
-            self.inflight.discard(handle)
+            self.inflight.discard(task)
 
     async def _record_outcome(self, turn: Turn, items: list[ThreadItem], status: ThreadStatus) -> None:
         self.state.next_seq = max([self.state.next_seq, *(i.seq + 1 for i in items)])
@@ -316,8 +323,3 @@ class ThreadWorkflow:
             return
         self.status = status
         workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(status)])
-
-
-def _one_line(name: str, arguments: str) -> str:
-    text = f"{name} {arguments}" if arguments not in ("", "{}") else name
-    return text if len(text) <= 80 else text[:79] + "…"

@@ -1,0 +1,324 @@
+"""The PostgreSQL thread store and stream log (`--thread-store-url postgresql://...`, activities/pg_store.py), against a
+throwaway PostgreSQL server started for the session: the behaviours the SQLite store guarantees (run on both backends),
+ordered write positions under concurrent writers, the CLI readers, and two agent processes with a THREADLINE_HOME
+each (as on two machines) serving one thread in turn, the second seeing the first's history.
+
+The server comes from Debian's `postgresql` package (`initdb`/`pg_ctl` in /usr/lib/postgresql/*/bin, or on PATH);
+the tests skip when it is not installed. As root, the server runs as the `postgres` user.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+from activities.stream_log import StreamLog, open_stream_log
+from activities.thread_store import ThreadStore, open_thread_store
+from channels.delivery import new_thread_name, new_turn_id, submit_turn
+from models import AgentSpec, ThreadItem, Turn, Usage
+from tests.cli_helpers import run_cli
+from tests.fake_openai import FakeOpenAI, FakeResponse
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bin_dir() -> Path | None:
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).parent
+    dirs = [Path(d) for d in glob.glob("/usr/lib/postgresql/*/bin") if (Path(d) / "initdb").exists()]
+    dirs.sort(key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0)
+    return dirs[-1] if dirs else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server on a free port of 127.0.0.1 in a temporary directory, with a `threadline` database."""
+    bin_dir = _pg_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl on PATH or in /usr/lib/postgresql/*/bin): "
+                    "apt-get install -y postgresql")
+    as_user: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="threadline-pg-"))
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres user
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as the postgres user")
+        try:
+            shutil.chown(base, "postgres", "postgres")
+        except (LookupError, OSError) as e:
+            pytest.skip(f"running as root and no usable postgres user for the test server: {e}")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, log = base / "data", base / "server.log"
+    port = _free_port()
+
+    def run(*args: str) -> None:
+        result = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            detail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{' '.join(args[:2])} failed: {result.stderr or result.stdout}\n{detail}")
+
+    try:
+        run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
+            "-o", f"-p {port} -h 127.0.0.1 -k {base} -F -c max_connections=200", "start")
+    except Exception:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    try:
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as db:
+            db.execute("CREATE DATABASE threadline")
+        yield f"postgresql://postgres:secret@127.0.0.1:{port}/threadline"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, room: str) -> tuple[ThreadStore, StreamLog]:
+    """The room's store and stream log on each backend: the same tests hold for both."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    return open_thread_store(room, url), open_stream_log(room, url)
+
+
+def _user(seq: int, text: str, turn: str = "t1") -> ThreadItem:
+    return ThreadItem(seq=seq, turn_id=turn, type="user", text=text)
+
+
+def _assistant(seq: int, text: str, tokens: int, turn: str = "t1") -> ThreadItem:
+    usage = Usage(prompt_tokens=tokens, completion_tokens=1, total_tokens=tokens + 1, model_calls=1)
+    return ThreadItem(seq=seq, turn_id=turn, type="assistant", text=text, data={"usage": usage.model_dump()})
+
+
+def test_append_is_idempotent_ordered_and_sliced(backend, room: str) -> None:
+    store, _ = backend
+    store.append("th", [_user(0, "  What is   the plan? "), _user(2, "second question", "t2")], room=room,
+                 agent="support", status="running")
+    store.append("th", [_assistant(1, "draft", 10)], room=room, agent="support")
+    store.append("th", [_assistant(1, "final answer", 10), _assistant(3, "later", 5, "t2")], room=room,
+                 agent="support", status="idle")  # a retried write: seq 1 is replaced, not doubled
+    assert [(i.seq, i.text) for i in store.items("th")] == [
+        (0, "  What is   the plan? "), (1, "final answer"), (2, "second question"), (3, "later")]
+    assert [i.seq for i in store.items("th", limit=2)] == [2, 3]
+    assert [i.seq for i in store.items("th", before_seq=2)] == [0, 1]
+    assert [i.seq for i in store.items("th", before_seq=3, limit=1)] == [2]
+    assert store.items("other") == []
+    info = store.thread("th")
+    assert info is not None
+    assert (info.name, info.status, info.items, info.agent, info.room) == ("What is the plan?", "idle", 4, "support",
+                                                                           room)
+    assert info.usage == Usage(prompt_tokens=15, completion_tokens=2, total_tokens=17, model_calls=2)
+    assert store.thread("missing") is None
+
+
+def test_thread_listing_status_names_and_archive(backend, room: str) -> None:
+    store, _ = backend
+    store.ensure_thread("a", room=room, agent="support", channel="queue", name="Job 1")
+    store.ensure_thread("a", room=room, agent="support", name="ignored")  # exists: unchanged
+    store.append("b", [_user(0, "hi from b")], room=room, agent="other")
+    store.ensure_thread("c", room=room, agent="support")
+    store.append("c", [_user(0, "names c")], room=room, agent="support")  # an unnamed thread is named by its first
+    assert [t.thread_id for t in store.threads()] == ["c", "b", "a"]
+    assert [t.thread_id for t in store.threads(agent="support")] == ["c", "a"]
+    assert [t.thread_id for t in store.threads(limit=1, offset=1)] == ["b"]
+    a = store.thread("a")
+    assert a is not None and (a.name, a.channel, a.items, a.usage) == ("Job 1", "queue", 0, Usage())
+    assert store.thread("c").name == "names c"
+    store.set_status("a", "failed")
+    store.rename("b", "Renamed")
+    assert store.thread("a").status == "failed" and store.thread("b").name == "Renamed"
+    assert store.archive("b") is True and store.archive("nope") is False
+    assert [t.thread_id for t in store.threads(archived=False)] == ["a", "c"]
+    assert [t.thread_id for t in store.threads(archived=True)] == ["b"] and store.thread("b").archived
+    assert store.archive("b", archived=False) and not store.thread("b").archived
+
+
+def test_changes_follow_writes_and_rewrites(backend, room: str) -> None:
+    store, _ = backend
+    assert store.position("th") == (0, 0.0) and store.changes("th") == []
+    store.append("th", [_user(0, "q"), _assistant(1, "partial", 3)], room=room, agent="support")
+    first = store.changes("th")
+    assert [i.seq for _, i in first] == [0, 1]
+    position, newest = store.position("th")
+    assert position == first[-1][0] and newest == max(i.created_at for _, i in first) > 0
+    store.append("th", [_assistant(1, "complete", 3)], room=room, agent="support")  # a rewrite moves it on
+    later = store.changes("th", after=position)
+    assert [(i.seq, i.text) for _, i in later] == [(1, "complete")] and later[0][0] > position
+    assert store.position("th")[0] == later[0][0]
+    assert store.changes("th", after=later[0][0]) == []
+
+
+def test_stream_events_after_id_by_turn_and_prune(backend, room: str) -> None:
+    _, log = backend
+    log.publish("th", "t1", 1, "delta", {"text": "Hel"})
+    log.publish("th", "t1", 1, "delta", {"text": "lo"})
+    log.publish("th", "t2", 1, "tool_started", {"name": "x"})
+    log.publish("elsewhere", "t9", 1, "retry", {"step": 0})
+    events = log.events("th")
+    assert [(e.turn_id, e.kind, e.data) for e in events] == [
+        ("t1", "delta", {"text": "Hel"}), ("t1", "delta", {"text": "lo"}), ("t2", "tool_started", {"name": "x"})]
+    assert events[0].id < events[1].id < events[2].id
+    assert [e.data for e in log.events("th", after_id=events[0].id)] == [{"text": "lo"}, {"name": "x"}]
+    assert [e.kind for e in log.events("th", turn_id="t2")] == ["tool_started"]
+    assert log.last_id_until("th", events[1].created_at) == events[1].id
+    assert log.last_id_until("th", 0.0) == 0
+    assert log.last_id() >= events[2].id
+    log.prune(older_than=3600)
+    assert len(log.events("th")) == 3
+    log.prune(older_than=-60)
+    assert log.events("th") == [] and log.events("elsewhere") == []
+
+
+def test_rooms_are_apart_in_one_database(postgres_url: str, room: str) -> None:
+    other = f"{room}-b"
+    open_thread_store(room, postgres_url).append("th", [_user(0, "room a")], room=room, agent="support")
+    open_thread_store(other, postgres_url).append("th", [_user(0, "room b"), _user(1, "more")], room=other,
+                                                  agent="support")
+    open_stream_log(other, postgres_url).publish("th", "t1", 1, "delta", {"text": "b"})
+    assert [i.text for i in open_thread_store(room, postgres_url).items("th")] == ["room a"]
+    assert [t.items for t in open_thread_store(other, postgres_url).threads()] == [2]
+    assert open_stream_log(room, postgres_url).events("th") == []
+    assert open_thread_store(room, postgres_url) is open_thread_store(room, f" {postgres_url} ")  # reused
+
+
+def test_concurrent_writers_never_hide_a_write_from_a_follower(postgres_url: str, room: str) -> None:
+    """Positions become visible in order: a follower polling `changes(after=...)` while two processes write
+    misses nothing (the writers of a thread are serialised, so write order is commit order)."""
+    from activities.pg_store import PgThreadStore
+
+    writers = [PgThreadStore(postgres_url, room) for _ in range(2)]
+    reader = open_thread_store(room, postgres_url)
+    done = threading.Event()
+    seen: dict[int, int] = {}
+
+    def write(n: int) -> None:
+        for k in range(40):
+            writers[n].append("th", [_user(n * 1000 + k, f"{n}-{k}")], room=room, agent="support")
+
+    def follow() -> None:
+        after = 0
+        while True:
+            finished = done.is_set()
+            for position, item in reader.changes("th", after=after):
+                seen[item.seq] = position
+                after = position
+            if finished:
+                return
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(2)]
+    follower = threading.Thread(target=follow)
+    follower.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    follower.join(30)
+    assert len(seen) == 80 and len(set(seen.values())) == 80
+
+
+def test_cli_readers_take_the_thread_store_url(postgres_url: str, room: str) -> None:
+    store = open_thread_store(room, postgres_url)
+    thread_id = f"{room}/support/{uuid.uuid4().hex[:6]}"
+    store.append(thread_id, [_user(0, "where is my parcel"), _assistant(1, "on its way", 4)], room=room,
+                 agent="support")
+    listed = run_cli("process", "threads", "--room", room, "-o", "json",
+                     env={"THREADLINE_THREAD_STORE_URL": postgres_url})
+    assert listed.returncode == 0, listed.stderr
+    assert thread_id in listed.stdout and "where is my parcel" in listed.stdout
+    shown = run_cli("process", "messages", "--room", room, "--thread-id", thread_id, "--thread-store-url", postgres_url)
+    assert shown.returncode == 0 and "on its way" in shown.stdout, shown.stderr
+    found = run_cli("process", "grep", "parcel", "--room", room, "--thread-id", thread_id,
+                    "--thread-store-url", postgres_url)
+    assert found.returncode == 0 and "where is my parcel" in found.stdout, found.stderr
+    wrong = run_cli("process", "threads", "--room", room, "--thread-store-url", "mysql://u:hunter2@h/db")
+    assert wrong.returncode == 2 and "postgresql://" in wrong.stderr and "hunter2" not in wrong.stderr
+    down = run_cli("process", "threads", "--room", room,
+                   "--thread-store-url", f"postgresql://postgres:hunter2@127.0.0.1:{_free_port()}/threadline")
+    assert down.returncode == 1 and "thread store" in down.stderr and "hunter2" not in down.stderr
+
+
+async def test_two_agent_processes_on_two_machines_share_a_thread(
+    postgres_url: str, temporal_client: Client, agent_spec: AgentSpec, agent_process: Callable,
+    fake_model: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = agent_spec.model_copy(update={"thread_store_url": postgres_url})
+    thread_id = spec.ref.thread_id(new_thread_name())
+
+    monkeypatch.setenv("THREADLINE_HOME", str(tmp_path / "machine-a"))
+    first = agent_process(spec)
+    fake_model.enqueue(FakeResponse.text("Noted: your order number is 4711."))
+    reply = await submit_turn(temporal_client, spec.ref, thread_id,
+                              Turn(turn_id=new_turn_id(), text="my order number is 4711"))
+    assert reply.status == "completed"
+    first.terminate()
+
+    monkeypatch.setenv("THREADLINE_HOME", str(tmp_path / "machine-b"))
+    agent_process(spec)
+    fake_model.enqueue(FakeResponse.text("It is 4711."))
+    reply = await submit_turn(temporal_client, spec.ref, thread_id,
+                              Turn(turn_id=new_turn_id(), text="what was my order number?"))
+    assert reply.status == "completed" and reply.text == "It is 4711."
+    prompt = fake_model.requests[-1].messages
+    assert [m["content"] for m in prompt if m["role"] in ("user", "assistant")][-3:] == [
+        "my order number is 4711", "Noted: your order number is 4711.", "what was my order number?"]
+    info = open_thread_store(spec.room, postgres_url).thread(thread_id)
+    assert info is not None and info.items == 4 and info.name == "my order number is 4711"
+    for machine in ("machine-a", "machine-b"):
+        assert not (tmp_path / machine / "rooms" / spec.room / "threads.sqlite3").exists()
+
+
+def test_a_service_spec_keeps_the_url_as_a_secret(room: str, tmp_path: Path) -> None:
+    """`process spec --thread-store-url`: the URL (with its password) is a secret reference, not spec text; `join
+    --spec` reads it back from the environment."""
+    import yaml
+
+    from cli.spec import from_service_spec, load_service_spec
+
+    url = "postgresql://threadline:pa55word@db.internal:5432/threadline"
+    result = run_cli("process", "spec", "--room", room, "--agent-name", "support", "--model", "offline",
+                     "--channel", "chat", "--thread-store-url", url)
+    assert result.returncode == 0, result.stderr
+    assert "pa55word" not in result.stdout
+    data = yaml.safe_load(result.stdout)
+    assert data["agent"]["thread_store_url"] is None
+    ref = next(e for e in data["env"] if e["name"] == "THREADLINE_THREAD_STORE_URL")
+    assert ref["key"] == "thread-store-url" and not ref["optional"]
+    path = tmp_path / "spec.yaml"
+    path.write_text(result.stdout)
+    agent, _, _ = from_service_spec(load_service_spec(path), {"THREADLINE_THREAD_STORE_URL": url})
+    assert agent.thread_store_url == url
+
+
+def test_the_chat_feed_reads_either_backend(backend, room: str) -> None:
+    """channels/chat_feed.py's cursors (stream event id, item write position) over both backends."""
+    from channels.chat_feed import Cursor, current_cursor, read_after
+
+    store, log = backend
+    store.append("th", [_user(0, "hi")], room=room, agent="support")
+    log.publish("th", "t1", 1, "delta", {"text": "Hel"})
+    log.publish("th", "t1", 1, "delta", {"text": "lo"})
+    store.append("th", [_assistant(1, "Hello", 2)], room=room, agent="support")
+    events = read_after(store, log, "th", Cursor())
+    assert [e.event for e in events] == ["turn", "item", "delta", "delta", "item", "turn"]
+    end = events[-1].cursor
+    assert end == current_cursor(store, log, "th") and read_after(store, log, "th", end) == []
+    store.append("th", [_user(2, "again", "t2")], room=room, agent="support")
+    assert [e.event for e in read_after(store, log, "th", end)] == ["turn", "item"]
