@@ -65,9 +65,15 @@ class Tool:
             parsed = self._arguments_model.model_validate(raw)  # type: ignore[attr-defined]
         except (json.JSONDecodeError, ValidationError) as e:
             raise ToolArgumentsError(f"invalid arguments for {self.name}: {e}") from e
-        result = self.fn(**{k: getattr(parsed, k) for k in type(parsed).model_fields})
-        if inspect.isawaitable(result):
-            result = await result
+        kwargs = {k: getattr(parsed, k) for k in type(parsed).model_fields}
+        if inspect.iscoroutinefunction(self.fn):
+            result = await self.fn(**kwargs)
+        else:
+            # A plain function may block (files, network, CPU): off the event loop, so heartbeats and other
+            # activities of the worker go on meanwhile.
+            result = await asyncio.to_thread(self.fn, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
         return result if isinstance(result, str) else json.dumps(result, default=str)
 
 

@@ -169,6 +169,21 @@ async def test_parallel_tool_calls(temporal_client: Client, agent_spec, agent_wo
     await record_history(temporal_client.get_workflow_handle(thread_id), "tool_loop")
 
 
+async def test_blocking_sync_tools_run_off_the_event_loop(temporal_client: Client, agent_spec, agent_worker,
+                                                           fake_model: FakeOpenAI):
+    spec = agent_spec.model_copy(update={"tools": ["tests.tools_for_tests:blocking_lookup"]})
+    await agent_worker(spec)
+    tool_log_path().parent.mkdir(parents=True, exist_ok=True)
+    fake_model.enqueue(
+        FakeResponse.tool_calls([("blocking_lookup", {"key": "alpha"}), ("blocking_lookup", {"key": "beta"})]),
+        FakeResponse.text("both looked up"),
+    )
+    reply = await submit_turn(temporal_client, spec.ref, _thread(spec), Turn(turn_id=new_turn_id(), text="look"))
+    assert reply.status == "completed" and reply.text == "both looked up"
+    a, b = [json.loads(line) for line in tool_log_path().read_text().splitlines()]
+    assert a["start"] < b["end"] and b["start"] < a["end"], f"a blocking tool held up the other: {a}, {b}"
+
+
 async def test_max_steps_fails_the_turn_and_the_thread_recovers(temporal_client: Client, agent_spec, agent_worker,
                                                                  fake_model):
     spec = agent_spec.model_copy(update={"max_steps": 3})

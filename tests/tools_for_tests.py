@@ -29,6 +29,16 @@ async def slow_lookup(key: str, seconds: float = 1.0) -> str:
     return f"value of {key}"
 
 
+def blocking_lookup(key: str, seconds: float = 1.0) -> str:
+    """Looks a key up, slowly and without async (time.sleep blocks its thread)."""
+    started = time.time()
+    time.sleep(seconds)
+    ended = time.time()
+    with tool_log_path().open("a") as f:
+        f.write(json.dumps({"key": key, "start": started, "end": ended}) + "\n")
+    return f"value of {key}"
+
+
 def big_output(size: int) -> str:
     """Returns `size` bytes of text."""
     line = "0123456789abcdef" * 4 + "\n"
