@@ -7,6 +7,7 @@ turn (signal-with-start: mail, queue). Both start the thread on its first turn.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 import uuid
@@ -31,6 +32,7 @@ from workflows.search_attributes import AGENT_ATTRIBUTE, CHANNEL_ATTRIBUTE, ROOM
 from workflows.thread import ThreadWorkflow
 
 POLL_INTERVAL = 0.2
+FORGOTTEN_CHECK_EVERY = 25
 ONLINE_WINDOW = timedelta(seconds=75)
 """A worker long-polls for about a minute: one that has not polled for longer is gone."""
 UPDATES_IN_FLIGHT_PER_THREAD = 8
@@ -38,6 +40,10 @@ UPDATES_IN_FLIGHT_PER_THREAD = 8
 after the client's own retries (about 15 s): callers of one process past this many go by signal + poll at once."""
 
 _updates_in_flight: weakref.WeakKeyDictionary[Client, Counter[str]] = weakref.WeakKeyDictionary()
+
+
+class ReplyForgotten(LookupError):
+    """The turn ran long ago: its reply is in the thread store, no longer in the thread's workflow."""
 
 
 class TemporalUnreachable(ConnectionError):
@@ -159,10 +165,15 @@ async def wait_for_reply(client: Client, thread_id: str, turn_id: str, timeout: 
     """Polls the thread for a turn's reply (for turns delivered by signal)."""
     handle = client.get_workflow_handle(thread_id)
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
+    for polls in itertools.count(1):
         reply = await handle.query(ThreadWorkflow.turn_reply, turn_id)
         if reply is not None:
             return reply
+        if polls % FORGOTTEN_CHECK_EVERY == 0 and await handle.query(ThreadWorkflow.turn_forgotten, turn_id):
+            raise ReplyForgotten(
+                f"turn {turn_id} ran in thread {thread_id}, but its reply is no longer kept by the thread; "
+                "read it with: threadline process messages --thread-id " + thread_id
+            )
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"no reply for turn {turn_id} in thread {thread_id} after {timeout} s")
         await asyncio.sleep(POLL_INTERVAL)

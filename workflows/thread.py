@@ -189,6 +189,11 @@ class ThreadWorkflow:
     def turn_reply(self, turn_id: str) -> Reply | None:
         return self._reply_for(turn_id)
 
+    @workflow.query(name="turn_forgotten")
+    def turn_forgotten(self, turn_id: str) -> bool:
+        """True when the turn ran but its reply is no longer kept (no use waiting for it)."""
+        return self._forgotten(turn_id)
+
     # The turn loop.
 
     async def _run_turn(self, turn: Turn) -> Reply:
