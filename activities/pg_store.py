@@ -29,6 +29,18 @@ import psycopg
 from activities.thread_store import display_name
 from models import ThreadInfo, ThreadItem, ThreadStatus, Usage
 
+_opened: dict[tuple[type, str, str], Any] = {}
+_opened_guard = threading.Lock()
+
+
+def opened(backend: type, url: str, room: str) -> Any:
+    """One store per (kind, url, room) per process, so their connections are reused."""
+    key = (backend, url, room)
+    with _opened_guard:
+        if key not in _opened:
+            _opened[key] = backend(url, room)
+        return _opened[key]
+
 _SCHEMA_LOCK = 0x7468726C  # advisory lock key serialising schema creation between processes starting together
 _ITEMS_LOCK = 1  # advisory lock class of a thread's item writers
 _EVENTS_LOCK = 2  # ... and of its stream-log publishers

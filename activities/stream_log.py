@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from activities.storage import room_dir
+from activities.thread_store import is_shared_url
 
 EventKind = Literal["delta", "retry", "tool_started", "tool_finished", "accepted"]
 """`accepted`: a channel handed the turn to its thread (published by the HTTP chat channel, attempt 0)."""
@@ -50,22 +51,13 @@ class StreamEvent(BaseModel):
     created_at: float
 
 
-_opened: dict[tuple[str, str], object] = {}
-_opened_guard = threading.Lock()
-
-
 def open_stream_log(room: str, url: str | None = None) -> StreamLog:
     """The room's stream log: beside the SQLite thread store, or in the PostgreSQL database at `url`."""
-    if not (url and url.strip()):
+    if not is_shared_url(url):
         return StreamLog.for_room(room)
-    from activities.pg_store import PgStreamLog
+    from activities.pg_store import PgStreamLog, opened
 
-    key = (url.strip(), room)
-    with _opened_guard:
-        log = _opened.get(key)
-        if log is None:
-            log = _opened[key] = PgStreamLog(key[0], room)
-    return log  # type: ignore[return-value]  # same methods as StreamLog
+    return opened(PgStreamLog, url.strip(), room)  # type: ignore[union-attr, return-value]  # same methods
 
 
 class StreamLog:

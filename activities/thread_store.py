@@ -61,27 +61,18 @@ def display_name(text: str) -> str:
     return words if len(words) <= _NAME_LIMIT else words[: _NAME_LIMIT - 1].rstrip() + "…"
 
 
-_opened: dict[tuple[str, str], object] = {}
-_opened_guard = threading.Lock()
-
-
 def is_shared_url(url: str | None) -> bool:
     return bool(url and url.strip())
 
 
 def open_thread_store(room: str, url: str | None = None) -> ThreadStore:
     """The room's thread store: the SQLite file on this machine, or the PostgreSQL database at `url`
-    (`AgentSpec.thread_store_url`). Postgres stores are kept per (url, room) so their connections are reused."""
+    (`AgentSpec.thread_store_url`)."""
     if not is_shared_url(url):
         return ThreadStore.for_room(room)
-    from activities.pg_store import PgThreadStore
+    from activities.pg_store import PgThreadStore, opened
 
-    key = (url.strip(), room)
-    with _opened_guard:
-        store = _opened.get(key)
-        if store is None:
-            store = _opened[key] = PgThreadStore(key[0], room)
-    return store  # type: ignore[return-value]  # same methods as ThreadStore
+    return opened(PgThreadStore, url.strip(), room)  # type: ignore[union-attr, return-value]  # same methods
 
 
 class ThreadStore:
