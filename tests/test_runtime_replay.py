@@ -2,7 +2,7 @@
 change that breaks determinism for running threads fails CI instead of stalling threads in production.
 
 The histories in tests/histories/ were recorded by the scenario tests (plain turns, tool loop, steer, interrupt,
-model failure, continue-as-new). To re-record them after an intended, versioned workflow change:
+model failure, continue-as-new, and an agent-to-agent call in a child workflow). To re-record them after an intended, versioned workflow change:
 
     THREADLINE_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_runtime_*.py
 
@@ -25,7 +25,7 @@ from tests.fake_openai import FakeResponse
 from tests.runtime_support import HISTORIES
 from workflows.thread import ThreadWorkflow
 
-EXPECTED = {"plain_turns", "tool_loop", "steer", "interrupt", "model_failure", "continue_as_new"}
+EXPECTED = {"plain_turns", "tool_loop", "steer", "interrupt", "model_failure", "continue_as_new", "toolkit_call"}
 
 
 def _replayer() -> Replayer:
