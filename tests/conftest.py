@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 
+from channels.base import ChannelAdapter
 from channels.delivery import connect
 from models import AgentSpec
 from tests.fake_openai import FakeOpenAI
@@ -67,13 +68,20 @@ def agent_spec(room: str) -> AgentSpec:
 
 
 @pytest.fixture
-async def agent_worker(temporal_client: Client) -> AsyncIterator[Callable[[AgentSpec], asyncio.Task[None]]]:
-    """Starts in-process agent workers; they stop at the end of the test."""
+async def agent_worker(
+    temporal_server: TemporalDevServer, temporal_client: Client
+) -> AsyncIterator[Callable[..., asyncio.Task[None]]]:
+    """Starts in-process agent workers with optional channel adapters; they stop at the end of the test.
+    `own_client=True` gives the agent a client of its own, as a separate process would have (the SDK allows one
+    worker per task queue and client)."""
     stops: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
-    async def start(spec: AgentSpec) -> asyncio.Task[None]:
+    async def start(
+        spec: AgentSpec, channels: Sequence[ChannelAdapter] = (), own_client: bool = False
+    ) -> asyncio.Task[None]:
+        client = await connect(temporal_server.address) if own_client else temporal_client
         stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(run_agent(temporal_client, spec, stop, ready))
+        task = asyncio.create_task(run_agent(client, spec, stop, ready, channels))
         await asyncio.wait_for(ready.wait(), 30)
         stops.append((stop, task))
         return task

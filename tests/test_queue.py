@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import pytest
@@ -18,7 +17,7 @@ from temporalio.client import Client
 from typer.testing import CliRunner
 
 from activities.thread_store import ThreadStore
-from channels.delivery import connect, thread_snapshot
+from channels.delivery import thread_snapshot
 from channels.queue import (
     JobNotFound,
     QueueChannel,
@@ -33,33 +32,19 @@ from cli.room import room_app
 from models import AgentSpec, JobPayloadError, JobStatus
 from tests.conftest import REPO
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
-from worker import run_agent
 from workflows.search_attributes import AGENT_ATTRIBUTE, JOB_STATUS_ATTRIBUTE, QUEUE_ATTRIBUTE, ROOM_ATTRIBUTE
 
 QUEUE = "jobs"
 
 
 @pytest.fixture
-async def consumer(temporal_server) -> AsyncIterator[Callable[..., asyncio.Task[None]]]:
-    """Starts in-process agents consuming queues; they stop at the end of the test. Each has a client of its own,
-    as separate processes would (the SDK allows one worker per task queue and client)."""
-    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+def consumer(agent_worker) -> Callable[..., asyncio.Task[None]]:  # noqa: ANN001
+    """Starts in-process agents consuming queues, each with a client of its own as separate processes would."""
 
     async def start(spec: AgentSpec, *queues: str) -> asyncio.Task[None]:
-        stop, ready = asyncio.Event(), asyncio.Event()
-        channels = [QueueChannel(q) for q in queues or (QUEUE,)]
-        client = await connect(temporal_server.address)
-        task = asyncio.create_task(run_agent(client, spec, stop, ready, channels=channels))
-        await asyncio.wait_for(ready.wait(), 30)
-        running.append((stop, task))
-        return task
+        return await agent_worker(spec, [QueueChannel(q) for q in queues or (QUEUE,)], own_client=True)
 
-    yield start
-    for stop, _ in running:
-        stop.set()
-    for _, task in running:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 30)
+    return start
 
 
 async def finished(client: Client, room: str, job_id: str, timeout: float = 30) -> JobStatus:
