@@ -31,6 +31,23 @@ def validate_name(kind: str, value: str) -> str:
     return value
 
 
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,253}$")
+
+
+def validate_queue_name(value: str, kind: str = "queue") -> str:
+    """Queue names become task-queue names, workflow-id and storage-path segments; an email address is one (the
+    mail channel's queue defaults to nothing else), so `@` and `+` are allowed, `/`, whitespace and control
+    characters are not."""
+    if not value or not value.strip():
+        raise ValueError(f"the {kind} name is empty")
+    if not _QUEUE_RE.match(value):
+        raise ValueError(
+            f"{kind} {value!r} is not valid: use letters, digits, '.', '_', '-', '@' or '+' (at most 254 characters, "
+            "starting with a letter or digit)"
+        )
+    return value
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -408,7 +425,7 @@ class QueueJobPayload(BaseModel):
             raise JobPayloadError(_validation_reason(e)) from e
         if payload.reply_to is not None:
             try:
-                validate_name("reply_to queue", payload.reply_to)
+                validate_queue_name(payload.reply_to, "reply_to queue")
             except ValueError as e:
                 raise JobPayloadError(str(e)) from e
         if payload.path is not None and not payload.path.strip().strip("/"):

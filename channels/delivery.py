@@ -12,6 +12,7 @@ import secrets
 import time
 import uuid
 import weakref
+from collections.abc import Mapping
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
@@ -57,15 +58,18 @@ async def connect(
     api_key: str | None = None,
     tls_cert: bytes | None = None,
     tls_key: bytes | None = None,
+    tls: bool | TLSConfig | None = None,
+    rpc_metadata: Mapping[str, str] | None = None,
 ) -> Client:
-    tls: bool | TLSConfig = False
-    if tls_cert is not None or tls_key is not None:
-        tls = TLSConfig(client_cert=tls_cert, client_private_key=tls_key)
-    elif api_key:
-        tls = True
+    """`tls` given wins over `tls_cert`/`tls_key`; without either, an API key turns TLS on."""
+    if tls is None:
+        tls = bool(api_key)
+        if tls_cert is not None or tls_key is not None:
+            tls = TLSConfig(client_cert=tls_cert, client_private_key=tls_key)
     try:
         return await Client.connect(
-            address, namespace=namespace, api_key=api_key, tls=tls, data_converter=pydantic_data_converter
+            address, namespace=namespace, api_key=api_key, tls=tls, rpc_metadata=rpc_metadata or {},
+            data_converter=pydantic_data_converter,
         )
     except RuntimeError as e:
         raise TemporalUnreachable(f"cannot reach the Temporal server at {address}: {e}") from e

@@ -67,6 +67,7 @@ from models import (
     MailTurnPlan,
     Turn,
     validate_name,
+    validate_queue_name,
 )
 from workflows.mail_job import MailJobWorkflow
 from workflows.queue_job import MEMO_KEY, job_memo, job_task_queue, job_turn_id, job_workflow_id, public_job_id
@@ -212,7 +213,7 @@ class MailStore:
         address = normalize_address(address)
         try:
             validate_name("room", room)
-            queue = validate_name("queue", queue) if queue else default_queue(address)
+            queue = validate_queue_name(queue) if queue else default_queue(address)
         except ValueError as e:
             raise MailboxError(str(e)) from e
         try:

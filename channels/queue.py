@@ -54,6 +54,7 @@ from models import (
     QueueTurnRequest,
     QueueTurnResult,
     validate_name,
+    validate_queue_name,
 )
 from workflows.queue_job import (
     MEMO_KEY,
@@ -88,9 +89,10 @@ class JobPathError(JobPayloadError):
 
 
 def validate_queue(queue: str) -> str:
-    if not queue or not queue.strip():
-        raise JobPayloadError("the queue name is empty")
-    return validate_name("queue", queue)
+    try:
+        return validate_queue_name(queue)
+    except ValueError as e:
+        raise JobPayloadError(str(e)) from e
 
 
 def validate_key(key: str) -> str:

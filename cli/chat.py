@@ -32,7 +32,12 @@ from cli.threads import short_id
 from models import AgentRef, Reply, Turn
 
 STREAM_POLL_SECONDS = 0.05
-HELP = "type a message; /new starts a thread, /threads lists them, /use ID switches, /help; Ctrl-D leaves"
+HELP = (
+    "type a message; /new starts a thread, /threads lists them, /use ID switches, /help; Ctrl-D leaves "
+    "(any other line, /tool ... included, goes to the agent)"
+)
+CHAT_COMMANDS = frozenset({"/new", "/threads", "/use", "/help", "/?"})
+"""The chat's own commands; every other line, whatever it starts with, is a message for the agent."""
 
 
 async def check_thread(client: Client, ref: AgentRef, value: str) -> str:
@@ -252,8 +257,9 @@ class Interrupts:
 def print_reply(chat: Chat, reply: Reply, store: ThreadStore | None, label: str) -> None:
     for line in chat.tool_lines(store, reply.turn_id):
         status(line)
-    if reply.status == "completed" and not chat.reply_shown:
-        out.print(f"[bold]{escape(label)}>[/bold] {escape(reply.text)}")
+    if reply.status == "completed":
+        if not chat.reply_shown:
+            out.print(f"[bold]{escape(label)}>[/bold] {escape(reply.text)}")
     elif reply.status == "cancelled":
         warn("turn cancelled")
     else:
@@ -285,7 +291,7 @@ async def interactive(chat: Chat, store: ThreadStore | None, *, label: str) -> N
         text = line.strip()
         if not text:
             continue
-        if text.startswith("/"):
+        if text.split(" ", 1)[0] in CHAT_COMMANDS:
             await _command(chat, store, text)
             continue
         loop_state["interrupting"] = False
@@ -333,7 +339,5 @@ async def _command(chat: Chat, store: ThreadStore | None, text: str) -> None:
             err.print(f"error: {escape(e.message)}", style="red")
             return
         status(f"switched to thread {short_id(chat.thread_id)}")
-    elif name in ("/help", "/?"):
-        status(HELP)
     else:
-        warn(f"unknown command {name}; {HELP}")
+        status(HELP)

@@ -23,6 +23,8 @@ from pydantic import ValidationError
 
 from cli.errors import usage_error
 from cli.output import set_verbose
+from cli.temporal_config import temporal_target
+from models import validate_queue_name
 
 AGENT_PANEL = "Agent"
 TEMPORAL_PANEL = "Temporal"
@@ -261,12 +263,17 @@ HealthPort = Annotated[
 TemporalAddress = Annotated[
     str | None,
     typer.Option("--temporal-address", envvar="THREADLINE_TEMPORAL_ADDRESS",
-                 help="host:port of a Temporal server (default: the embedded server on localhost:7233).",
+                 help="host:port of a Temporal server (default: Temporal's own TEMPORAL_ADDRESS or profile, else the "
+                      "embedded server on localhost:7233). Order: flags, THREADLINE_* variables, Temporal's "
+                      "environment configuration (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, "
+                      "TEMPORAL_TLS_*, TEMPORAL_PROFILE in temporal.toml), the embedded server.",
                  rich_help_panel=TEMPORAL_PANEL, show_default=False),
 ]
 Namespace = Annotated[
-    str,
-    typer.Option("--namespace", envvar="THREADLINE_NAMESPACE", help="Temporal namespace.", rich_help_panel=TEMPORAL_PANEL),
+    str | None,
+    typer.Option("--namespace", envvar="THREADLINE_NAMESPACE",
+                 help="Temporal namespace [default: TEMPORAL_NAMESPACE or the profile's, else default].",
+                 rich_help_panel=TEMPORAL_PANEL, show_default=False),
 ]
 TemporalApiKey = Annotated[
     str | None,
@@ -338,7 +345,7 @@ class AgentOptions:
 @dataclass
 class ConnectionOptions:
     temporal_address: TemporalAddress = None
-    namespace: Namespace = "default"
+    namespace: Namespace = None
     temporal_api_key: TemporalApiKey = None
     temporal_tls_cert: TemporalTlsCert = None
     temporal_tls_key: TemporalTlsKey = None
@@ -397,13 +404,16 @@ def parse_channel(value: str) -> str:
                 return f"mail:{address}?reply-all={params['reply-all']}"
             raise usage_error(f"channel {value!r}: the only mail option is ?reply-all=true or ?reply-all=false")
         raise usage_error(f"channel {value!r}: {address or '(empty)'} is not an email address; use mail:ADDRESS")
-    if kind in ("queue", "toolkit") and sep:
+    if kind == "queue" and sep:
+        try:
+            return f"queue:{validate_queue_name(rest.strip())}"
+        except ValueError as e:
+            raise usage_error(f"channel {value!r}: {e}; use queue:NAME") from None
+    if kind == "toolkit" and sep:
         name = rest.strip()
         if _NAME.match(name):
-            return f"{kind}:{name}"
-        raise usage_error(
-            f"channel {value!r}: {kind} names use letters, digits, '.', '_' or '-'; use {kind}:NAME"
-        )
+            return f"toolkit:{name}"
+        raise usage_error(f"channel {value!r}: toolkit names use letters, digits, '.', '_' or '-'; use toolkit:NAME")
     raise usage_error(f"unknown channel {value!r}: use {CHANNEL_FORMS}")
 
 
@@ -447,6 +457,7 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
     room = require(agent.room, "--room", "THREADLINE_ROOM", "NAME")
     agent_name = require(agent.agent_name, "--agent-name", "THREADLINE_AGENT_NAME", "NAME")
     channels = parse_channels(agent.channel) or list(default_channels or [])
+    target = temporal_target(connection)
     base_url = check_base_url(agent.model_base_url)
     try:
         spec = AgentSpec(
@@ -465,8 +476,8 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
             thread_store_url=agent.thread_store_url,
             tools=list(agent.tool or []),
             max_steps=agent.max_steps,
-            temporal_address=connection.temporal_address,
-            namespace=connection.namespace,
+            temporal_address=target.address,
+            namespace=target.namespace,
             mail=mail_settings(agent),
             http=http_settings(agent),
             use_toolkits=[t.strip() for t in agent.use_toolkit or []],

@@ -27,7 +27,7 @@ from cli.room_agent import agent_app
 from cli.options import ConnectionOptions, Namespace, TemporalAddress
 from cli.errors import FAILURE, USAGE, CliError, usage_error
 from cli.output import error_line, status as status_line, warn
-from models import JOB_STATES, JobAccepted, JobPayloadError, JobStatus, validate_name
+from models import JOB_STATES, JobAccepted, JobPayloadError, JobStatus, validate_name, validate_queue_name
 
 """Until the CLI's embedded-server helper is wired in here."""
 
@@ -89,7 +89,7 @@ def _need_queue(queue: str | None) -> str:
     if not queue.strip():
         raise usage_error("--queue is empty: give the queue's name")
     try:
-        return validate_name("queue", queue.strip())
+        return validate_queue_name(queue.strip())
     except ValueError as e:
         raise usage_error(str(e)) from None
 
@@ -115,7 +115,7 @@ def _read_payload(json_text: str | None, file: str | None) -> Any:
         raise usage_error(f"the payload from {source} is not valid JSON: {e}") from None
 
 
-async def _connect(address: str | None, namespace: str) -> Client:
+async def _connect(address: str | None, namespace: str | None) -> Client:
     """The server at `address`, else the embedded one (started in the background when nothing runs)."""
     temporal = await open_temporal(ConnectionOptions(temporal_address=address, namespace=namespace))
     return temporal.client
@@ -188,7 +188,7 @@ def send(
         show_default=False)] = None,
     output: Output = Format.text,
     temporal_address: TemporalAddress = None,
-    namespace: Namespace = "default",
+    namespace: Namespace = None,
 ) -> int:
     """Send a job to a room queue. Exits 0 once Temporal has it (with --wait: once it finished, 1 if it failed).
 
@@ -238,7 +238,7 @@ def status(
                                               show_default=False)] = None,
     output: Output = Format.text,
     temporal_address: TemporalAddress = None,
-    namespace: Namespace = "default",
+    namespace: Namespace = None,
 ) -> int:
     """Show a job: status, thread, result text or error, timings."""
     room_name = _need_room(room)
@@ -267,7 +267,7 @@ def list_(
     limit: Annotated[int, typer.Option("--limit", min=1, help="Most jobs to list, newest first.")] = 100,
     output: Output = Format.text,
     temporal_address: TemporalAddress = None,
-    namespace: Namespace = "default",
+    namespace: Namespace = None,
 ) -> int:
     """List a queue's jobs, newest first (from Temporal visibility: a change may take a second to show)."""
     room_name = _need_room(room)

@@ -265,8 +265,8 @@ def build_service_spec(agent: AgentOptions, connection: ConnectionOptions, servi
     if health_port:  # 0: any free port (tests); deployments need a fixed one
         ports.append(ContainerPort(name="health", port=health_port))
     temporal = TemporalConnection(
-        address=connection.temporal_address.strip() if connection.temporal_address else None,
-        namespace=connection.namespace,
+        address=spec.temporal_address,
+        namespace=spec.namespace,
         tls_cert_file=f"{TLS_DIR}/tls.crt" if connection.temporal_tls_cert else None,
         tls_key_file=f"{TLS_DIR}/tls.key" if connection.temporal_tls_key else None,
         tls_secret=f"{name}-temporal-tls" if connection.temporal_tls_cert or connection.temporal_tls_key else None,

@@ -3,6 +3,7 @@ the embedded default on a port of its own), the fake model, and each test's own 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 from activities.stream_log import StreamLog
 from activities.thread_store import ThreadStore
+from channels.delivery import connect
 from cli.app import app
 from models import AgentRef, ThreadItem
 from tests.cli_helpers import CliProcess, command, cli_env, run_cli, REPO
@@ -77,17 +79,18 @@ def test_run_threading_mode_none_continues_the_main_thread(address: str, room: s
 
 
 def test_run_interactive_chat_commands(address: str, room: str) -> None:
-    script = "hello\n/new\nsecond thread\n/threads\n/use main\n/bogus\n"
+    script = "hello\n/new\nsecond thread\n/threads\n/use main\n/tool current_time\n"
     result = subprocess.run(
         command(["process", "run", *agent_args(room, address, "--model", "offline")]),
         input=script, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     replies = [line for line in result.stdout.splitlines() if "[offline model]" in line]
-    assert len(replies) == 2 and "Earlier messages from you in this thread: 0" in replies[1], result.stdout
+    assert len(replies) == 3 and "Earlier messages from you in this thread: 0" in replies[1], result.stdout
+    assert "The tools answered:" in replies[2], result.stdout
     assert "new thread:" in result.stderr and "switched to thread main" in result.stderr
-    assert "unknown command /bogus" in result.stderr
-    assert len(ThreadStore.for_room(room).threads()) == 2
+    assert "unknown command" not in result.stderr
+    assert len(ThreadStore.for_room(room).threads()) == 3
     assert_clean(result.stderr)
 
 
@@ -274,8 +277,9 @@ ERROR_CASES = {
     "unreachable Temporal": (
         ["process", "run", "--room", "r", "--agent-name", "a", "--model", "offline", "-m", "hi",
          "--temporal-address", "127.0.0.1:{closed_port}"],
-        {}, 1, "error: cannot reach the Temporal server at 127.0.0.1:{closed_port} (connection refused): check "
-               "--temporal-address (THREADLINE_TEMPORAL_ADDRESS), or leave it out to use the embedded server",
+        {}, 1, "error: cannot reach the Temporal server at 127.0.0.1:{closed_port} (connection refused): the "
+               "address comes from --temporal-address (THREADLINE_TEMPORAL_ADDRESS); fix it, or leave it out to use "
+               "the embedded server",
     ),
     "invalid regex": (
         ["process", "grep", "(unclosed", "--room", "r", "--thread-id", "x"],
@@ -401,6 +405,63 @@ def test_embedded_server_starts_in_background_and_is_reused(tmp_path: Path, room
         time.sleep(0.1)
     else:
         raise AssertionError(f"the embedded server still listens on {port}")
+
+
+# Temporal's own environment configuration (TEMPORAL_ADDRESS, profiles in temporal.toml).
+
+
+def _reaches_session_server(result: subprocess.CompletedProcess[str], env: dict[str, str]) -> None:
+    try:
+        assert result.returncode == 0, result.stderr
+        assert "started the embedded" not in result.stderr, result.stderr
+        assert OFFLINE_REPLY.match(result.stdout.strip()), result.stdout
+    finally:
+        if "started the embedded" in result.stderr:
+            run_cli("server", "stop", env=env)
+
+
+@pytest.mark.parametrize("how", ["TEMPORAL_ADDRESS", "profile"])
+def test_temporal_environment_configuration_is_read(how: str, address: str, room: str, tmp_path: Path) -> None:
+    env = {"THREADLINE_TEMPORAL_PORT": str(closed_port()), "TEMPORAL_CONFIG_FILE": str(tmp_path / "none.toml")}
+    if how == "TEMPORAL_ADDRESS":
+        env["TEMPORAL_ADDRESS"] = address
+    else:
+        (tmp_path / "temporal.toml").write_text(
+            f'[profile.default]\naddress = "127.0.0.1:1"\n\n[profile.staging]\naddress = "{address}"\n'
+            'namespace = "default"\n'
+        )
+        env.update(TEMPORAL_CONFIG_FILE=str(tmp_path / "temporal.toml"), TEMPORAL_PROFILE="staging")
+    result = run_cli("process", "run", "--room", room, "--agent-name", "support", "--model", "offline", "-m", "hi",
+                     env=env)
+    _reaches_session_server(result, env)
+    thread_id = AgentRef(room=room, agent_name="support").thread_id(thread_name(result.stderr))
+    assert asyncio.run(_workflow_status(address, thread_id)) == "RUNNING"
+
+
+async def _workflow_status(address: str, thread_id: str) -> str:
+    client = await connect(address)
+    return (await client.get_workflow_handle(thread_id).describe()).status.name
+
+
+def test_threadline_settings_win_over_temporal_environment_configuration(address: str, room: str) -> None:
+    env = {"TEMPORAL_ADDRESS": "127.0.0.1:1", "THREADLINE_TEMPORAL_ADDRESS": address}
+    result = run_cli("process", "run", "--room", room, "--agent-name", "support", "--model", "offline", "-m", "hi",
+                     env=env)
+    _reaches_session_server(result, env)
+    flagged = run_cli("process", "run", "--room", room, "--agent-name", "support", "--model", "offline", "-m", "hi",
+                      "--temporal-address", address, env={"TEMPORAL_ADDRESS": "127.0.0.1:1"})
+    _reaches_session_server(flagged, env)
+
+
+def test_unreachable_address_from_temporal_environment_names_its_source(room: str) -> None:
+    port = closed_port()
+    result = run_cli("process", "run", "--room", room, "--agent-name", "support", "--model", "offline", "-m", "hi",
+                     env={"TEMPORAL_ADDRESS": f"127.0.0.1:{port}"})
+    assert result.returncode == 1
+    assert (f"error: cannot reach the Temporal server at 127.0.0.1:{port} (connection refused): the address comes "
+            "from Temporal's environment configuration (TEMPORAL_ADDRESS or the TEMPORAL_PROFILE profile)"
+            in result.stderr), result.stderr
+    assert_clean(result.stderr)
 
 
 def test_second_signal_exits_at_once(join, room: str, fake_model: FakeOpenAI, address: str) -> None:  # noqa: ANN001

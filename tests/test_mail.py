@@ -33,6 +33,7 @@ from channels.mail import (
 )
 from channels.queue import wait_for_job
 from models import AgentSpec, JobStatus, MailEnvelope, MailReplyRequest, MailSettings
+from tests.cli_helpers import run_cli
 from tests.conftest import REPO
 from tests.fake_openai import FakeRequest, FakeResponse
 from tests.runtime_support import eventually
@@ -160,6 +161,27 @@ def mail_spec(spec: AgentSpec, sink: Sink, **settings) -> AgentSpec:  # noqa: AN
 def mailbox(agent_spec: AgentSpec) -> str:
     MailStore.default().create_mailbox(ADDRESS, agent_spec.room)
     return ADDRESS
+
+
+async def test_mailbox_whose_queue_is_named_like_its_address_is_answered(
+    temporal_server, temporal_client, agent_spec, sink, fake_model
+):
+    address = "support-agent@mail.example.com"
+    created = await asyncio.to_thread(run_cli, "mailbox", "create", "--address", address, "--room", agent_spec.room,
+                                      "--queue", address)
+    assert created.returncode == 0, created.stderr
+    assert f"queue {address})" in created.stdout
+    spec = mail_spec(agent_spec, sink)
+    async with mail_agent(temporal_server, spec, channel=address) as port:
+        first = new_mail("Hello there", to=address)
+        assert await send(port, first, to=[address]) == 250
+        mailbox = MailStore.default().mailbox(address)
+        assert mailbox is not None and mailbox.queue == address
+        job = public_job_id(address, mail_job_key(address, first["Message-ID"]))
+        await eventually(lambda: temporal_client.get_workflow_handle(f"{spec.room}/.queues/{job}").describe(), 30)
+        status = await asyncio.wait_for(wait_for_job(temporal_client, spec.room, job), 60)
+        assert status.status == "completed", status
+        assert len(sink.messages) == 1 and sink.messages[0]["From"] == address
 
 
 async def test_new_mail_is_answered_in_thread_and_replies_continue_it(

@@ -263,6 +263,32 @@ async def test_cli_send_wait_prints_result_and_exit_code(temporal_server, tempor
     assert {j["status"] for j in json.loads(listed.stdout)} == {"completed", "failed"}
 
 
+async def test_queue_named_like_an_address_works_everywhere(temporal_server, temporal_client, agent_spec, consumer,
+                                                             fake_model):
+    queue = "support-agent@mail.example.com"
+    await consumer(agent_spec, queue)
+    where = ["--room", agent_spec.room, "--queue", queue, "--temporal-address", temporal_server.address]
+    sent = await asyncio.to_thread(cli, "send", *where, "--json", '{"prompt": "hi"}', "--wait", "-o", "json")
+    assert sent.exit_code == 0, sent.output
+    result = json.loads(sent.stdout)
+    assert result["status"] == "completed" and result["text"] == "echo: hi"
+    assert result["job_id"].startswith(f"{queue}/")
+    status = await asyncio.to_thread(cli, "status", result["job_id"], *where[:2], *where[4:], "-o", "json")
+    assert status.exit_code == 0 and json.loads(status.stdout)["status"] == "completed", status.output
+    listed = await _eventually(
+        lambda: asyncio.to_thread(cli, "list", *where, "-o", "json"), lambda r: len(json.loads(r.stdout)) == 1
+    )
+    assert [j["job_id"] for j in json.loads(listed.stdout)] == [result["job_id"]]
+
+
+@pytest.mark.parametrize("queue", ["a b", "tab\there", "bell\x07", "x" * 255, "-leading", "a/b"])
+async def test_truly_bad_queue_names_are_refused(temporal_server, room, queue):
+    where = ["--room", room, "--queue", queue, "--temporal-address", temporal_server.address]
+    result = await asyncio.to_thread(cli, "send", *where, "--json", '"x"')
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: queue ") and "is not valid" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

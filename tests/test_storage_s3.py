@@ -50,7 +50,7 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.skip(f"moto's S3 server did not start on 127.0.0.1:{port}: {log.read_text()[-2000:]}")
+                pytest.fail(f"moto's S3 server did not start on 127.0.0.1:{port}: {log.read_text()[-2000:]}")
             time.sleep(0.1)
         endpoint = f"http://127.0.0.1:{port}"
         s3_filesystem(_s3_env(endpoint)).mkdir(BUCKET)
