@@ -14,6 +14,18 @@ from pydantic import BaseModel, Field, field_validator
 
 MAX_TURN_TEXT_BYTES = 256 * 1024
 """Turn text beyond this goes to room storage as an attachment; it would bloat every history that carries it."""
+MAX_PAYLOAD_BYTES = 256 * 1024
+"""What one message from outside (a job payload, a steer, toolkit arguments) may put into a Temporal payload;
+Temporal refuses payloads past 2 MiB, and every history that carries one grows by its size."""
+
+
+class PayloadTooLarge(ValueError):
+    """Content over the size a Temporal payload may carry; the message names the size, the limit and the fix."""
+
+
+def check_size(what: str, size: int, fix: str, limit: int = MAX_PAYLOAD_BYTES) -> None:
+    if size > limit:
+        raise PayloadTooLarge(f"{what} is {size:,} bytes, over the {limit:,} byte limit: {fix}")
 
 ThreadStatus = Literal["idle", "running", "waiting", "failed"]
 TurnStatus = Literal["completed", "failed", "cancelled"]
@@ -113,12 +125,8 @@ class Turn(BaseModel):
     @field_validator("text")
     @classmethod
     def _text_size(cls, v: str) -> str:
-        size = len(v.encode())
-        if size > MAX_TURN_TEXT_BYTES:
-            raise ValueError(
-                f"turn text is {size} bytes, over the {MAX_TURN_TEXT_BYTES} byte limit: "
-                "save large content to room storage and attach it instead"
-            )
+        check_size("the turn text", len(v.encode()), "save large content to room storage and attach it instead",
+                   MAX_TURN_TEXT_BYTES)
         return v
 
 
@@ -128,6 +136,13 @@ class Steer(BaseModel):
     text: str = Field(min_length=1)
     turn_id: str | None = None
     sender: str = "user"
+
+    @field_validator("text")
+    @classmethod
+    def _text_size(cls, v: str) -> str:
+        check_size("the steer text", len(v.encode()), "send large content as a turn with an attachment",
+                   MAX_TURN_TEXT_BYTES)
+        return v
 
 
 class Interrupt(BaseModel):

@@ -23,7 +23,7 @@ from activities.offline import offline_completion
 from activities.storage import RoomStorage
 from activities.stream_log import DeltaCoalescer, StreamLog
 from activities.thread_store import ThreadStore
-from activities.tools import Toolbox, ToolArgumentsError, current_call, summarize_call
+from activities.tools import ToolArgumentsError, Toolbox, current_call, summarize_call
 from models import (
     AgentSpec,
     ModelCallInput,
@@ -337,14 +337,15 @@ class AgentActivities:
             try:
                 current_call.set(request)
                 async with heartbeating():
-                    output = await tool.call(call.arguments)
+                    output = await asyncio.wait_for(tool.call(call.arguments), call.timeout_seconds)
                 ok = not output.startswith("error:")
             except ToolArgumentsError as e:
                 ok, output = False, f"error: {e}"
             except Exception as e:
                 if activity.info().attempt < call.max_attempts:
                     raise
-                ok, output = False, f"error: {call.name} failed: {e}"
+                ok, output = False, (f"error: the tool {call.name} timed out after {call.timeout_seconds:g} s"
+                                     if isinstance(e, TimeoutError) else f"error: {call.name} failed: {e}")
         text = await asyncio.to_thread(self._spill_large_output, request, output)
         item = ThreadItem(
             seq=request.seq, turn_id=request.turn_id, type="tool_result", text=text,

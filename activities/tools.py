@@ -7,10 +7,13 @@ becomes such an error result too."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import importlib
 import inspect
 import json
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,7 +23,6 @@ from pydantic import ConfigDict, ValidationError, create_model
 
 from activities.storage import RoomStorage, StoragePathError
 from models import ToolCallInput
-
 
 current_call: ContextVar[ToolCallInput] = ContextVar("current_call")
 """The call being run, for tools that need to know their thread and place in it (set by the run_tool activity)."""
@@ -32,6 +34,10 @@ class ToolLoadError(ValueError):
 
 class ToolArgumentsError(ValueError):
     """Arguments from the model that do not match the tool's schema."""
+
+
+SYNC_TOOL_THREADS = 32
+_SYNC_TOOL_THREADS = ThreadPoolExecutor(SYNC_TOOL_THREADS, thread_name_prefix="threadline-tool")
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,12 @@ class Tool:
             result = await self.fn(**kwargs)
         else:
             # A plain function may block (files, network, CPU): off the event loop, so heartbeats and other
-            # activities of the worker go on meanwhile.
-            result = await asyncio.to_thread(self.fn, **kwargs)
+            # activities of the worker go on meanwhile. Python cannot stop a thread: one that hangs past its
+            # timeout runs on until the function returns, so these threads come from a pool of their own, bounded,
+            # and a full pool makes calls wait (and time out) instead of starting ever more threads.
+            loop = asyncio.get_running_loop()
+            context = contextvars.copy_context()
+            result = await loop.run_in_executor(_SYNC_TOOL_THREADS, functools.partial(context.run, self.fn, **kwargs))
             if inspect.isawaitable(result):
                 result = await result
         return result if isinstance(result, str) else json.dumps(result, default=str)

@@ -56,7 +56,17 @@ from channels.delivery import (
     steer_turn,
     submit_turn,
 )
-from models import DEFAULT_HTTP_PORT, AgentSpec, HttpSettings, Reply, Steer, ThreadItem, Turn
+from models import (
+    DEFAULT_HTTP_PORT,
+    MAX_TURN_TEXT_BYTES,
+    AgentSpec,
+    HttpSettings,
+    PayloadTooLarge,
+    Reply,
+    Steer,
+    ThreadItem,
+    Turn,
+)
 
 log = logging.getLogger("threadline.chat_http")
 
@@ -64,6 +74,8 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 TOKEN_ENV = "THREADLINE_HTTP_TOKEN"
 DEFAULT_TEMPORAL_UI = "http://localhost:8233"
 PUBLIC_PATHS = ("/", "/index.html", "/favicon.ico", "/healthz")
+MAX_REQUEST_BYTES = 4 * MAX_TURN_TEXT_BYTES
+"""Room for a turn at its size limit with JSON escaping; larger bodies are refused before they are read."""
 
 
 class HttpConfigError(ValueError):
@@ -183,14 +195,58 @@ def _openai_error(status: int, message: str, kind: str, code: str | None = None)
                         status_code=status)
 
 
+def invalid(e: ValidationError) -> ApiError:
+    """A model's validation error as the API's answer: 413 for content over the payload limits, else 422."""
+    first = e.errors()[0]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, PayloadTooLarge):
+        return ApiError(413, str(cause), "too_large")
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    message = str(first.get("msg")).removeprefix("Value error, ")
+    return ApiError(422, f"{where}: {message}" if where else message, "invalid_body")
+
+
 async def _body(request: Request, model: type[BaseModel]) -> Any:
     raw = await request.body()
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise ApiError(422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")), "invalid_body") from e
+        raise invalid(e) from e
+
+
+class _BodyLimit:
+    """Refuses request bodies over `limit` bytes with 413, by Content-Length before reading and by counting while
+    reading (chunked bodies), so a huge body is never held in memory."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, self._message(), "too_large")
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return (f"the request body is over the {self.limit:,} byte limit: put large content in room storage and "
+                "send its path")
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+        await _error(413, self._message(), "too_large")(scope, receive, send)
 
 
 class _Auth:
@@ -338,7 +394,7 @@ class ChatApi:
         try:
             turn = Turn(turn_id=body.turn_id or new_turn_id(), channel="chat", sender=body.sender, text=body.text)
         except ValidationError as e:
-            raise ApiError(422, str(e.errors()[0]["msg"]).removeprefix("Value error, "), "invalid_body") from e
+            raise invalid(e) from e
         self.touch(thread_id)
         if request.query_params.get("wait") in ("1", "true", "yes"):
             reply = await submit_turn(self.client, self.ref, thread_id, turn)
@@ -354,7 +410,11 @@ class ChatApi:
         thread_id = self.thread_id(request.path_params["tid"])
         body: SteerIn = await _body(request, SteerIn)
         try:
-            await steer_turn(self.client, thread_id, Steer(text=body.text, turn_id=body.turn_id, sender=body.sender))
+            steer = Steer(text=body.text, turn_id=body.turn_id, sender=body.sender)
+        except ValidationError as e:
+            raise invalid(e) from e
+        try:
+            await steer_turn(self.client, thread_id, steer)
             mode = "steer"
         except RPCError as e:
             if e.status != RPCStatusCode.NOT_FOUND:
@@ -424,7 +484,9 @@ class ChatApi:
             turn = Turn(turn_id=new_turn_id(), channel="chat", sender=str(body.get("user") or "openai-client"),
                         text=text)
         except ValidationError as e:
-            return _openai_error(400, str(e.errors()[0]["msg"]).removeprefix("Value error, "), "invalid_request_error")
+            problem = invalid(e)
+            return _openai_error(problem.status if problem.status == 413 else 400, problem.message,
+                                 "invalid_request_error")
         self.touch(thread_id)
         headers = {"X-Thread-Id": thread_id, "X-Turn-Id": turn.turn_id}
         completion_id = f"chatcmpl-{turn.turn_id.removeprefix('turn-')}"
@@ -585,7 +647,7 @@ def build_app(client: Client, spec: AgentSpec, closing: asyncio.Event) -> Any:
         Route("/v1/models", guarded(api.models), methods=["GET"]),
         Route("/v1/chat/completions", guarded(api.chat_completions), methods=["POST"]),
     ]
-    return _Auth(Starlette(routes=routes), spec.http.token)
+    return _BodyLimit(_Auth(Starlette(routes=routes), spec.http.token), MAX_REQUEST_BYTES)
 
 
 class _Server(uvicorn.Server):

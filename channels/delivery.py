@@ -12,8 +12,8 @@ import secrets
 import time
 import uuid
 import weakref
-from collections.abc import Mapping
 from collections import Counter
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 
 from temporalio import common

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import re
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -48,11 +49,13 @@ from models import (
     JobPayloadError,
     JobStarted,
     JobStatus,
+    PayloadTooLarge,
     QueueJobInput,
     QueueJobPayload,
     QueueReplyRequest,
     QueueTurnRequest,
     QueueTurnResult,
+    check_size,
     validate_name,
     validate_queue_name,
 )
@@ -165,10 +168,20 @@ def resolve_job_workflow_id(room: str, job_id: str, queue: str | None = None) ->
 # Sending.
 
 
+def check_payload_size(payload: Any) -> None:
+    try:
+        check_size("the job payload", len(json.dumps(payload, ensure_ascii=False).encode()),
+                   'put large content in room storage and send its path: {"content": [{"type": "file", "path": '
+                   '"PATH"}]} (the agent reads it with its storage tools), or split the job')
+    except PayloadTooLarge as e:
+        raise JobPayloadError(str(e)) from None
+
+
 def check_job(room: str, queue: str, payload: Any, idempotency_key: str | None = None) -> QueueJobPayload:
     """What `send_job` checks before sending (raises `JobPayloadError`), for callers that check before connecting."""
     validate_name("room", room)
     validate_queue(queue)
+    check_payload_size(payload)
     if idempotency_key is not None:
         validate_key(idempotency_key)
     parsed = QueueJobPayload.from_raw(payload)
@@ -190,6 +203,7 @@ async def send_job(
     queue, key or payload; `validate=False` leaves payload checks to the job (it then fails with the reason)."""
     validate_name("room", room)
     validate_queue(queue)
+    check_payload_size(payload)
     key = validate_key(idempotency_key) if idempotency_key is not None else new_job_key()
     accepted_at = datetime.now(timezone.utc)
     thread_id: str | None = None

@@ -49,8 +49,10 @@ from activities.tools import Tool, current_call
 from channels.base import ChannelAdapter, ChannelContext
 from channels.delivery import interrupt_turn, new_thread_name, new_turn_id, recent_pollers, submit_turn
 from models import (
+    MAX_TURN_TEXT_BYTES,
     AgentRef,
     AgentSpec,
+    PayloadTooLarge,
     Reply,
     ToolkitInfo,
     ToolkitInstance,
@@ -60,6 +62,7 @@ from models import (
     ToolkitTool,
     ToolResult,
     Turn,
+    check_size,
     validate_name,
 )
 from workflows.search_attributes import AGENT_ATTRIBUTE, CHANNEL_ATTRIBUTE, ROOM_ATTRIBUTE
@@ -174,6 +177,11 @@ def parse_arguments(arguments: str | Mapping[str, Any], tool: str) -> dict[str, 
             raise InvalidArguments(tool, [f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"]) from None
     if not isinstance(arguments, Mapping):
         raise InvalidArguments(tool, [f"arguments: expected a JSON object, got {_json_type(arguments)}"])
+    try:
+        check_size("the arguments JSON", len(json.dumps(arguments, ensure_ascii=False).encode()),
+                   "put large content in room storage and pass its path in the prompt", MAX_TURN_TEXT_BYTES)
+    except PayloadTooLarge as e:
+        raise InvalidArguments(tool, [str(e)]) from None
     return dict(arguments)
 
 

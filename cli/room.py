@@ -23,10 +23,11 @@ from channels.delivery import TemporalUnreachable
 from channels.queue import JobNotFound, check_job, list_jobs, queue_has_consumers, send_job, wait_for_job
 from channels.queue import job_status as read_job_status
 from cli.connection import open_temporal
-from cli.room_agent import agent_app
-from cli.options import ConnectionOptions, Namespace, TemporalAddress
 from cli.errors import FAILURE, USAGE, CliError, usage_error
-from cli.output import error_line, status as status_line, warn
+from cli.options import ConnectionOptions, Namespace, TemporalAddress
+from cli.output import error_line, warn
+from cli.output import status as status_line
+from cli.room_agent import agent_app
 from models import JOB_STATES, JobAccepted, JobPayloadError, JobStatus, validate_name, validate_queue_name
 
 """Until the CLI's embedded-server helper is wired in here."""

@@ -12,7 +12,7 @@ import pytest
 from temporalio.client import Client
 
 from channels.chat_http import HttpConfigError, check_settings
-from models import HttpSettings
+from models import MAX_TURN_TEXT_BYTES, HttpSettings
 from tests.chat_http_support import chat_server, deltas, ended, sse
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
@@ -136,8 +136,15 @@ async def test_tools_interrupt_and_steer(temporal_client: Client, agent_spec, fa
             assert steered.status_code == 202 and steered.json()["delivered_as"] == "steer"
             assert (await http.post(f"/api/threads/{thread_id}/interrupt", json={})).json()["interrupted"]
             await reader.wait_for(ended(long_turn))
+            await reader.wait_for(ended(f"{long_turn}-steer-1"))
             await reader.wait_for(ended(queued["turn_id"]))
         release.set()
+        # The steer came too late for the interrupted turn, so it ran as the next turn, ahead of the queue.
+        assert [r.last_user_text for r in fake_model.requests[-2:]] == ["also this", "after that"]
+        items = (await http.get(f"/api/threads/{thread_id}/items")).json()["items"]
+        answered = [(i["type"], i["text"]) for i in items if i["turn_id"] in (f"{long_turn}-steer-1", queued["turn_id"])]
+        assert answered == [("user", "also this"), ("assistant", "echo: also this"),
+                            ("user", "after that"), ("assistant", "echo: after that")]
         end = next(e for e in reader.events if e.event == "turn" and e.data["phase"] == "ended"
                    and e.data["turn_id"] == long_turn)
         assert end.data["status"] == "cancelled"
@@ -219,3 +226,40 @@ async def test_the_threading_mode_none_uses_the_main_thread(temporal_client: Cli
         assert thread_id == f"{spec.room}/.threads/support/main"
         assert await _new_thread(http) == thread_id
         await asyncio.sleep(0)
+
+
+async def test_large_content_is_refused_with_413_and_nothing_runs(temporal_client: Client, agent_spec,
+                                                                  fake_model: FakeOpenAI):
+    async with chat_server(temporal_client, agent_spec) as server, server.client() as http:
+        thread_id = await _new_thread(http)
+        big = "x" * (MAX_TURN_TEXT_BYTES + 1)
+        turn = await http.post(f"/api/threads/{thread_id}/turns", json={"text": big})
+        assert turn.status_code == 413, turn.text
+        message = turn.json()["error"]["message"]
+        assert f"{MAX_TURN_TEXT_BYTES + 1:,} bytes, over the {MAX_TURN_TEXT_BYTES:,} byte limit" in message
+        assert "room storage" in message
+
+        steer = await http.post(f"/api/threads/{thread_id}/steer", json={"text": big})
+        assert steer.status_code == 413 and "the steer text is" in steer.json()["error"]["message"], steer.text
+
+        huge = await http.post(f"/api/threads/{thread_id}/turns", content=b'{"text": "' + b"y" * (3 << 20) + b'"}',
+                               headers={"Content-Type": "application/json"})
+        assert huge.status_code == 413 and "request body is over the" in huge.json()["error"]["message"]
+
+        async def chunks():  # noqa: ANN202 - no Content-Length: counted while read
+            yield b'{"text": "'
+            for _ in range(8):
+                yield b"z" * (512 << 10)
+            yield b'"}'
+
+        chunked = await http.post(f"/api/threads/{thread_id}/turns", content=chunks(),
+                                  headers={"Content-Type": "application/json"})
+        assert chunked.status_code == 413, chunked.text
+
+        openai_client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as refused:
+            await openai_client.chat.completions.create(model="support", messages=[{"role": "user", "content": big}])
+        assert refused.value.status_code == 413
+
+        items = (await http.get(f"/api/threads/{thread_id}/items")).json()["items"]
+        assert items == [] and fake_model.count() == 0

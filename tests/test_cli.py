@@ -21,7 +21,7 @@ from activities.thread_store import ThreadStore
 from channels.delivery import connect
 from cli.app import app
 from models import AgentRef, ThreadItem
-from tests.cli_helpers import CliProcess, command, cli_env, run_cli, REPO
+from tests.cli_helpers import REPO, CliProcess, cli_env, command, run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.temporal_server import TemporalDevServer
 

@@ -29,7 +29,7 @@ from channels.queue import (
     wait_for_job,
 )
 from cli.room import room_app
-from models import AgentSpec, JobPayloadError, JobStatus
+from models import MAX_PAYLOAD_BYTES, AgentSpec, JobPayloadError, JobStatus
 from tests.conftest import REPO
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
 from workflows.search_attributes import AGENT_ATTRIBUTE, JOB_STATUS_ATTRIBUTE, QUEUE_ATTRIBUTE, ROOM_ATTRIBUTE
@@ -279,6 +279,27 @@ async def test_queue_named_like_an_address_works_everywhere(temporal_server, tem
         lambda: asyncio.to_thread(cli, "list", *where, "-o", "json"), lambda r: len(json.loads(r.stdout)) == 1
     )
     assert [j["job_id"] for j in json.loads(listed.stdout)] == [result["job_id"]]
+
+
+async def test_a_job_payload_over_the_limit_is_refused_before_sending(temporal_server, temporal_client, room,
+                                                                       tmp_path):
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"prompt": "x" * (3 << 20)}))
+    where = ["--room", room, "--queue", QUEUE, "--temporal-address", temporal_server.address]
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "cli.app", "room", "queue", "send", *where, "--file", str(big),
+                         "--idempotency-key", "big"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: the job payload is {3 * 1024 * 1024 + 14:,} bytes, over the {MAX_PAYLOAD_BYTES:,} byte limit: put "
+        'large content in room storage and send its path: {"content": [{"type": "file", "path": "PATH"}]} (the agent '
+        "reads it with its storage tools), or split the job"
+    ], result.stderr
+    with pytest.raises(JobNotFound):
+        await job_status(temporal_client, room, f"{QUEUE}/big")
 
 
 @pytest.mark.parametrize("queue", ["a b", "tab\there", "bell\x07", "x" * 255, "-leading", "a/b"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 
@@ -16,6 +17,7 @@ from channels.delivery import (
     steer_turn,
     submit_turn,
     thread_snapshot,
+    wait_for_reply,
 )
 from models import AgentSpec, Steer, Turn
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
@@ -243,3 +245,60 @@ async def test_rules_come_from_the_worker(temporal_client: Client, agent_spec, f
                           Turn(turn_id=new_turn_id(), text="three", instructions="Answer in one word."))
     assert fake_model.requests[-1].messages[0]["content"] == "Be chatty.\nUse French.\nAnswer in one word."
     assert len(store_items(agent_spec.room, thread_id)) == 6
+
+
+async def test_a_steer_the_failed_turn_could_not_apply_runs_next(temporal_client: Client, agent_spec, agent_worker,
+                                                                  fake_model):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    gate = Gate()
+    fake_model.enqueue(gate.response(FakeResponse.error(400, message="rejected by the fake")))
+    turn = Turn(turn_id=new_turn_id(), text="first")
+    call = asyncio.create_task(submit_turn(temporal_client, agent_spec.ref, thread_id, turn))
+    await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
+    await steer_turn(temporal_client, thread_id, Steer(text="and this too"))
+    gate.release()
+    failed = await asyncio.wait_for(call, 30)
+    assert failed.status == "failed" and "rejected by the fake" in failed.error
+    steered = await wait_for_reply(temporal_client, thread_id, f"{turn.turn_id}-steer-1", timeout=30)
+    assert steered.status == "completed" and steered.text == "echo: and this too"
+    assert [(i.type, i.text) for i in items_of_turn(agent_spec.room, thread_id, steered.turn_id)] == [
+        ("user", "and this too"), ("assistant", "echo: and this too"),
+    ]
+    assert fake_model.count() == 2
+
+
+def _report_tool_results(request: FakeRequest) -> FakeResponse:
+    return FakeResponse.text("tools done: " + " | ".join(m["content"] for m in request.tool_results))
+
+
+@pytest.mark.parametrize("tool", ["hangs", "hangs_blocking"])
+async def test_a_tool_that_times_out_answers_the_model_and_the_turn_goes_on(
+    temporal_client: Client, agent_spec, agent_worker, fake_model: FakeOpenAI, tool: str
+):
+    spec = agent_spec.model_copy(update={"tools": [f"tests.tools_for_tests:{tool}"]})
+    await agent_worker(spec)
+    fake_model.script(_report_tool_results)
+    fake_model.enqueue(FakeResponse.tool_calls([(tool, {})]))
+    thread_id = _thread(spec)
+    reply = await submit_turn(temporal_client, spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="wait"))
+    assert reply.status == "completed", reply.error
+    assert reply.text == f"tools done: error: the tool {tool} timed out after 1 s"
+    result = next(i for i in items_of_turn(spec.room, thread_id, reply.turn_id) if i.type == "tool_result")
+    assert result.data["ok"] is False and result.text == f"error: the tool {tool} timed out after 1 s"
+
+
+async def test_a_tool_whose_worker_stops_responding_answers_the_model(temporal_client: Client, agent_spec,
+                                                                       agent_process, fake_model: FakeOpenAI):
+    spec = agent_spec.model_copy(update={"tools": ["tests.tools_for_tests:freezes_the_worker"]})
+    agent_process(spec)
+    fake_model.script(_report_tool_results)
+    fake_model.enqueue(FakeResponse.tool_calls([("freezes_the_worker", {})]))
+    thread_id = _thread(spec)
+    reply = await asyncio.wait_for(
+        submit_turn(temporal_client, spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="go")), 90)
+    assert reply.status == "completed", reply.error
+    expected = "error: the tool freezes_the_worker stopped responding (its worker sent no heartbeat) and was given up"
+    assert reply.text == f"tools done: {expected}"
+    result = next(i for i in items_of_turn(spec.room, thread_id, reply.turn_id) if i.type == "tool_result")
+    assert result.data["ok"] is False and result.text == expected

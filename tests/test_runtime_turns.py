@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-from pydantic import ValidationError
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.thread_store import ThreadStore
 from channels.delivery import (
@@ -19,7 +16,7 @@ from channels.delivery import (
     thread_snapshot,
     wait_for_reply,
 )
-from models import MAX_TURN_TEXT_BYTES, AgentSpec, Turn
+from models import AgentSpec, Turn
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.runtime_support import ConcurrencyRecorder, Gate, eventually, prompt_texts, record_history, store_items
 
@@ -225,14 +222,3 @@ async def test_status_search_attributes_and_snapshot(temporal_client: Client, ag
     assert info is not None and info.status == "idle" and info.name == "first"
 
 
-async def test_oversized_turn_is_rejected_client_side(temporal_client: Client, agent_spec, fake_model):
-    thread_id = _thread(agent_spec)
-    with pytest.raises(ValidationError) as caught:
-        Turn(turn_id=new_turn_id(), text="x" * (MAX_TURN_TEXT_BYTES + 1))
-    message = str(caught.value)
-    assert f"over the {MAX_TURN_TEXT_BYTES} byte limit" in message and "attach it instead" in message
-    Turn(turn_id=new_turn_id(), text="x" * MAX_TURN_TEXT_BYTES)  # the limit itself is fine
-    with pytest.raises(RPCError) as missing:
-        await temporal_client.get_workflow_handle(thread_id).describe()
-    assert missing.value.status == RPCStatusCode.NOT_FOUND
-    assert fake_model.count() == 0

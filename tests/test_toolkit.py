@@ -16,9 +16,9 @@ import pytest
 from temporalio.client import Client
 
 import worker
-from channels.registry import adapters_for
 from activities.thread_store import ThreadStore
 from channels.delivery import connect, new_turn_id, submit_turn, thread_snapshot
+from channels.registry import adapters_for
 from channels.toolkit import (
     InvalidArguments,
     Room,
@@ -26,7 +26,7 @@ from channels.toolkit import (
     UnknownTool,
     UnknownToolkit,
 )
-from models import AgentSpec, Turn
+from models import MAX_TURN_TEXT_BYTES, AgentSpec, Turn
 from tests.cli_helpers import CliProcess, cli_env
 from tests.conftest import REPO
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
@@ -438,3 +438,13 @@ async def test_call_loop_ends_at_the_depth_limit(temporal_client: Client, room: 
     )
     assert depths == [0, 1, 2, 3, 4]  # the user's turn, then four nested calls
     assert fake_model.count() == 10  # each of the five turns: a tool call, then the answer
+
+
+async def test_arguments_over_the_limit_are_refused_before_sending(temporal_client: Client, room: str,
+                                                                   fake_model: FakeOpenAI):
+    with pytest.raises(InvalidArguments) as refused:
+        await Room(temporal_client, room).invoke_tool("helper", "run_helper_task", {"prompt": "x" * (300 << 10)},
+                                                      timeout=0)
+    assert "invalid arguments for run_helper_task: the arguments JSON is" in str(refused.value)
+    assert f"over the {MAX_TURN_TEXT_BYTES:,} byte limit: put large content in room storage" in str(refused.value)
+    assert fake_model.count() == 0

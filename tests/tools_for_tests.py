@@ -43,3 +43,33 @@ def big_output(size: int) -> str:
     """Returns `size` bytes of text."""
     line = "0123456789abcdef" * 4 + "\n"
     return (line * (size // len(line) + 1))[:size]
+
+
+async def hangs(seconds: float = 3600.0) -> str:
+    """Never answers within its timeout."""
+    await asyncio.sleep(seconds)
+    return "woke up"
+
+
+hangs.timeout_seconds = 1
+hangs.max_attempts = 1
+
+
+def hangs_blocking(seconds: float = 3600.0) -> str:
+    """Never answers within its timeout, and blocks its thread meanwhile."""
+    time.sleep(seconds)
+    return "woke up"
+
+
+hangs_blocking.timeout_seconds = 1
+hangs_blocking.max_attempts = 1
+
+
+async def freezes_the_worker(seconds: float = 8.0) -> str:
+    """Blocks the worker's event loop (a badly written async tool): no heartbeat, no timeout of its own fires."""
+    time.sleep(seconds)
+    return "thawed"
+
+
+freezes_the_worker.timeout_seconds = 30
+freezes_the_worker.max_attempts = 1

@@ -16,8 +16,6 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.failures import failure_message
-    from workflows.tool_call import HEARTBEAT_TIMEOUT, ToolCallWorkflow, run_tool_options
     from models import (
         Interrupt,
         ModelCallInput,
@@ -34,7 +32,9 @@ with workflow.unsafe.imports_passed_through():
         Turn,
         Usage,
     )
+    from workflows.failures import failure_message, tool_failure_result
     from workflows.search_attributes import STATUS_ATTRIBUTE
+    from workflows.tool_call import HEARTBEAT_TIMEOUT, ToolCallWorkflow, run_tool_options
 
 
 UPDATES_PER_RUN = 1500
@@ -47,6 +47,8 @@ MAX_KEPT_REPLIES = 200
 SEEN_TURN_IDS = 1000
 SNAPSHOT_REPLIES = 5
 SNAPSHOT_TEXT = 500
+REQUEUE_STEERS_PATCH = "requeue-unanswered-steers"
+TOOL_FAILURE_AS_RESULT_PATCH = "tool-failure-as-result"
 MODEL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8)
 OUTCOME_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
 
@@ -205,10 +207,12 @@ class ThreadWorkflow:
         })]
         usage = Usage()
         model_calls = 0
+        unanswered: list[Steer] = []
+        """Steers sent with the model call in flight: applied once it answers."""
         try:
             while True:
                 pending += [self._item("user", turn, text=s.text, sender=s.sender, data={"steer": True}) for s in self.steers]
-                self.steers = []
+                unanswered, self.steers = self.steers, []
                 self._raise_if_interrupted(turn)
                 answer_seq = self.state.next_seq
                 self.state.next_seq += 1
@@ -224,7 +228,7 @@ class ThreadWorkflow:
                     retry_policy=MODEL_RETRY,
                     summary=f"model {turn.model or 'default'}, step {model_calls + 1}",
                 )
-                pending = []
+                pending, unanswered = [], []
                 usage += step.usage
                 model_calls += 1
                 self._raise_if_interrupted(turn)  # the answer came in just as the interrupt did: the interrupt wins
@@ -267,7 +271,19 @@ class ThreadWorkflow:
                 final = self._item("error", turn, text=message)
                 self.state.last_error = message
             await self._record_outcome(turn, [*pending, final], "idle" if interrupted else "failed")
+            if workflow.patched(REQUEUE_STEERS_PATCH):
+                self._requeue_steers(turn, [*unanswered, *self.steers])
             return self._finish(turn, reply)
+
+    def _requeue_steers(self, turn: Turn, steers: list[Steer]) -> None:
+        """Steers that no model call answered before the turn ended early run next, ahead of the queue: an
+        accepted steer is never dropped."""
+        self.state.queue[0:0] = [
+            Turn(turn_id=f"{turn.turn_id}-steer-{n}", channel=turn.channel, sender=s.sender, text=s.text,
+                 model=turn.model, instructions=turn.instructions, metadata={"steer_of": turn.turn_id})
+            for n, s in enumerate(steers, 1)
+        ]
+        self.steers = []
 
     def _finish(self, turn: Turn, reply: Reply) -> Reply:
         self.state.usage += reply.usage
@@ -290,15 +306,28 @@ class ThreadWorkflow:
         ))
 
     async def _tool_call(self, request: ToolCallInput) -> ToolOutcome:
-        if not request.call.calls_agent:
-            return await self._activity("run_tool", request, **run_tool_options(request.call))
-        # Cancelling the child (an interrupt) waits until its activity has stopped, like `_activity`.
-        return await self._interruptible(asyncio.ensure_future(workflow.execute_child_workflow(
-            ToolCallWorkflow.run,
-            request,
-            id=f"{self.state.thread_id}/calls/{request.seq}",
-            static_summary=run_tool_options(request.call)["summary"],
-        )))
+        try:
+            if not request.call.calls_agent:
+                return await self._activity("run_tool", request, **run_tool_options(request.call))
+            # Cancelling the child (an interrupt) waits until its activity has stopped, like `_activity`.
+            return await self._interruptible(asyncio.ensure_future(workflow.execute_child_workflow(
+                ToolCallWorkflow.run,
+                request,
+                id=f"{self.state.thread_id}/calls/{request.seq}",
+                static_summary=run_tool_options(request.call)["summary"],
+            )))
+        except (ActivityError, ChildWorkflowError) as e:
+            if self.interrupted_turn_id == request.turn_id or not workflow.patched(TOOL_FAILURE_AS_RESULT_PATCH):
+                raise
+            # Past its last attempt a tool that timed out or lost its worker answers the model with the error,
+            # like a tool that raised: the turn goes on.
+            call = request.call
+            text = tool_failure_result(call.name, call.timeout_seconds, e)
+            await self._record_items([ThreadItem(
+                seq=request.seq, turn_id=request.turn_id, type="tool_result", text=text, tool_call_id=call.call_id,
+                tool_name=call.name, data={"ok": False}, created_at=workflow.now().timestamp(),
+            )], "running")
+            return ToolOutcome(call_id=call.call_id, name=call.name, ok=False, summary=text[:200])
 
     async def _interruptible(self, task: asyncio.Future[Any]) -> Any:
         self.inflight.add(task)
@@ -309,9 +338,13 @@ class ThreadWorkflow:
 
     async def _record_outcome(self, turn: Turn, items: list[ThreadItem], status: ThreadStatus) -> None:
         self.state.next_seq = max([self.state.next_seq, *(i.seq + 1 for i in items)])
+        await self._record_items(items, status)
+
+    async def _record_items(self, items: list[ThreadItem], status: ThreadStatus) -> None:
         await workflow.execute_activity(
             "record_outcome",
-            OutcomeRecord(thread_id=self.state.thread_id, turn_id=turn.turn_id, items=items, thread_status=status),
+            OutcomeRecord(thread_id=self.state.thread_id, turn_id=items[-1].turn_id, items=items,
+                          thread_status=status),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=OUTCOME_RETRY,
             summary=f"record {items[-1].type}",

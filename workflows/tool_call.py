@@ -13,6 +13,7 @@ with workflow.unsafe.imports_passed_through():
     from models import ToolCall, ToolCallInput, ToolOutcome
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=5)
+TOOL_TIMEOUT_GRACE_SECONDS = 10.0
 
 
 def run_tool_options(call: ToolCall) -> dict[str, Any]:
@@ -20,7 +21,9 @@ def run_tool_options(call: ToolCall) -> dict[str, Any]:
     text = f"{call.name} {call.arguments}" if call.arguments not in ("", "{}") else call.name
     return {
         "result_type": ToolOutcome,
-        "start_to_close_timeout": timedelta(seconds=call.timeout_seconds),
+        # The activity stops the tool at its timeout and answers; Temporal's bound, a little later, is for a
+        # worker that cannot answer at all.
+        "start_to_close_timeout": timedelta(seconds=call.timeout_seconds + TOOL_TIMEOUT_GRACE_SECONDS),
         "heartbeat_timeout": HEARTBEAT_TIMEOUT,
         "retry_policy": RetryPolicy(maximum_attempts=call.max_attempts + 1),
         "summary": "tool " + (text if len(text) <= 80 else text[:79] + "…"),
