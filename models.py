@@ -700,6 +700,9 @@ class MailReplyRequest(BaseModel):
 # The chat channel over HTTP (`--channel chat` in `process join`): API, SSE, web page, OpenAI-compatible endpoint.
 
 DEFAULT_HTTP_PORT = 8780
+DEFAULT_HEALTH_HOST = "127.0.0.1"
+CONTAINER_HEALTH_HOST = "0.0.0.0"
+"""In a container the kubelet's and Docker's probes come from outside the container's loopback."""
 
 
 class HttpSettings(BaseModel):

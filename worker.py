@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -16,10 +17,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.agent import AgentActivities
-from activities.storage import RoomStorage
-from activities.stream_log import open_stream_log
-from activities.thread_store import open_thread_store
 from activities.mcp_tools import load_mcp_tools
+from activities.storage import RoomStorage
+from activities.stream_log import StreamLog, open_stream_log
+from activities.thread_store import open_thread_store
 from activities.tools import Tool, build_toolbox
 from activities.web import web_tools
 from channels.base import ChannelAdapter, ChannelContext
@@ -30,6 +31,8 @@ from workflows.search_attributes import SEARCH_ATTRIBUTES
 from workflows.thread import ThreadWorkflow
 from workflows.tool_call import ToolCallWorkflow
 
+log = logging.getLogger("threadline.worker")
+
 MAX_CACHED_THREADS = 200
 """Idle threads beyond this are evicted from worker memory and replayed from history when they get a turn."""
 
@@ -37,6 +40,22 @@ MAX_CACHED_THREADS = 200
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
 """How long a stopping worker lets in-flight activities finish before cancelling them (deployments give the process
 longer than this plus a heartbeat timeout before killing it)."""
+
+
+STREAM_PRUNE_INTERVAL = timedelta(hours=1)
+
+
+async def prune_stream_log(stream: StreamLog, stop: asyncio.Event) -> None:
+    """The stream log serves followers of live turns: its events older than `KEEP_SECONDS` are deleted at start and
+    every `STREAM_PRUNE_INTERVAL`, so the table stays bounded by a day of streaming (every replica prunes; deletes
+    of the same rows are harmless)."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(stream.prune)
+        except Exception as e:  # noqa: BLE001 - a failed prune is tried again at the next interval
+            log.warning("could not prune the stream log: %s", e)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STREAM_PRUNE_INTERVAL.total_seconds())
 
 
 class RulesFileError(ValueError):
@@ -146,10 +165,11 @@ async def run_agent(
         for worker in workers:
             await stack.enter_async_context(worker)
         servers = [asyncio.create_task(channel.serve(context, stop)) for channel in channels]
+        pruning = asyncio.create_task(prune_stream_log(activities.stream, stop))
         if ready is not None:
             ready.set()
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait([stopping, *servers], return_when=asyncio.FIRST_COMPLETED)
         # A channel server that ends on its own has failed: stop everything and report it.
         stop.set()
-        await asyncio.gather(*servers)
+        await asyncio.gather(*servers, pruning)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import math
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -41,6 +42,9 @@ HISTORY_WINDOW = 400
 TOOL_OUTPUT_INLINE_BYTES = 16 * 1024
 """Tool output beyond this goes to room storage; the thread keeps a preview and the path."""
 RETRYABLE_STATUS = {408, 409, 429}
+TRUNCATED_NOTE = "\n\n[the answer was cut off at the model's output limit]"
+MAX_RETRY_AFTER_SECONDS = 60.0
+"""A provider asking for a longer wait is asked again after this; a turn never sleeps on its word for hours."""
 
 PROVIDER_BASE_URLS = {
     "openai": None,
@@ -118,20 +122,29 @@ def build_messages(system: str, items: list[ThreadItem]) -> list[dict[str, Any]]
     return messages
 
 
+def _seconds(value: str | None, scale: float = 1.0) -> float | None:
+    try:
+        seconds = float(value) * scale if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and math.isfinite(seconds) else None
+
+
 def retry_delay(headers: Any) -> timedelta | None:
-    """The server's requested wait, from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""
+    """The server's requested wait, from `retry-after-ms` or `retry-after` (seconds or an HTTP date), clamped to
+    [0, MAX_RETRY_AFTER_SECONDS]; a value that is neither is ignored (Temporal's own backoff applies)."""
     if headers is None:
         return None
-    if (ms := headers.get("retry-after-ms")) is not None:
-        with contextlib.suppress(ValueError):
-            return timedelta(milliseconds=float(ms))
-    if (value := headers.get("retry-after")) is not None:
-        with contextlib.suppress(ValueError):
-            return timedelta(seconds=float(value))
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        if when is not None:
-            return timedelta(seconds=max(0.0, when.timestamp() - time.time()))
-    return None
+    seconds = _seconds(headers.get("retry-after-ms"), 0.001)
+    if seconds is None and (value := (headers.get("retry-after") or "").strip()):
+        seconds = _seconds(value)
+        if seconds is None:
+            with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+                when = email.utils.parsedate_to_datetime(value)
+                seconds = when.timestamp() - time.time() if when.tzinfo is not None else None
+    if seconds is None:
+        return None
+    return timedelta(seconds=min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS))
 
 
 def model_error(e: Exception, model: str) -> ApplicationError:
@@ -287,6 +300,7 @@ class AgentActivities:
         text: list[str] = []
         calls: dict[int, list[str]] = {}
         usage = Usage(model_calls=1)
+        finish: str | None = None
         try:
             # `chat.completions.create` re-validates every message of the prompt on each call (tens of ms of CPU for a
             # long thread); the messages are already in wire format, so post them as they are.
@@ -307,6 +321,7 @@ class AgentActivities:
                     )
                 if not chunk.choices:
                     continue
+                finish = chunk.choices[0].finish_reason or finish
                 delta = chunk.choices[0].delta
                 if delta.content:
                     text.append(delta.content)
@@ -320,7 +335,20 @@ class AgentActivities:
         except openai.OpenAIError as e:
             raise model_error(e, name) from e
         deltas.flush()
-        return "".join(text), [(c[0] or None, c[1], c[2] or "{}") for _, c in sorted(calls.items())], usage
+        if finish is None:
+            # A stream that stops without saying why was cut off (a proxy, a crashed server): ask again.
+            raise ApplicationError(f"model {name} ended its answer without a finish reason (cut off); asking again",
+                                   type="ModelUnavailable")
+        answer = "".join(text)
+        if finish == "length":
+            if calls:
+                raise ApplicationError(
+                    f"model {name} reached its output limit in the middle of a tool call (finish_reason length): "
+                    "raise the model's output limit or ask for less at a time",
+                    type="ModelOutputTruncated", non_retryable=True,
+                )
+            answer += TRUNCATED_NOTE
+        return answer, [(c[0] or None, c[1], c[2] or "{}") for _, c in sorted(calls.items())], usage
 
     @activity.defn(name="run_tool")
     async def run_tool(self, request: ToolCallInput) -> ToolOutcome:

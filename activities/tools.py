@@ -7,13 +7,14 @@ becomes such an error result too."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-import functools
 import importlib
 import inspect
 import json
+import threading
+import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,7 +38,37 @@ class ToolArgumentsError(ValueError):
 
 
 SYNC_TOOL_THREADS = 32
-_SYNC_TOOL_THREADS = ThreadPoolExecutor(SYNC_TOOL_THREADS, thread_name_prefix="threadline-tool")
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+async def run_blocking(fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """Runs a plain function off the event loop, in a daemon thread of its own, at most SYNC_TOOL_THREADS at once.
+
+    Python cannot stop a thread: one that hangs past its tool's timeout runs on until the function returns, and
+    keeps its slot until then, so hung calls are bounded (later calls wait for a slot, and time out) and never keep
+    the process from exiting (daemon threads, unlike an executor's, are not joined at exit)."""
+    loop = asyncio.get_running_loop()
+    slots = _slots.setdefault(loop, asyncio.Semaphore(SYNC_TOOL_THREADS))
+    await slots.acquire()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            settle, value = future.set_result, context.run(fn, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+            settle, value = future.set_exception, e
+
+        def done() -> None:
+            slots.release()
+            if not future.done():
+                settle(value)
+
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(done)
+
+    threading.Thread(target=target, name=f"threadline-tool-{getattr(fn, '__name__', 'fn')}", daemon=True).start()
+    return await future
 
 
 @dataclass(frozen=True)
@@ -76,12 +107,8 @@ class Tool:
             result = await self.fn(**kwargs)
         else:
             # A plain function may block (files, network, CPU): off the event loop, so heartbeats and other
-            # activities of the worker go on meanwhile. Python cannot stop a thread: one that hangs past its
-            # timeout runs on until the function returns, so these threads come from a pool of their own, bounded,
-            # and a full pool makes calls wait (and time out) instead of starting ever more threads.
-            loop = asyncio.get_running_loop()
-            context = contextvars.copy_context()
-            result = await loop.run_in_executor(_SYNC_TOOL_THREADS, functools.partial(context.run, self.fn, **kwargs))
+            # activities of the worker go on meanwhile.
+            result = await run_blocking(self.fn, **kwargs)
             if inspect.isawaitable(result):
                 result = await result
         return result if isinstance(result, str) else json.dumps(result, default=str)

@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import uvicorn
 from pydantic import BaseModel, Field, ValidationError
@@ -269,6 +269,49 @@ class _Auth:
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+def _host_name(value: str) -> str:
+    """`host:port`, `[::1]:port` or a bare host → the host name, lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
+
+
+class _LoopbackOnly:
+    """Without a token the API trusts whoever reaches it, which a loopback bind limits to this machine. A web page
+    from elsewhere can still make the browser send requests there: a DNS-rebinding page (another Host), or a
+    cross-site form or `text/plain` POST (another Origin, no JSON). Those are refused."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            problem = self._problem(scope)
+            if problem is not None:
+                await _error(*problem, "refused")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _problem(scope: Any) -> tuple[int, str] | None:
+        headers = {k.lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        host = headers.get(b"host", "")
+        if host and not is_loopback(_host_name(host)):
+            return 403, f"Host {host!r} is not this machine: without --http-token the chat API answers only on loopback"
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return None
+        origin = headers.get(b"origin")
+        if origin is not None and not is_loopback(_host_name(urlsplit(origin).netloc or "invalid")):
+            return 403, (f"a request from the web page at {origin} is refused: without --http-token only pages of "
+                         "this server may change threads")
+        body = headers.get(b"content-length", "0") != "0" or b"transfer-encoding" in headers
+        kind = headers.get(b"content-type", "").split(";")[0].strip().lower()
+        if scope["method"] == "POST" and body and kind != "application/json":
+            return 415, f"Content-Type {kind or '(none)'!r} is refused: send the body as application/json"
+        return None
 
 
 class ChatApi:
@@ -647,7 +690,10 @@ def build_app(client: Client, spec: AgentSpec, closing: asyncio.Event) -> Any:
         Route("/v1/models", guarded(api.models), methods=["GET"]),
         Route("/v1/chat/completions", guarded(api.chat_completions), methods=["POST"]),
     ]
-    return _BodyLimit(_Auth(Starlette(routes=routes), spec.http.token), MAX_REQUEST_BYTES)
+    app: Any = _Auth(Starlette(routes=routes), spec.http.token)
+    if not spec.http.token:
+        app = _LoopbackOnly(app)
+    return _BodyLimit(app, MAX_REQUEST_BYTES)
 
 
 class _Server(uvicorn.Server):

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from temporalio.worker import Worker
 
 from channels.base import ChannelAdapter, ChannelContext
+from models import DEFAULT_HEALTH_HOST
 
 HEALTH_PATHS = ("/healthz", "/readyz")
 DEFAULT_HEALTH_PORT = 8790
@@ -81,7 +82,7 @@ class _Monitored(ChannelAdapter):
 class HealthServer(ChannelAdapter):
     name = "health"
 
-    def __init__(self, port: int, host: str = "0.0.0.0", *, room: str = "", agent: str = "") -> None:
+    def __init__(self, port: int, host: str = DEFAULT_HEALTH_HOST, *, room: str = "", agent: str = "") -> None:
         self.host, self.port = host, port
         self.state = HealthState(room, agent)
         self.bound_port: int | None = None

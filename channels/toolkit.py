@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -352,9 +352,11 @@ class Room:
         return state if state is not None and state.info is not None else None
 
     async def wait_for_toolkit(self, name: str, timeout: float, tool: str | None = None,
-                               arguments: Mapping[str, Any] | None = None) -> ToolkitListing:
+                               arguments: Mapping[str, Any] | None = None,
+                               on_wait: Callable[[str], None] | None = None) -> ToolkitListing:
         """Waits up to `timeout` seconds for the toolkit to be registered and online. The tool and the arguments
-        are checked as soon as the toolkit is known, so mistakes fail at once, not after the wait."""
+        are checked as soon as the toolkit is known, so mistakes fail at once, not after the wait. `on_wait` hears
+        once that the wait has begun."""
         validate_name("toolkit name", name)
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
@@ -365,6 +367,10 @@ class Room:
                 return listing
             if time.monotonic() >= deadline:
                 break
+            if on_wait is not None:
+                on_wait(f"toolkit {name!r} is {'offline' if listing else 'not registered'}: waiting up to "
+                        f"{timeout:g} s for it")
+                on_wait = None
             await asyncio.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
         waited = f" after waiting {timeout:g} s" if timeout > 0 else ""
         if listing is None:
@@ -391,12 +397,13 @@ class Room:
         thread_name: str | None = None,
         sender: str = "toolkit",
         metadata: Mapping[str, Any] | None = None,
+        on_wait: Callable[[str], None] | None = None,
     ) -> ToolResult:
         """Runs the tool as one turn of the serving agent and returns its reply. `timeout` bounds the wait for the
         toolkit to come online, not the turn: once delivered, the turn is durable and this waits for its reply.
         Passing the same `turn_id` again (with the same thread) returns the same reply without running it twice."""
         args = parse_arguments(arguments, tool)
-        listing = await self.wait_for_toolkit(toolkit, timeout, tool, args)
+        listing = await self.wait_for_toolkit(toolkit, timeout, tool, args, on_wait)
         agent = AgentRef(room=self.room, agent_name=listing.agent, thread_dir=listing.thread_dir)
         thread_id = task_thread_id(agent, args, thread_name or new_thread_name(), tool)
         turn = Turn(

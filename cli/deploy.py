@@ -73,6 +73,24 @@ def check_deployable(service: ServiceSpec) -> None:
 # Kubernetes.
 
 
+def check_shared_state(service: ServiceSpec, state_claim: str | None) -> None:
+    """Replicas must see one thread store: a PostgreSQL one, or one volume that every pod mounts. Mail state
+    (`mail.sqlite3`) lives in THREADLINE_HOME whatever the thread store, so mail needs the shared volume."""
+    if service.replicas <= 1 or state_claim:
+        return
+    mail = any(c.startswith("mail:") for c in service.agent.channels)
+    if service.env_ref("THREADLINE_THREAD_STORE_URL") is not None and not mail:
+        return
+    fix = ("--state-claim CLAIM (a volume every pod mounts)" if mail else
+           "--thread-store-url postgresql://… (a shared thread store) or --state-claim CLAIM (a volume every pod "
+           "mounts)")
+    raise usage_error(
+        f"--replicas {service.replicas} with THREADLINE_HOME on an emptyDir gives every pod its own "
+        f"{'mail registry' if mail else 'SQLite thread store'}, so a thread's next turn on another pod would not see "
+        f"its history: pass {fix}"
+    )
+
+
 def kubernetes_manifests(service: ServiceSpec, *, namespace: str | None = None,
                          state_claim: str | None = None) -> list[dict[str, Any]]:
     name = service.metadata.name
@@ -114,6 +132,11 @@ def kubernetes_manifests(service: ServiceSpec, *, namespace: str | None = None,
         "volumeMounts": mounts,
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
+    pod_spec_extra: dict[str, Any] = {}
+    if state_claim and service.replicas > 1:
+        # A ReadWriteOnce claim mounts on one node only: every pod (and a surge pod of a rollout) goes there.
+        pod_spec_extra["affinity"] = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": selector}, "topologyKey": "kubernetes.io/hostname"}]}}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -134,6 +157,7 @@ def kubernetes_manifests(service: ServiceSpec, *, namespace: str | None = None,
                                         "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [pod_container],
                     "volumes": volumes,
+                    **pod_spec_extra,
                 },
             },
         },
@@ -408,10 +432,10 @@ def register(process_app: typer.Typer) -> None:
             status(f"{'added' if created else 'updated'} service {service_spec.metadata.name} in "
                    f"{deploy.compose_file} (start it: docker compose -f {deploy.compose_file} up -d)")
             return
+        check_shared_state(service_spec, deploy.state_claim)
         if not deploy.state_claim:
             warn("THREADLINE_HOME (thread store, room storage) is an emptyDir, lost when a pod is replaced: pass "
-                 "--state-claim CLAIM" + (" (replicas share it: see Deploying in the README)" if service_spec.replicas > 1
-                                          else ""))
+                 "--state-claim CLAIM")
         manifests = kubernetes_manifests(service_spec, namespace=deploy.kube_namespace, state_claim=deploy.state_claim)
         if deploy.output is ManifestFormat.json:
             sys.stdout.write(json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}, indent=2) + "\n")

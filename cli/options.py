@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from cli.errors import usage_error
 from cli.output import set_verbose
 from cli.temporal_config import temporal_target
-from models import validate_queue_name
+from models import DEFAULT_HEALTH_HOST, validate_queue_name
 
 AGENT_PANEL = "Agent"
 TEMPORAL_PANEL = "Temporal"
@@ -254,8 +254,14 @@ McpServeHost = Annotated[
 HealthPort = Annotated[
     int | None,
     typer.Option("--health-port", envvar="THREADLINE_HEALTH_PORT", min=0, max=65535,
-                 help="Serve /healthz and /readyz (worker and channel state) on this port, on all interfaces "
+                 help="Serve /healthz and /readyz (worker and channel state) on this port "
                       "[default: none; 8790 in a service spec].", rich_help_panel="Health", show_default=False),
+]
+HealthHost = Annotated[
+    str,
+    typer.Option("--health-host", envvar="THREADLINE_HEALTH_HOST",
+                 help="Interface of the health server (a service spec's container serves it on 0.0.0.0).",
+                 rich_help_panel="Health"),
 ]
 
 # The Temporal connection options.
@@ -340,6 +346,7 @@ class AgentOptions:
     mcp_serve_port: McpServePort = None
     mcp_serve_host: McpServeHost = "127.0.0.1"
     health_port: HealthPort = None
+    health_host: HealthHost = DEFAULT_HEALTH_HOST
 
 
 @dataclass

@@ -23,12 +23,13 @@ from cli.options import (
     ThreadDir,
     ThreadStoreUrl,
     Verbose,
+    build_spec,
     require,
     with_options,
-    build_spec,
 )
 from cli.output import err, out, status, warn
 from cli.spec import SpecFile, join_from_spec
+from models import CONTAINER_HEALTH_HOST, DEFAULT_HEALTH_HOST
 
 process_app = typer.Typer(
     name="process",
@@ -124,9 +125,10 @@ def _agent_error(e: BaseException) -> CliError:
 class AgentRun:
     """The agent's worker inside this process, from ready to graceful stop."""
 
-    def __init__(self, client, spec, health_port: int | None = None) -> None:  # noqa: ANN001 - lazy temporalio
+    def __init__(self, client, spec, health_port: int | None = None,  # noqa: ANN001 - lazy temporalio
+                 health_host: str = DEFAULT_HEALTH_HOST) -> None:
         self.client, self.spec = client, spec
-        self.health_port = health_port
+        self.health_port, self.health_host = health_port, health_host
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -139,7 +141,7 @@ class AgentRun:
         if self.health_port is not None:  # /healthz and /readyz, watching the worker and every channel
             from channels.health import HealthServer
 
-            adapters = HealthServer(self.health_port, room=self.spec.room,
+            adapters = HealthServer(self.health_port, self.health_host, room=self.spec.room,
                                     agent=self.spec.agent_name).monitor(adapters, self.spec.channels)
         self.task = asyncio.create_task(run_agent(self.client, self.spec, self.stop, ready, adapters))
         waiting = asyncio.ensure_future(ready.wait())
@@ -192,21 +194,23 @@ def _status_line(spec, temporal) -> str:  # noqa: ANN001
 def join(ctx: typer.Context, agent: AgentOptions, connection: ConnectionOptions, spec_file: SpecFile = None,
          verbose: Verbose = False) -> None:
     """Run one long-lived agent process: its Temporal worker and channels, until SIGINT/SIGTERM."""
-    health_port = agent.health_port
+    health_port, health_host = agent.health_port, agent.health_host.strip()
     if spec_file is not None:  # exactly the spec's agent (see cli/spec.py)
         spec, connection, health_port = join_from_spec(ctx, spec_file)
+        health_host = CONTAINER_HEALTH_HOST
     else:
         if not agent.channel:
             raise usage_error("process join needs at least one --channel (for example --channel chat)")
         spec = build_spec(agent, connection)
-    asyncio.run(_join(spec, connection, health_port))
+    asyncio.run(_join(spec, connection, health_port, health_host))
 
 
-async def _join(spec, connection: ConnectionOptions, health_port: int | None = None) -> None:  # noqa: ANN001
+async def _join(spec, connection: ConnectionOptions, health_port: int | None = None,  # noqa: ANN001
+                health_host: str = DEFAULT_HEALTH_HOST) -> None:
     from cli.connection import open_temporal
 
     temporal = await open_temporal(connection)
-    runner = AgentRun(temporal.client, spec, health_port)
+    runner = AgentRun(temporal.client, spec, health_port, health_host)
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
@@ -470,7 +474,8 @@ def grep(
 
 
 # `process spec` and `process deploy` (cli/spec.py, cli/deploy.py).
-from cli import deploy as _deploy, spec as _spec  # noqa: E402
+from cli import deploy as _deploy  # noqa: E402
+from cli import spec as _spec
 
 _spec.register(process_app)
 _deploy.register(process_app)

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from cli.errors import FAILURE, USAGE, CliError, usage_error
 from cli.options import ConnectionOptions, Room, Verbose, require, with_options
-from cli.output import error_line, out
+from cli.output import error_line, out, status
 
 agent_app = typer.Typer(
     help="Agents as tools: list a room's toolkits (agents run with --channel toolkit:NAME) and invoke their tools.",
@@ -167,5 +167,5 @@ async def _invoke(connection: ConnectionOptions, room: str, toolkit: str, tool: 
 
     temporal = await open_temporal(connection)
     return await ToolkitRoom(temporal.client, room).invoke_tool(
-        toolkit, tool, arguments, timeout=timeout, sender="cli"
+        toolkit, tool, arguments, timeout=timeout, sender="cli", on_wait=status
     )

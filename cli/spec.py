@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import typer
 import yaml
@@ -135,6 +136,9 @@ class ServiceSpec(BaseModel):
             raise ValueError("agent.namespace differs from temporal.namespace: set the namespace in temporal")
         if agent.http.token:
             raise ValueError("agent.http.token holds a secret: leave it out and reference THREADLINE_HTTP_TOKEN in env")
+        if agent.thread_store_url and urlsplit(agent.thread_store_url).password:
+            raise ValueError("agent.thread_store_url holds a password: leave it out and reference "
+                             "THREADLINE_THREAD_STORE_URL in env (Secret key thread-store-url)")
         names = [e.name for e in self.env]
         if len(set(names)) != len(names):
             raise ValueError("env names a variable twice")

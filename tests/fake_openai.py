@@ -218,6 +218,7 @@ class FakeResponse:
     chunk_delay: float = 0.0  # streaming: sleep between chunks
     drop_after_chunks: int | None = None  # streaming: close connection after N chunks
     finish_reason: str | None = None  # override ("stop"/"tool_calls"/"length"...)
+    omit_finish_reason: bool = False  # streaming: end the stream without any finish reason
     usage: tuple[int, int] | None = None  # override (prompt_tokens, completion_tokens)
     model: str | None = None  # override reported model
 
@@ -319,7 +320,7 @@ def _count_tokens(text: str) -> int:
     return len(text.split())
 
 
-def _split_text(text: str) -> list[str]:
+def stream_pieces(text: str) -> list[str]:
     pieces = re.findall(r"\s*\S+|\s+$", text)
     if len(pieces) == 1 and len(text) > 1:
         half = len(text) // 2
@@ -845,7 +846,7 @@ class FakeOpenAI:
             return c
 
         chunks: list[dict[str, Any]] = [chunk({"role": "assistant", "content": "", "refusal": None})]
-        for piece in _split_text(content or ""):
+        for piece in stream_pieces(content or ""):
             chunks.append(chunk({"content": piece}))
         for i, tc in enumerate(tool_calls):
             chunks.append(
@@ -864,7 +865,7 @@ class FakeOpenAI:
             )
             for piece in _split_n(tc["function"]["arguments"]):
                 chunks.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
-        chunks.append(chunk({}, finish))
+        chunks.append(chunk({}, None if resp.omit_finish_reason else finish))
         if include_usage:
             chunks.append(
                 {

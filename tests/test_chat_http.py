@@ -263,3 +263,30 @@ async def test_large_content_is_refused_with_413_and_nothing_runs(temporal_clien
 
         items = (await http.get(f"/api/threads/{thread_id}/items")).json()["items"]
         assert items == [] and fake_model.count() == 0
+
+
+async def test_without_a_token_cross_site_and_rebinding_requests_are_refused(temporal_client: Client, agent_spec,
+                                                                             fake_model: FakeOpenAI):
+    async with chat_server(temporal_client, agent_spec) as server, server.client() as http:
+        thread_id = await _new_thread(http)
+        # A cross-site "simple" request: a form or text/plain POST, as any web page can make the browser send.
+        plain = await http.post(f"/api/threads/{thread_id}/turns", content=b'{"text": "hi"}',
+                                headers={"Content-Type": "text/plain"})
+        assert plain.status_code == 415 and "application/json" in plain.json()["error"]["message"]
+        form = await http.post("/api/threads", data={"a": "b"})
+        assert form.status_code == 415
+        other_page = await http.post(f"/api/threads/{thread_id}/turns", json={"text": "hi"},
+                                     headers={"Origin": "https://evil.example"})
+        assert other_page.status_code == 403 and "evil.example" in other_page.json()["error"]["message"]
+        # DNS rebinding: the attacker's name resolves to 127.0.0.1, so the Host header is theirs.
+        rebound = await http.get("/api/threads", headers={"Host": "evil.example:8780"})
+        assert rebound.status_code == 403
+        assert (await http.get(f"/api/threads/{thread_id}/items", headers={"Host": "rebind.example"})).status_code == 403
+
+        # This server's own page still works: same origin, JSON bodies.
+        own = await http.post(f"/api/threads/{thread_id}/turns?wait=true", json={"text": "hello"},
+                              headers={"Origin": server.url})
+        assert own.status_code == 200 and own.json()["reply"]["text"] == "echo: hello"
+        assert (await http.get("/api/threads", headers={"Host": "localhost:1234"})).status_code == 200
+        items = (await http.get(f"/api/threads/{thread_id}/items")).json()["items"]
+        assert [i["text"] for i in items] == ["hello", "echo: hello"] and fake_model.count() == 1

@@ -464,6 +464,15 @@ def test_unreachable_address_from_temporal_environment_names_its_source(room: st
     assert_clean(result.stderr)
 
 
+def test_health_server_binds_loopback_unless_told(join, room: str) -> None:  # noqa: ANN001
+    default = join(room, "--model", "offline", "--health-port", "0")
+    assert default.wait_for_line("health checks: http://", stream="stderr").startswith(
+        "health checks: http://127.0.0.1:")
+    everywhere = join(f"{room}-b", "--model", "offline", "--health-port", "0", "--health-host", "0.0.0.0")
+    assert everywhere.wait_for_line("health checks: http://", stream="stderr").startswith(
+        "health checks: http://0.0.0.0:")
+
+
 def test_second_signal_exits_at_once(join, room: str, fake_model: FakeOpenAI, address: str) -> None:  # noqa: ANN001
     release = threading.Event()
     fake_model.enqueue(FakeResponse.block(release, timeout=60))

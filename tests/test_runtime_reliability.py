@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
+import pytest
 from temporalio.client import Client
 
+from activities.agent import MAX_RETRY_AFTER_SECONDS, retry_delay
 from activities.thread_store import ThreadStore
 from channels.delivery import deliver_turn, new_thread_name, new_turn_id, submit_turn, thread_snapshot, wait_for_reply
 from models import AgentSpec, Turn
@@ -52,6 +55,60 @@ async def test_429_honours_retry_after_ms(temporal_client: Client, agent_spec, a
     reply = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="hi"))
     assert reply.status == "completed"
     assert fake_model.count() == 2 and 2.1 <= _gap(fake_model) < 6
+
+
+@pytest.mark.parametrize(("headers", "seconds"), [
+    ({"Retry-After": "soon"}, None),
+    ({"Retry-After": "-5"}, 0.0),
+    ({"Retry-After": "1e9"}, MAX_RETRY_AFTER_SECONDS),
+    ({"Retry-After": "nan"}, None),
+    ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),
+    ({"Retry-After": "Wed, 21 Oct 2999 07:28:00 GMT"}, MAX_RETRY_AFTER_SECONDS),
+    ({"Retry-After": "Wed, 99 Foo 2015"}, None),
+    ({"retry-after-ms": "abc", "Retry-After": "3"}, 3.0),
+    ({"retry-after-ms": "-1"}, 0.0),
+])
+def test_retry_after_is_parsed_and_clamped(headers: dict[str, str], seconds: float | None) -> None:
+    delay = retry_delay(httpx.Headers(headers))
+    assert (None if delay is None else delay.total_seconds()) == seconds
+
+
+async def test_an_unreadable_retry_after_falls_back_to_temporal_backoff(temporal_client: Client, agent_spec,
+                                                                        agent_worker, fake_model: FakeOpenAI):
+    await agent_worker(agent_spec)
+    fake_model.enqueue(FakeResponse.error(429, headers={"Retry-After": "soon"}))
+    reply = await submit_turn(temporal_client, agent_spec.ref, _thread(agent_spec), Turn(turn_id=new_turn_id(),
+                                                                                          text="hi"))
+    assert reply.status == "completed" and reply.text == "echo: hi"
+    assert fake_model.count() == 2 and 0.9 <= _gap(fake_model) < 5
+
+
+async def test_a_stream_without_a_finish_reason_is_asked_again(temporal_client: Client, agent_spec, agent_worker,
+                                                               fake_model: FakeOpenAI):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    fake_model.enqueue(FakeResponse.text("half an answ", omit_finish_reason=True), FakeResponse.text("whole answer"))
+    reply = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="hi"))
+    assert reply.status == "completed" and reply.text == "whole answer"
+    assert fake_model.count() == 2
+
+
+async def test_an_answer_cut_off_at_the_output_limit_says_so(temporal_client: Client, agent_spec, agent_worker,
+                                                             fake_model: FakeOpenAI):
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    fake_model.enqueue(FakeResponse.text("the first half", finish_reason="length"))
+    reply = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="hi"))
+    assert reply.status == "completed"
+    assert reply.text == "the first half\n\n[the answer was cut off at the model's output limit]"
+    answer = items_of_turn(agent_spec.room, thread_id, reply.turn_id)[-1]
+    assert answer.type == "assistant" and answer.text == reply.text
+
+    fake_model.enqueue(FakeResponse.tool_calls([("current_time", {})], finish_reason="length"))
+    cut = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="time?"))
+    assert cut.status == "failed"
+    assert cut.error.startswith("model fake-model reached its output limit in the middle of a tool call")
+    assert fake_model.count() == 2, "a cut-off tool call is not run and not retried"
 
 
 async def test_500_is_retried(temporal_client: Client, agent_spec, agent_worker, fake_model: FakeOpenAI):

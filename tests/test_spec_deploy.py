@@ -28,8 +28,8 @@ from cli.spec import SCHEMA_FILE, ServiceSpec, from_service_spec, load_service_s
 from models import AgentSpec
 from tests.cli_helpers import REPO, CliProcess, run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
-from workflows.thread import HEARTBEAT_TIMEOUT
 from worker import GRACEFUL_SHUTDOWN
+from workflows.thread import HEARTBEAT_TIMEOUT
 
 K8S_VERSION = "1.30"
 
@@ -64,8 +64,7 @@ def test_spec_is_valid_against_its_schema_and_holds_no_secret_values(room: str, 
     assert data["metadata"]["name"] == "support-svc" and data["replicas"] == 3
     assert data["container"]["image"] == "registry.example.com/threadline:1.2"
     assert data["container"]["command"] == ["threadline", "process", "join", "--spec", "/etc/threadline/spec.yaml"]
-    assert {p["name"]: p["port"] for p in data["container"]["ports"]} == {"http": 8780, "smtp": 2525, "health": 8790} \
-        or {p["name"] for p in data["container"]["ports"]} == {"http", "smtp", "health"}
+    assert {p["name"]: p["port"] for p in data["container"]["ports"]} == {"http": 8780, "smtp": 2525, "health": 8790}
     env = {e["name"]: e for e in data["env"]}
     assert set(env) == {"OPENAI_API_KEY", "TEMPORAL_API_KEY", "THREADLINE_HTTP_TOKEN", "THREADLINE_SMTP_USERNAME",
                         "THREADLINE_SMTP_PASSWORD"}
@@ -119,6 +118,7 @@ async def test_join_spec_round_trips_and_the_agent_answers(room: str, temporal_s
     try:
         process.wait_for_line("task queue", stream="stdout", timeout=60)
         health = process.wait_for_line("health checks: http://", stream="stderr")
+        assert health.startswith("health checks: http://0.0.0.0:"), health  # probes come from outside the pod
         port = int(health.split("http://")[1].split("/")[0].rsplit(":", 1)[1])
         async with httpx.AsyncClient() as http:
             ready = await http.get(f"http://127.0.0.1:{port}/readyz")
@@ -178,6 +178,9 @@ def test_kubernetes_manifests_validate_against_the_kubernetes_schemas(room: str)
     assert secret_env["THREADLINE_HTTP_TOKEN"] == {"name": "support-secrets", "key": "http-token", "optional": False}
     assert all("value" not in e or e["value"] != "t" for e in container["env"])
     assert {v["name"]: v for v in pod["volumes"]}["state"]["persistentVolumeClaim"] == {"claimName": "support-state"}
+    together = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert together == [{"labelSelector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+                         "topologyKey": "kubernetes.io/hostname"}]
     assert {p["name"] for p in kinds["Service"]["spec"]["ports"]} == {"http", "smtp"}
     spec = ServiceSpec.model_validate(yaml.safe_load(kinds["ConfigMap"]["data"]["spec.yaml"]))
     assert spec.agent.room == room and spec.replicas == 3
@@ -192,6 +195,35 @@ def test_no_service_without_http_or_smtp_and_invalid_spec(room: str) -> None:
     no_address = run_cli("process", "deploy", "--room", room, "--agent-name", "w", "--model", "offline",
                          "--channel", "queue:jobs", "--dry-run")
     assert no_address.returncode == 2 and "invalid spec: temporal.address" in no_address.stderr
+
+
+def test_replicas_need_a_shared_thread_store_or_volume(room: str) -> None:
+    base = ["process", "deploy", "--room", room, "--agent-name", "w", "--model", "offline", "--temporal-address",
+            "temporal:7233", "--replicas", "3", "--dry-run"]
+    split = run_cli(*base, "--channel", "queue:jobs")
+    assert split.returncode == 2 and split.stdout == ""
+    assert ("error: --replicas 3 with THREADLINE_HOME on an emptyDir gives every pod its own SQLite thread store"
+            in split.stderr and "--thread-store-url postgresql://" in split.stderr), split.stderr
+    shared = run_cli(*base, "--channel", "queue:jobs", "--thread-store-url", "postgresql://u:hunter2@db:5432/t")
+    assert shared.returncode == 0, shared.stderr
+    assert "hunter2" not in shared.stdout
+    mail = run_cli(*base, "--channel", "mail:bot@example.com", "--thread-store-url", "postgresql://u:p@db/t")
+    assert mail.returncode == 2 and "own mail registry" in mail.stderr and "--state-claim" in mail.stderr
+    claimed = run_cli(*base, "--channel", "mail:bot@example.com", "--state-claim", "home")
+    assert claimed.returncode == 0, claimed.stderr
+
+
+def test_a_spec_with_a_database_password_is_refused(room: str, tmp_path: Path, temporal_server) -> None:
+    data = spec_of(*agent_flags(room, temporal_server.address))
+    data["agent"]["thread_store_url"] = "postgresql://app:hunter2@db:5432/threads"
+    written = tmp_path / "spec.yaml"
+    written.write_text(yaml.safe_dump(data))
+    for command in (["process", "join", "--spec", str(written)], ["process", "deploy", "--spec", str(written),
+                                                                    "--dry-run"]):
+        refused = run_cli(*command)
+        assert refused.returncode == 2 and refused.stdout == "", refused.stdout
+        assert "agent.thread_store_url holds a password" in refused.stderr, refused.stderr
+        assert "THREADLINE_THREAD_STORE_URL" in refused.stderr and "hunter2" not in refused.stderr
 
 
 def fake_kubectl(tmp_path: Path, existing: dict | None, *, context: bool = True) -> Path:

@@ -214,8 +214,8 @@ async def test_invoke_waits_for_the_toolkit_to_come_online(temporal_server, temp
                          "run_helper_task", "--arguments", '{"prompt": "are you there?"}', "-o", "text",
                          "--timeout", "60")
     try:
-        await asyncio.sleep(1.0)  # let the caller start waiting: the toolkit does not exist yet
-        assert caller.proc.poll() is None, caller.transcript()
+        await asyncio.to_thread(caller.wait_for_line, "toolkit 'helper' is not registered: waiting up to 60 s",
+                                stream="stderr")
         bee = await agent(spec(room, "bee", serves="helper"))
         code = await asyncio.to_thread(caller.wait, 60)
         assert code == 0, caller.transcript()

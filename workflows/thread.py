@@ -49,6 +49,8 @@ SNAPSHOT_REPLIES = 5
 SNAPSHOT_TEXT = 500
 REQUEUE_STEERS_PATCH = "requeue-unanswered-steers"
 TOOL_FAILURE_AS_RESULT_PATCH = "tool-failure-as-result"
+MODEL_CALL_DEADLINE = timedelta(minutes=20)
+"""All attempts of one model call together: a provider that keeps refusing ends the turn with its error."""
 MODEL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8)
 OUTCOME_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
 
@@ -224,6 +226,7 @@ class ThreadWorkflow:
                     ),
                     result_type=ModelStep,
                     start_to_close_timeout=timedelta(minutes=5),
+                    schedule_to_close_timeout=MODEL_CALL_DEADLINE,
                     heartbeat_timeout=HEARTBEAT_TIMEOUT,
                     retry_policy=MODEL_RETRY,
                     summary=f"model {turn.model or 'default'}, step {model_calls + 1}",
