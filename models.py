@@ -60,6 +60,26 @@ def validate_queue_name(value: str, kind: str = "queue") -> str:
     return value
 
 
+class ErrorType:
+    """`ApplicationError.type` of the failures that callers tell apart: workflows, activities and channels match on
+    these constants, never on message text."""
+
+    DUPLICATE_TURN = "DuplicateTurn"
+    """The turn id already ran in this thread and its reply is no longer kept."""
+    THREAD_ROLLING_OVER = "ThreadRollingOver"
+    """The thread is about to continue-as-new and takes no more updates: deliver by signal."""
+    MODEL_UNAVAILABLE = "ModelUnavailable"
+    MODEL_REQUEST_REJECTED = "ModelRequestRejected"
+    MODEL_CONFIG_ERROR = "ModelConfigError"
+    MODEL_FAILED = "ModelFailed"
+    MODEL_OUTPUT_TRUNCATED = "ModelOutputTruncated"
+    JOB_PATH_ERROR = "JobPathError"
+    MAIL_CONFIG_ERROR = "MailConfigError"
+    MAIL_REJECTED = "MailRejected"
+    MAIL_UNAVAILABLE = "MailUnavailable"
+    MAIL_UNREADABLE = "MailUnreadable"
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0

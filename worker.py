@@ -10,24 +10,21 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.agent import AgentActivities
 from activities.mcp_tools import load_mcp_tools
 from activities.storage import RoomStorage
-from activities.stream_log import StreamLog, open_stream_log
-from activities.thread_store import open_thread_store
+from activities.stores import open_stream_log, open_thread_store
+from activities.stream_log import StreamLog
 from activities.tools import Tool, build_toolbox
 from activities.web import web_tools
 from channels.base import ChannelAdapter, ChannelContext
+from channels.delivery import register_search_attributes
 from channels.mail import send_email_tools
 from channels.toolkit import toolkit_tools
 from models import AgentSpec
-from workflows.search_attributes import SEARCH_ATTRIBUTES
 from workflows.thread import ThreadWorkflow
 from workflows.tool_call import ToolCallWorkflow
 
@@ -103,27 +100,6 @@ async def load_extra_tools(spec: AgentSpec, env: Mapping[str, str] | None = None
     if not spec.mcp.servers:
         return []
     return await load_mcp_tools(spec.mcp.servers, dict(os.environ if env is None else env), spec.mcp.optional)
-
-
-async def register_search_attributes(client: Client) -> None:
-    """Adds Threadline's search attributes to the namespace where they are missing, so ops can filter threads."""
-    existing = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=client.namespace)
-    )
-    missing = {
-        key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
-        for key in SEARCH_ATTRIBUTES
-        if key.name not in existing.custom_attributes
-    }
-    if missing:
-        try:
-            await client.operator_service.add_search_attributes(
-                AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
-            )
-        except RPCError as e:
-            # Replicas starting together race to add them: the loser finds them added.
-            if e.status != RPCStatusCode.ALREADY_EXISTS:
-                raise
 
 
 def build_worker(client: Client, spec: AgentSpec, activities: AgentActivities) -> Worker:

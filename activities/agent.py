@@ -27,6 +27,7 @@ from activities.thread_store import ThreadStore
 from activities.tools import ToolArgumentsError, Toolbox, current_call, summarize_call
 from models import (
     AgentSpec,
+    ErrorType,
     ModelCallInput,
     ModelStep,
     OutcomeRecord,
@@ -153,13 +154,13 @@ def model_error(e: Exception, model: str) -> ApplicationError:
         detail = _error_message(e)
         message = f"model {model} answered HTTP {e.status_code}: {detail}"
         if e.status_code in RETRYABLE_STATUS or e.status_code >= 500:
-            return ApplicationError(message, type="ModelUnavailable", next_retry_delay=retry_delay(e.response.headers))
-        return ApplicationError(message, type="ModelRequestRejected", non_retryable=True)
+            return ApplicationError(message, type=ErrorType.MODEL_UNAVAILABLE, next_retry_delay=retry_delay(e.response.headers))
+        return ApplicationError(message, type=ErrorType.MODEL_REQUEST_REJECTED, non_retryable=True)
     if isinstance(e, openai.APITimeoutError):
-        return ApplicationError(f"model {model} timed out", type="ModelUnavailable")
+        return ApplicationError(f"model {model} timed out", type=ErrorType.MODEL_UNAVAILABLE)
     if isinstance(e, openai.APIConnectionError):
-        return ApplicationError(f"cannot reach model {model}: {e}", type="ModelUnavailable")
-    return ApplicationError(f"model {model} failed: {e}", type="ModelFailed")
+        return ApplicationError(f"cannot reach model {model}: {e}", type=ErrorType.MODEL_UNAVAILABLE)
+    return ApplicationError(f"model {model} failed: {e}", type=ErrorType.MODEL_FAILED)
 
 
 def _error_message(e: openai.APIStatusError) -> str:
@@ -238,7 +239,7 @@ class AgentActivities:
         try:
             name, base_url, api_key = resolve_model(requested, self.spec.model_base_url, self.env)
         except ModelConfigError as e:
-            raise ApplicationError(str(e), type="ModelConfigError", non_retryable=True) from e
+            raise ApplicationError(str(e), type=ErrorType.MODEL_CONFIG_ERROR, non_retryable=True) from e
         attempt = activity.info().attempt
         if attempt > 1:
             self.stream.publish(call.thread_id, call.turn_id, attempt, "retry", {"step": call.step})
@@ -338,14 +339,14 @@ class AgentActivities:
         if finish is None:
             # A stream that stops without saying why was cut off (a proxy, a crashed server): ask again.
             raise ApplicationError(f"model {name} ended its answer without a finish reason (cut off); asking again",
-                                   type="ModelUnavailable")
+                                   type=ErrorType.MODEL_UNAVAILABLE)
         answer = "".join(text)
         if finish == "length":
             if calls:
                 raise ApplicationError(
                     f"model {name} reached its output limit in the middle of a tool call (finish_reason length): "
                     "raise the model's output limit or ask for less at a time",
-                    type="ModelOutputTruncated", non_retryable=True,
+                    type=ErrorType.MODEL_OUTPUT_TRUNCATED, non_retryable=True,
                 )
             answer += TRUNCATED_NOTE
         return answer, [(c[0] or None, c[1], c[2] or "{}") for _, c in sorted(calls.items())], usage

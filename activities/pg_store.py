@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 
+from activities.stream_log import KEEP_SECONDS, StreamEvent
 from activities.thread_store import display_name
 from models import ThreadInfo, ThreadItem, ThreadStatus, Usage
 
@@ -308,8 +309,6 @@ class PgStreamLog:
             )
 
     def events(self, thread_id: str, *, after_id: int = 0, turn_id: str | None = None) -> list[Any]:
-        from activities.stream_log import StreamEvent
-
         query = ("SELECT id, thread_id, turn_id, attempt, kind, data, created_at FROM threadline_stream_events"
                  " WHERE room=%s AND thread_id=%s AND id>%s")
         args: list[Any] = [self.room, thread_id, after_id]
@@ -337,8 +336,6 @@ class PgStreamLog:
         return (row[0] or 0) if row else 0
 
     def prune(self, older_than: float | None = None) -> None:
-        from activities.stream_log import KEEP_SECONDS
-
         cutoff = time.time() - (KEEP_SECONDS if older_than is None else older_than)
         self._connect().execute(
             "DELETE FROM threadline_stream_events WHERE room=%s AND created_at<%s", (self.room, cutoff)

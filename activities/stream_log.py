@@ -19,7 +19,6 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from activities.storage import room_dir
-from activities.thread_store import is_shared_url
 
 EventKind = Literal["delta", "retry", "tool_started", "tool_finished", "accepted"]
 """`accepted`: a channel handed the turn to its thread (published by the HTTP chat channel, attempt 0)."""
@@ -49,15 +48,6 @@ class StreamEvent(BaseModel):
     kind: EventKind
     data: dict[str, Any]
     created_at: float
-
-
-def open_stream_log(room: str, url: str | None = None) -> StreamLog:
-    """The room's stream log: beside the SQLite thread store, or in the PostgreSQL database at `url`."""
-    if not is_shared_url(url):
-        return StreamLog.for_room(room)
-    from activities.pg_store import PgStreamLog, opened
-
-    return opened(PgStreamLog, url.strip(), room)  # type: ignore[union-attr, return-value]  # same methods
 
 
 class StreamLog:

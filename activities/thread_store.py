@@ -3,7 +3,7 @@
 Writes are keyed by (thread_id, seq) and replace what is there, so a retried activity never writes an item twice.
 SQLite in WAL mode lets several agent processes on one machine share a room; agents on several machines share a
 PostgreSQL database instead (`--thread-store-url postgresql://...`, activities/pg_store.py, same methods). Callers
-open a room's store with `open_thread_store(room, url)`; `ThreadStore.for_room` is the SQLite file only.
+open a room's store with `activities.stores.open_thread_store(room, url)`; `ThreadStore.for_room` is the SQLite file only.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from models import ThreadInfo, ThreadItem, ThreadStatus, Usage
-
 from activities.storage import room_dir
+from models import ThreadInfo, ThreadItem, ThreadStatus, Usage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS threads (
@@ -59,20 +58,6 @@ def _add_column(db: sqlite3.Connection, table: str, column: str, kind: str) -> N
 def display_name(text: str) -> str:
     words = re.sub(r"\s+", " ", text).strip()
     return words if len(words) <= _NAME_LIMIT else words[: _NAME_LIMIT - 1].rstrip() + "…"
-
-
-def is_shared_url(url: str | None) -> bool:
-    return bool(url and url.strip())
-
-
-def open_thread_store(room: str, url: str | None = None) -> ThreadStore:
-    """The room's thread store: the SQLite file on this machine, or the PostgreSQL database at `url`
-    (`AgentSpec.thread_store_url`)."""
-    if not is_shared_url(url):
-        return ThreadStore.for_room(room)
-    from activities.pg_store import PgThreadStore, opened
-
-    return opened(PgThreadStore, url.strip(), room)  # type: ignore[union-attr, return-value]  # same methods
 
 
 class ThreadStore:

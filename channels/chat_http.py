@@ -44,8 +44,7 @@ from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.stream_log import open_stream_log
-from activities.thread_store import open_thread_store
+from activities.stores import open_stream_log, open_thread_store
 from channels.base import ChannelAdapter, ChannelContext
 from channels.chat_feed import Cursor, FeedEvent, StatusWatcher, current_cursor, follow, read_after
 from channels.delivery import (

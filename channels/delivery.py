@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 
 from temporalio import common
-from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.enums.v1 import IndexedValueType, TaskQueueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
@@ -26,10 +27,17 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
-from models import AgentRef, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
-from workflows.search_attributes import AGENT_ATTRIBUTE, CHANNEL_ATTRIBUTE, ROOM_ATTRIBUTE, STATUS_ATTRIBUTE
+from models import AgentRef, ErrorType, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
+from workflows.search_attributes import (
+    AGENT_ATTRIBUTE,
+    CHANNEL_ATTRIBUTE,
+    ROOM_ATTRIBUTE,
+    SEARCH_ATTRIBUTES,
+    STATUS_ATTRIBUTE,
+)
 from workflows.thread import ThreadWorkflow
 
 POLL_INTERVAL = 0.2
@@ -73,6 +81,27 @@ async def connect(
         )
     except RuntimeError as e:
         raise TemporalUnreachable(f"cannot reach the Temporal server at {address}: {e}") from e
+
+
+async def register_search_attributes(client: Client) -> None:
+    """Adds Threadline's search attributes to the namespace where they are missing, so ops can filter threads."""
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    missing = {
+        key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+        for key in SEARCH_ATTRIBUTES
+        if key.name not in existing.custom_attributes
+    }
+    if missing:
+        try:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
+            )
+        except RPCError as e:
+            # Replicas starting together race to add them: the loser finds them added.
+            if e.status != RPCStatusCode.ALREADY_EXISTS:
+                raise
 
 
 def new_thread_name() -> str:
@@ -125,7 +154,7 @@ async def submit_turn(
                 ThreadWorkflow.submit_turn, turn, id=turn.turn_id, start_workflow_operation=operation
             )
         except WorkflowUpdateFailedError as e:
-            if "rolling over" not in str(e.cause):
+            if not (isinstance(e.cause, ApplicationError) and e.cause.type == ErrorType.THREAD_ROLLING_OVER):
                 raise
         except RPCError as e:
             # Temporal allows 10 updates in flight per workflow (other processes count too): past that the turn

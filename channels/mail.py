@@ -55,10 +55,12 @@ from temporalio.worker import Worker
 from activities.storage import RoomStorage, StoragePathError, threadline_home
 from activities.tools import Tool, ToolArgumentsError
 from channels.base import ChannelAdapter, ChannelContext
+from channels.delivery import register_search_attributes
 from channels.queue import QueueActivities
 from models import (
     MAX_TURN_TEXT_BYTES,
     AgentSpec,
+    ErrorType,
     JobStatus,
     MailEnvelope,
     MailJobInput,
@@ -594,8 +596,6 @@ class MailServer:
             except RPCError as e:
                 if attempt or e.status != RPCStatusCode.INVALID_ARGUMENT or "search attribute" not in str(e).lower():
                     raise
-                from worker import register_search_attributes
-
                 await register_search_attributes(client)
 
 
@@ -654,7 +654,7 @@ def relay_send(relay: str, msg: EmailMessage, sender: str, recipients: list[str]
     STARTTLS when the relay offers it)."""
     host, _, port_text = relay.rpartition(":")
     if not host or not port_text.isdigit():
-        raise ApplicationError(f"--smtp-relay {relay!r} is not host:port", type="MailConfigError", non_retryable=True)
+        raise ApplicationError(f"--smtp-relay {relay!r} is not host:port", type=ErrorType.MAIL_CONFIG_ERROR, non_retryable=True)
     port = int(port_text)
     mode = env.get("THREADLINE_SMTP_TLS", "auto").strip().lower()
     context = ssl.create_default_context()
@@ -692,14 +692,14 @@ async def send_recorded(
     try:
         await asyncio.to_thread(relay_send, relay, msg, sender, recipients, env)
     except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused) as e:
-        raise ApplicationError(f"the relay refused the mail: {e}", type="MailRejected", non_retryable=True) from e
+        raise ApplicationError(f"the relay refused the mail: {e}", type=ErrorType.MAIL_REJECTED, non_retryable=True) from e
     except smtplib.SMTPResponseException as e:
         permanent = 500 <= e.smtp_code < 600
         raise ApplicationError(f"the relay answered {e.smtp_code}: {e.smtp_error!r}",
-                               type="MailRejected" if permanent else "MailUnavailable",
+                               type=ErrorType.MAIL_REJECTED if permanent else ErrorType.MAIL_UNAVAILABLE,
                                non_retryable=permanent) from e
     except (OSError, smtplib.SMTPException) as e:
-        raise ApplicationError(f"cannot reach the relay {relay}: {e}", type="MailUnavailable") from e
+        raise ApplicationError(f"cannot reach the relay {relay}: {e}", type=ErrorType.MAIL_UNAVAILABLE) from e
     finally:
         beating.cancel()
     store.mark_sent(str(msg["Message-ID"]), thread_id, recipients)
@@ -724,7 +724,7 @@ class MailActivities:
             raise ApplicationError(
                 f"cannot read {job.eml_path} from room storage {self.storage.url}: {e} (the SMTP server and the "
                 "agent must use the same --storage-url, or share THREADLINE_HOME)",
-                type="MailUnreadable", non_retryable=activity.info().attempt >= 5,
+                type=ErrorType.MAIL_UNREADABLE, non_retryable=activity.info().attempt >= 5,
             ) from e
         mail = parse_mail(raw)
         agent = self.spec.ref
@@ -792,7 +792,7 @@ class MailActivities:
     async def send_mail_reply(self, request: MailReplyRequest) -> str:
         if request.thread_title:
             with contextlib.suppress(Exception):
-                from activities.thread_store import open_thread_store
+                from activities.stores import open_thread_store
 
                 open_thread_store(request.room, self.spec.thread_store_url).rename(
                     request.thread_id, request.thread_title or "(no subject)"
@@ -808,14 +808,14 @@ class MailActivities:
         relay = self.spec.mail.smtp_relay
         if not relay:
             raise ApplicationError(
-                "no --smtp-relay is configured: the reply cannot be sent", type="MailConfigError", non_retryable=True
+                "no --smtp-relay is configured: the reply cannot be sent", type=ErrorType.MAIL_CONFIG_ERROR, non_retryable=True
             )
         # Known before it is sent, so an answer to it that comes back fast finds its thread.
         self.store.remember(request.room, message_id, request.thread_id, "out")
         msg = build_reply(request.envelope, message_id, text)
         recipients = list(dict.fromkeys([*request.envelope.to, *request.envelope.cc]))
         if not recipients:
-            raise ApplicationError("the mail has no sender to answer", type="MailRejected", non_retryable=True)
+            raise ApplicationError("the mail has no sender to answer", type=ErrorType.MAIL_REJECTED, non_retryable=True)
         await send_recorded(self.store, relay, msg, request.envelope.mailbox, recipients, request.thread_id, self.env)
         return message_id
 

@@ -40,11 +40,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from channels.base import ChannelAdapter, ChannelContext
-from channels.delivery import submit_turn
+from channels.delivery import register_search_attributes, submit_turn
 from models import (
     JOB_STATES,
     AgentRef,
     AgentSpec,
+    ErrorType,
     JobAccepted,
     JobPayloadError,
     JobStarted,
@@ -246,8 +247,6 @@ async def send_job(
             # A server that never ran an agent may lack Threadline's search attributes: add them once and retry.
             if attempt or e.status != RPCStatusCode.INVALID_ARGUMENT or "search attribute" not in str(e).lower():
                 raise
-            from worker import register_search_attributes
-
             await register_search_attributes(client)
     raise AssertionError("unreachable")
 
@@ -409,7 +408,7 @@ class QueueActivities:
         try:
             thread_id = job_thread_id(agent, request.path, request.accepted_at, request.thread_name)
         except JobPayloadError as e:
-            raise ApplicationError(str(e), type="JobPathError", non_retryable=True) from e
+            raise ApplicationError(str(e), type=ErrorType.JOB_PATH_ERROR, non_retryable=True) from e
         started = JobStarted(agent=agent.agent_name, thread_id=thread_id, started_at=datetime.now(timezone.utc))
         async with _heartbeating(started):
             while True:
@@ -422,8 +421,8 @@ class QueueActivities:
                         raise
                 except WorkflowUpdateFailedError as e:
                     cause = e.cause
-                    if isinstance(cause, ApplicationError) and cause.type == "DuplicateTurn":
-                        raise ApplicationError(cause.message, type="DuplicateTurn", non_retryable=True) from e
+                    if isinstance(cause, ApplicationError) and cause.type == ErrorType.DUPLICATE_TURN:
+                        raise ApplicationError(cause.message, type=ErrorType.DUPLICATE_TURN, non_retryable=True) from e
                     raise
         return QueueTurnResult(agent=agent.agent_name, thread_id=thread_id, reply=reply)
 

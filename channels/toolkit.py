@@ -52,6 +52,7 @@ from models import (
     MAX_TURN_TEXT_BYTES,
     AgentRef,
     AgentSpec,
+    ErrorType,
     PayloadTooLarge,
     Reply,
     ToolkitInfo,
@@ -300,7 +301,7 @@ async def run_turn(client: Client, agent: AgentRef, thread_id: str, turn: Turn) 
                 raise
         except WorkflowUpdateFailedError as e:
             cause = e.cause
-            if isinstance(cause, ApplicationError) and cause.type == "DuplicateTurn":
+            if isinstance(cause, ApplicationError) and cause.type == ErrorType.DUPLICATE_TURN:
                 raise ToolTurnFailed(cause.message) from e
             raise
 
@@ -502,7 +503,7 @@ def _call_tool(spec: AgentSpec, use: UseToolkit) -> Tool:
 
 def caller_depth(room: str, thread_id: str, store_url: str | None = None) -> int:
     """The toolkit depth of the turn running in the caller's thread: from the metadata of its (last) user item."""
-    from activities.thread_store import open_thread_store
+    from activities.stores import open_thread_store
 
     for item in reversed(open_thread_store(room, store_url).items(thread_id, limit=500)):
         if item.type == "user" and "channel" in item.data:

@@ -252,7 +252,7 @@ def run(
 def _live_events(room: str, stream: bool | None, store_url: str | None = None):  # noqa: ANN202
     """The room's stream log when live output is wanted and the room's store is on this machine (or shared)."""
     from activities.storage import room_dir
-    from activities.stream_log import open_stream_log
+    from activities.stores import open_stream_log
 
     wanted = out.is_terminal if stream is None else stream
     if not wanted or not (store_url or room_dir(room).exists()):
@@ -262,7 +262,7 @@ def _live_events(room: str, stream: bool | None, store_url: str | None = None): 
 
 async def _run(spec, connection: ConnectionOptions, message: str | None, thread_id: str | None,  # noqa: ANN001
                stream: bool | None) -> None:
-    from activities.thread_store import open_thread_store
+    from activities.stores import open_thread_store
     from channels.delivery import new_thread_name
     from cli.chat import Chat, check_thread, interactive, thread_hint
     from cli.connection import open_temporal
@@ -338,7 +338,7 @@ def use(
 
 async def _use(ref, connection: ConnectionOptions, thread_id: str | None, message: str | None,  # noqa: ANN001
                no_wait: bool, stream: bool | None, store_url: str | None = None) -> None:
-    from activities.thread_store import open_thread_store
+    from activities.stores import open_thread_store
     from channels.delivery import agent_is_online, new_thread_name
     from cli.chat import Chat, check_thread, interactive, thread_hint
     from cli.connection import open_temporal
@@ -377,7 +377,7 @@ def _store_url(url: str | None) -> str | None:
 def _store(room: str, url: str | None = None):  # noqa: ANN202
     """The room's thread store, or None when nothing was ever stored in the room (reading creates nothing)."""
     from activities.storage import room_dir
-    from activities.thread_store import open_thread_store
+    from activities.stores import open_thread_store
     from models import validate_name
 
     try:
@@ -475,7 +475,7 @@ def grep(
 
 # `process spec` and `process deploy` (cli/spec.py, cli/deploy.py).
 from cli import deploy as _deploy  # noqa: E402
-from cli import spec as _spec
+from cli import spec as _spec  # noqa: E402
 
 _spec.register(process_app)
 _deploy.register(process_app)

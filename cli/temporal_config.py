@@ -7,14 +7,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cli.errors import usage_error
 
 if TYPE_CHECKING:
     from temporalio.service import TLSConfig
-
-    from cli.options import ConnectionOptions
 
 DEFAULT_NAMESPACE = "default"
 PRECEDENCE = (
@@ -22,6 +20,16 @@ PRECEDENCE = (
     "configuration (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, the profile "
     "TEMPORAL_PROFILE of TEMPORAL_CONFIG_FILE or ~/.config/temporalio/temporal.toml), then the embedded server"
 )
+
+
+class ConnectionSettings(Protocol):
+    """What `cli.options.ConnectionOptions` holds: the Temporal options as given, None where not given."""
+
+    temporal_address: str | None
+    namespace: str | None
+    temporal_api_key: str | None
+    temporal_tls_cert: Path | None
+    temporal_tls_key: Path | None
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,7 @@ def _temporal_env_config() -> dict:
         raise usage_error(f"cannot use Temporal's environment configuration (TEMPORAL_*, temporal.toml): {e}") from e
 
 
-def temporal_target(options: ConnectionOptions) -> TemporalTarget:
+def temporal_target(options: ConnectionSettings) -> TemporalTarget:
     """The connection `options` name, completed from Temporal's environment configuration."""
     from temporalio.service import TLSConfig
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from activities.stream_log import StreamLog, open_stream_log
-from activities.thread_store import ThreadStore, open_thread_store
+from activities.stores import open_stream_log, open_thread_store
+from activities.stream_log import StreamLog
+from activities.thread_store import ThreadStore
 from channels.delivery import new_thread_name, new_turn_id, submit_turn
 from models import AgentSpec, ThreadItem, Turn, Usage
 from tests.cli_helpers import run_cli

@@ -20,8 +20,16 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from models import (
+        ErrorType,
+        JobStatus,
+        MailJobInput,
+        MailReplyRequest,
+        MailTurnPlan,
+        QueueTurnRequest,
+        QueueTurnResult,
+    )
     from workflows.failures import failure_message
-    from models import JobStatus, MailJobInput, MailReplyRequest, MailTurnPlan, QueueTurnRequest, QueueTurnResult
     from workflows.queue_job import (
         HEARTBEAT_TIMEOUT,
         TURN_RETRY,
@@ -33,12 +41,12 @@ with workflow.unsafe.imports_passed_through():
     )
 
 PREPARE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), non_retryable_error_types=["MailUnreadable"]
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), non_retryable_error_types=[ErrorType.MAIL_UNREADABLE]
 )
 SEND_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(minutes=5),
-    non_retryable_error_types=["MailRejected", "MailConfigError"],
+    non_retryable_error_types=[ErrorType.MAIL_REJECTED, ErrorType.MAIL_CONFIG_ERROR],
 )
 SEND_GIVE_UP = timedelta(days=2)
 """A relay that stays down this long: the reply is given up and the error kept in the job."""

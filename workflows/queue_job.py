@@ -20,8 +20,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.failures import failure_message
     from models import (
+        ErrorType,
         JobPayloadError,
         JobStatus,
         QueueJobInput,
@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         QueueTurnRequest,
         QueueTurnResult,
     )
+    from workflows.failures import failure_message
     from workflows.search_attributes import AGENT_ATTRIBUTE, JOB_STATUS_ATTRIBUTE
 
 TURN_TIMEOUT = timedelta(hours=12)
@@ -38,7 +39,7 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=5)
 TURN_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=["JobPathError", "DuplicateTurn"],
+    non_retryable_error_types=[ErrorType.JOB_PATH_ERROR, ErrorType.DUPLICATE_TURN],
 )
 REPLY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 MEMO_KEY = "job"

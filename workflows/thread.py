@@ -17,6 +17,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from models import (
+        ErrorType,
         Interrupt,
         ModelCallInput,
         ModelStep,
@@ -113,15 +114,18 @@ class ThreadWorkflow:
         if reply is None:
             raise ApplicationError(
                 f"turn {turn.turn_id} already ran in this thread and its reply is no longer kept",
-                type="DuplicateTurn",
+                type=ErrorType.DUPLICATE_TURN,
                 non_retryable=True,
             )
         return reply
 
     @submit_turn.validator
     def _validate_submit_turn(self, turn: Turn) -> None:
-        if self.run_updates >= UPDATES_PER_RUN:
-            raise ValueError("thread is rolling over to a new run: deliver the turn by signal")
+        # Once a rollover is due every update handler delays it (the run waits for them all to finish), so new
+        # turns go the signal path instead, and the rollover happens as soon as the running turn ends.
+        if self._run_is_full():
+            raise ApplicationError("thread is rolling over to a new run: deliver the turn by signal",
+                                   type=ErrorType.THREAD_ROLLING_OVER, non_retryable=True)
 
     def _admit(self, turn: Turn) -> None:
         known = turn.turn_id in self.state.seen_turn_ids or any(t.turn_id == turn.turn_id for t in self.state.queue)

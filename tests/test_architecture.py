@@ -1,0 +1,109 @@
+"""The dependency rule, checked on the source: layers import only downwards, siblings not each other, and no module
+imports itself back through others. Function-level imports count too, so a cycle cannot hide inside a function."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+
+LAYERS = [{"models"}, {"activities", "workflows"}, {"channels"}, {"worker"}, {"cli"}]
+"""Bottom to top. `workflows` (deterministic code) and `activities` (all I/O) are siblings: neither imports the other."""
+LAYER_OF = {name: n for n, names in enumerate(LAYERS) for name in names}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def source_modules() -> dict[str, Path]:
+    files = [REPO / "models.py", REPO / "worker.py"]
+    for package in ("activities", "workflows", "channels", "cli"):
+        files += sorted((REPO / package).rglob("*.py"))
+    return {module_name(f): f for f in files}
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """The project modules `path` imports (at any depth in the file), as the longest known module name."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = source_modules()
+    known = set(modules)
+    graph = {}
+    for name, path in modules.items():
+        # A package's own `__init__` is not an import of the package by its modules.
+        graph[name] = {m for m in imports_of(path, known) if m != name and not name.startswith(m + ".")}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_layers_import_only_downwards() -> None:
+    upward = []
+    for source, targets in import_graph().items():
+        layer = LAYER_OF[source.partition(".")[0]]
+        for target in sorted(targets):
+            top = target.partition(".")[0]
+            if LAYER_OF[top] > layer or (LAYER_OF[top] == layer and top != source.partition(".")[0]):
+                upward.append(f"{source} imports {target}")
+    assert upward == [], "imports against the layers (" + " < ".join("|".join(sorted(x)) for x in LAYERS) + "):\n" \
+        + "\n".join(upward)
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_the_checks_see_function_level_imports_and_cycles() -> None:
+    graph = import_graph()
+    assert "activities.pg_store" in graph["activities.stores"]  # imported inside a function
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
