@@ -751,12 +751,14 @@ class WebSettings(BaseModel):
 
 
 class McpSettings(BaseModel):
-    """`--mcp URL[#options]` (repeatable), `--mcp-optional`, `--mcp-serve-host`, `--mcp-serve-port`."""
+    """`--mcp URL[#options]` (repeatable), `--mcp-optional`, `--mcp-serve-host`, `--mcp-serve-port`,
+    `--mcp-serve-token`."""
 
     servers: list[str] = Field(default_factory=list)
     optional: bool = False
     serve_host: str = "127.0.0.1"
     serve_port: int | None = Field(None, ge=0, le=65535, description="None: no MCP server; 0: any free port")
+    serve_token: str | None = Field(None, description="bearer token MCP clients must send (a secret: never in a spec)")
 
 
 AgentSpec.model_rebuild()

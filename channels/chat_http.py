@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import ipaddress
 import json
 import logging
 import socket
@@ -55,6 +53,7 @@ from channels.delivery import (
     steer_turn,
     submit_turn,
 )
+from channels.http_auth import BearerAuth, is_loopback
 from models import (
     DEFAULT_HTTP_PORT,
     MAX_TURN_TEXT_BYTES,
@@ -79,15 +78,6 @@ MAX_REQUEST_BYTES = 4 * MAX_TURN_TEXT_BYTES
 
 class HttpConfigError(ValueError):
     """Settings the HTTP server refuses to start with; the message says what to change."""
-
-
-def is_loopback(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_settings(settings: HttpSettings) -> None:
@@ -246,28 +236,6 @@ class _BodyLimit:
 
     async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
         await _error(413, self._message(), "too_large")(scope, receive, send)
-
-
-class _Auth:
-    """Bearer token on every request but the page's own files (they hold no data; the page asks for the token)."""
-
-    def __init__(self, app: Any, token: str | None) -> None:
-        self.app, self.token = app, token
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self.token and scope["type"] == "http":
-            path = scope["path"]
-            if path not in PUBLIC_PATHS and not path.startswith("/static/"):
-                headers = dict(scope.get("headers") or [])
-                given = headers.get(b"authorization", b"").decode("latin-1")
-                scheme, _, value = given.partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
-                    response = _error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)",
-                                      "unauthorized")
-                    response.headers["WWW-Authenticate"] = "Bearer"
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
 
 
 def _host_name(value: str) -> str:
@@ -689,7 +657,8 @@ def build_app(client: Client, spec: AgentSpec, closing: asyncio.Event) -> Any:
         Route("/v1/models", guarded(api.models), methods=["GET"]),
         Route("/v1/chat/completions", guarded(api.chat_completions), methods=["POST"]),
     ]
-    app: Any = _Auth(Starlette(routes=routes), spec.http.token)
+    app: Any = BearerAuth(Starlette(routes=routes), spec.http.token,
+                          lambda path: path in PUBLIC_PATHS or path.startswith("/static/"))
     if not spec.http.token:
         app = _LoopbackOnly(app)
     return _BodyLimit(app, MAX_REQUEST_BYTES)

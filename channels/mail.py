@@ -53,6 +53,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.storage import RoomStorage, StoragePathError, threadline_home
+from activities.stores import open_thread_store
 from activities.tools import Tool, ToolArgumentsError
 from channels.base import ChannelAdapter, ChannelContext
 from channels.delivery import register_search_attributes
@@ -176,6 +177,9 @@ CREATE TABLE IF NOT EXISTS message_threads (
 CREATE TABLE IF NOT EXISTS sent (
     message_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, recipients TEXT NOT NULL, sent_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS thread_participants (
+    room TEXT NOT NULL, thread_id TEXT NOT NULL, address TEXT NOT NULL, PRIMARY KEY (room, thread_id, address)
+);
 """
 
 
@@ -287,6 +291,23 @@ class MailStore:
                 return row[0]
         return None
 
+    # Who takes part in a mail thread: the addresses of its mails (From, To, Cc) and of what the agent sent.
+
+    def add_participants(self, room: str, thread_id: str, addresses: Iterable[str]) -> None:
+        self._db().executemany(
+            "INSERT OR IGNORE INTO thread_participants (room, thread_id, address) VALUES (?,?,?)",
+            [(room, thread_id, a.strip().lower()) for a in addresses if a and a.strip()],
+        )
+
+    def is_participant(self, room: str, thread_id: str, address: str) -> bool:
+        address = address.strip().lower()
+        if self._db().execute("SELECT 1 FROM thread_participants WHERE room=? AND thread_id=? AND address=?",
+                              (room, thread_id, address)).fetchone():
+            return True
+        # Threads from before participants were recorded: whoever the agent wrote to in the thread.
+        rows = self._db().execute("SELECT recipients FROM sent WHERE thread_id=?", (thread_id,)).fetchall()
+        return any(address in (r.strip().lower() for r in row[0].split(",")) for row in rows)
+
     # Replies sent.
 
     def was_sent(self, message_id: str) -> bool:
@@ -297,6 +318,7 @@ class MailStore:
             "INSERT OR IGNORE INTO sent (message_id, thread_id, recipients, sent_at) VALUES (?,?,?,?)",
             (message_id, thread_id, ", ".join(recipients), time.time()),
         )
+        self.add_participants(thread_id.partition("/")[0], thread_id, recipients)
 
 
 # Parsing.
@@ -407,9 +429,16 @@ def parse_mail(raw: bytes) -> ParsedMail:
     body = ""
     part = msg.get_body(preferencelist=("plain", "html"))
     if part is not None:
-        with contextlib.suppress(Exception):
+        try:
             content = part.get_content()
-            body = html_to_text(content) if part.get_content_type() == "text/html" else content
+        except (LookupError, UnicodeError, ValueError, AssertionError) as e:
+            # An unknown or wrong charset: the text as UTF-8 with replacement characters, and a note that says so.
+            raw_body = part.get_payload(decode=True) or b""
+            content = raw_body.decode("utf-8", errors="replace") if isinstance(raw_body, bytes) else str(raw_body)
+            content += (f"\n\n[the mail's text could not be decoded as {part.get_content_charset() or 'declared'} "
+                        f"({e.__class__.__name__}: {e}); shown as UTF-8, characters that did not decode are marked]")
+            log.warning("mail %s: body not decodable: %s", message_id, e)
+        body = html_to_text(content) if part.get_content_type() == "text/html" else content
     return ParsedMail(
         message=msg,
         message_id=message_id,
@@ -730,11 +759,17 @@ class MailActivities:
         agent = self.spec.ref
         known = self.store.thread_of(job.room, [mail.message_id])
         parent = self.store.thread_of(job.room, [*mail.in_reply_to, *reversed(mail.references)])
+        if parent is not None and not self.store.is_participant(job.room, parent, mail.from_address):
+            # Message-IDs travel in every forwarded or quoted mail: knowing one does not let a stranger into the
+            # thread (and its context); their mail starts a thread of its own.
+            log.info("mail from %s names thread %s it takes no part in: a new thread", mail.from_address, parent)
+            parent = None
         thread_id = known or parent
         new_thread = thread_id is None
         if thread_id is None:
             thread_id = agent.thread_id(f"mail-{thread_slug(mail.subject)}-{job.job_key[5:13]}")
         self.store.remember(job.room, mail.message_id, thread_id, "in")
+        self.store.add_participants(job.room, thread_id, [mail.from_address, *mail.to, *mail.cc])
         if not allowed(mail.from_address, self.spec.mail.allow):
             return MailTurnPlan(thread_id=thread_id, subject=mail.subject,
                                 skipped=f"{mail.from_address} is not in --mail-allow")
@@ -791,12 +826,12 @@ class MailActivities:
     @activity.defn(name="send_mail_reply")
     async def send_mail_reply(self, request: MailReplyRequest) -> str:
         if request.thread_title:
-            with contextlib.suppress(Exception):
-                from activities.stores import open_thread_store
-
+            try:
                 open_thread_store(request.room, self.spec.thread_store_url).rename(
                     request.thread_id, request.thread_title or "(no subject)"
                 )
+            except Exception as e:  # noqa: BLE001 - a name is cosmetic: the reply still goes out
+                activity.logger.warning("could not name thread %s after the mail's subject: %s", request.thread_id, e)
         text = request.text
         if request.status != "completed":
             if not self.spec.mail.failure_notice:

@@ -20,13 +20,24 @@ from typing import Any
 
 import uvicorn
 
+from activities.mcp_tools import McpConfigError
 from channels.base import ChannelAdapter, ChannelContext
+from channels.http_auth import BearerAuth, is_loopback
 from channels.toolkit import Room, ToolkitError
-from models import AgentSpec
+from models import AgentSpec, McpSettings
 from workflows.toolkit import tool_name_for
 
 ONLINE_WAIT = 30.0
 """How long a call waits for the toolkit to be online (it is served by this very process)."""
+
+
+def check_serve_settings(settings: McpSettings) -> None:
+    """The MCP server has the agent's toolkit tools, which run turns: beyond loopback only for a bearer token."""
+    if settings.serve_port is not None and not is_loopback(settings.serve_host) and not settings.serve_token:
+        raise McpConfigError(
+            f"--mcp-serve-host {settings.serve_host} is reachable from other machines, so the MCP server needs a "
+            "bearer token: pass --mcp-serve-token TOKEN (or set THREADLINE_MCP_SERVE_TOKEN), or bind to 127.0.0.1"
+        )
 
 
 def toolkit_names(spec: AgentSpec) -> list[str]:
@@ -93,8 +104,9 @@ class McpServeChannel(ChannelAdapter):
                  "nothing is served")
             await stop.wait()
             return
+        check_serve_settings(settings)
         server = build_mcp_server(context)
-        app = server.streamable_http_app(host=settings.serve_host)
+        app = BearerAuth(server.streamable_http_app(host=settings.serve_host), settings.serve_token)
         family = socket.AF_INET6 if ":" in settings.serve_host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:

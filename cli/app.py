@@ -15,9 +15,9 @@ import traceback
 import typer
 
 from cli.errors import USAGE, CliError
+from cli.mail import mail_app, mailbox_app
 from cli.options import Verbose
 from cli.output import error_line, state
-from cli.mail import mail_app, mailbox_app
 from cli.process import process_app
 from cli.room import room_app
 from cli.server import server_app

@@ -245,8 +245,14 @@ McpServePort = Annotated[
 ]
 McpServeHost = Annotated[
     str,
-    typer.Option("--mcp-serve-host", envvar="THREADLINE_MCP_SERVE_HOST", help="Interface of the MCP server.",
+    typer.Option("--mcp-serve-host", envvar="THREADLINE_MCP_SERVE_HOST",
+                 help="Interface of the MCP server; other than loopback needs --mcp-serve-token.",
                  rich_help_panel=TOOLS_PANEL),
+]
+McpServeToken = Annotated[
+    str | None,
+    typer.Option("--mcp-serve-token", envvar="THREADLINE_MCP_SERVE_TOKEN",
+                 help="Bearer token every MCP request must carry.", rich_help_panel=TOOLS_PANEL, show_default=False),
 ]
 
 # Health checks of the agent process (process join; deployments probe them).
@@ -345,6 +351,7 @@ class AgentOptions:
     mcp_optional: McpOptional = False
     mcp_serve_port: McpServePort = None
     mcp_serve_host: McpServeHost = "127.0.0.1"
+    mcp_serve_token: McpServeToken = None
     health_port: HealthPort = None
     health_host: HealthHost = DEFAULT_HEALTH_HOST
 
@@ -548,6 +555,7 @@ def web_settings(agent: AgentOptions):  # noqa: ANN201
 
 def mcp_settings(agent: AgentOptions):  # noqa: ANN201
     from activities.mcp_tools import McpConfigError, check_mcp_options
+    from channels.mcp_serve import check_serve_settings
     from models import McpSettings
 
     servers = [m.strip() for m in agent.mcp or [] if m.strip()]
@@ -555,8 +563,13 @@ def mcp_settings(agent: AgentOptions):  # noqa: ANN201
         check_mcp_options(servers, dict(os.environ))
     except McpConfigError as e:
         raise usage_error(str(e)) from e
-    return McpSettings(servers=servers, optional=agent.mcp_optional, serve_host=agent.mcp_serve_host.strip(),
-                       serve_port=agent.mcp_serve_port)
+    settings = McpSettings(servers=servers, optional=agent.mcp_optional, serve_host=agent.mcp_serve_host.strip(),
+                           serve_port=agent.mcp_serve_port, serve_token=agent.mcp_serve_token or None)
+    try:
+        check_serve_settings(settings)
+    except McpConfigError as e:
+        raise usage_error(str(e)) from e
+    return settings
 
 
 def check_relay(relay: str | None) -> str | None:

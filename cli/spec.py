@@ -136,6 +136,9 @@ class ServiceSpec(BaseModel):
             raise ValueError("agent.namespace differs from temporal.namespace: set the namespace in temporal")
         if agent.http.token:
             raise ValueError("agent.http.token holds a secret: leave it out and reference THREADLINE_HTTP_TOKEN in env")
+        if agent.mcp.serve_token:
+            raise ValueError("agent.mcp.serve_token holds a secret: leave it out and reference "
+                             "THREADLINE_MCP_SERVE_TOKEN in env")
         if agent.thread_store_url and urlsplit(agent.thread_store_url).password:
             raise ValueError("agent.thread_store_url holds a password: leave it out and reference "
                              "THREADLINE_THREAD_STORE_URL in env (Secret key thread-store-url)")
@@ -157,6 +160,7 @@ class ServiceSpec(BaseModel):
         for key in ("temporal_address", "namespace"):
             data["agent"].pop(key, None)
         data["agent"]["http"].pop("token", None)
+        data["agent"]["mcp"].pop("serve_token", None)
         return data
 
     def to_yaml(self) -> str:
@@ -227,6 +231,9 @@ def _secret_refs(spec: AgentSpec, connection: ConnectionOptions, secret: str) ->
     if spec.http.token:
         refs.append(EnvRef(name="THREADLINE_HTTP_TOKEN", secret=secret, key="http-token",
                            description="bearer token of the chat API"))
+    if spec.mcp.serve_token:
+        refs.append(EnvRef(name="THREADLINE_MCP_SERVE_TOKEN", secret=secret, key="mcp-serve-token",
+                           description="bearer token of the agent's MCP server"))
     if spec.mail.smtp_relay and any(c.startswith("mail:") for c in spec.channels):
         for var, key in (("THREADLINE_SMTP_USERNAME", "smtp-username"), ("THREADLINE_SMTP_PASSWORD", "smtp-password")):
             refs.append(EnvRef(name=var, secret=secret, key=key, optional=True,
@@ -280,6 +287,7 @@ def build_service_spec(agent: AgentOptions, connection: ConnectionOptions, servi
     agent_spec = spec.model_copy(update={
         "rules": load_rules(spec), "rules_files": [],  # the spec carries the rules themselves
         "http": spec.http.model_copy(update={"token": None}),
+        "mcp": spec.mcp.model_copy(update={"serve_token": None}),
         "thread_store_url": None,  # from the secret (THREADLINE_THREAD_STORE_URL)
     })
     try:
@@ -371,6 +379,9 @@ def from_service_spec(service: ServiceSpec, environ: dict[str, str] | None = Non
     token_ref = service.env_ref("THREADLINE_HTTP_TOKEN")
     if token_ref is not None and env.get(token_ref.name):
         agent = agent.model_copy(update={"http": agent.http.model_copy(update={"token": env[token_ref.name]})})
+    mcp_token_ref = service.env_ref("THREADLINE_MCP_SERVE_TOKEN")
+    if mcp_token_ref is not None and env.get(mcp_token_ref.name):
+        agent = agent.model_copy(update={"mcp": agent.mcp.model_copy(update={"serve_token": env[mcp_token_ref.name]})})
     store_ref = service.env_ref("THREADLINE_THREAD_STORE_URL")
     if store_ref is not None and env.get(store_ref.name):
         try:

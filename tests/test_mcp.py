@@ -21,6 +21,7 @@ from activities.mcp_tools import McpConfigError, McpUnavailable, load_mcp_tools,
 from channels.delivery import new_thread_name, new_turn_id, submit_turn
 from channels.registry import adapters_for
 from models import McpSettings, Turn
+from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeResponse
 from tests.runtime_support import items_of_turn
 from worker import run_agent
@@ -159,3 +160,38 @@ def _last_turn(spec, answer) -> str:  # noqa: ANN001
     from activities.thread_store import ThreadStore
 
     return ThreadStore.for_room(spec.room).items(answer["thread_id"])[-1].turn_id
+
+
+def test_serving_mcp_beyond_loopback_needs_a_token() -> None:
+    refused = run_cli("process", "join", "--room", "r", "--agent-name", "a", "--model", "offline", "--channel",
+                      "toolkit:helper", "--mcp-serve-port", "0", "--mcp-serve-host", "0.0.0.0")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip() == (
+        "error: --mcp-serve-host 0.0.0.0 is reachable from other machines, so the MCP server needs a bearer token: "
+        "pass --mcp-serve-token TOKEN (or set THREADLINE_MCP_SERVE_TOKEN), or bind to 127.0.0.1")
+
+
+async def test_the_mcp_server_checks_its_token(temporal_client: TemporalClient, agent_spec, fake_model):
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    port = free_port()
+    spec = agent_spec.model_copy(update={"channels": ["toolkit:helper"],
+                                         "mcp": McpSettings(serve_port=port, serve_token="s3cret")})
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_agent(temporal_client, spec, stop, ready, channels=adapters_for(spec.channels)))
+    await asyncio.wait_for(ready.wait(), 30)
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        async with httpx2.AsyncClient() as plain:
+            anonymous = await plain.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                                         headers={"Accept": "application/json, text/event-stream"})
+        assert anonymous.status_code == 401
+        http = create_mcp_http_client(headers={"Authorization": "Bearer s3cret"})
+        async with http, Client(streamable_http_client(url, http_client=http)) as client:
+            result = await asyncio.wait_for(client.call_tool("run_helper_task", {"prompt": "hi"}), 60)
+            assert json.loads(result.content[0].text)["text"] == "echo: hi"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

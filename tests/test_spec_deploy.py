@@ -389,3 +389,12 @@ async def test_three_agent_processes_share_90_jobs_one_killed_all_complete_once(
     counts = Counter(r.last_user_text for r in fake_model.requests)
     assert set(counts) == {f"job {n}" for n in range(90)} and max(counts.values()) <= 2
     assert Counter(job.agent for job in jobs)["scaler"] == 90
+
+
+def test_the_mcp_token_is_a_secret_reference(room: str, temporal_server) -> None:
+    data = spec_of(*agent_flags(room, temporal_server.address, "--channel", "toolkit:helper", "--mcp-serve-port",
+                                "8791", "--mcp-serve-host", "0.0.0.0", "--mcp-serve-token", "mcp-s3cret"))
+    assert "mcp-s3cret" not in yaml.safe_dump(data)
+    assert "serve_token" not in data["agent"]["mcp"]
+    assert {"name": "THREADLINE_MCP_SERVE_TOKEN", "secret": "support-secrets", "key": "mcp-serve-token",
+            "optional": False, "description": "bearer token of the agent's MCP server"} in data["env"]
