@@ -237,7 +237,6 @@ class ThreadState(BaseModel):
 
 class ThreadStart(BaseModel):
     state: ThreadState
-    force_continue_as_new: bool = Field(False, description="tests: continue-as-new after every turn")
 
 
 class ThreadSnapshot(BaseModel):

@@ -115,11 +115,11 @@ def new_turn_id() -> str:
 
 
 def _start_operation(
-    agent: AgentRef, thread_id: str, channel: str, force_continue_as_new: bool
+    agent: AgentRef, thread_id: str, channel: str
 ) -> WithStartWorkflowOperation[ThreadWorkflow, None]:
     return WithStartWorkflowOperation(
         ThreadWorkflow.run,
-        _initial_start(agent, thread_id, channel, force_continue_as_new),
+        _initial_start(agent, thread_id, channel),
         id=thread_id,
         task_queue=agent.task_queue,
         id_conflict_policy=common.WorkflowIDConflictPolicy.USE_EXISTING,
@@ -127,9 +127,9 @@ def _start_operation(
     )
 
 
-def _initial_start(agent: AgentRef, thread_id: str, channel: str, force_continue_as_new: bool) -> ThreadStart:
+def _initial_start(agent: AgentRef, thread_id: str, channel: str) -> ThreadStart:
     state = ThreadState(thread_id=thread_id, room=agent.room, agent_name=agent.agent_name, channel=channel)
-    return ThreadStart(state=state, force_continue_as_new=force_continue_as_new)
+    return ThreadStart(state=state)
 
 
 def _search_attributes(agent: AgentRef, channel: str) -> common.TypedSearchAttributes:
@@ -142,13 +142,13 @@ def _search_attributes(agent: AgentRef, channel: str) -> common.TypedSearchAttri
 
 
 async def submit_turn(
-    client: Client, agent: AgentRef, thread_id: str, turn: Turn, *, force_continue_as_new: bool = False
+    client: Client, agent: AgentRef, thread_id: str, turn: Turn
 ) -> Reply:
     """Delivers the turn and waits for its reply. Delivering the same turn id again returns the same reply."""
     in_flight = _updates_in_flight.setdefault(client, Counter())
     if in_flight[thread_id] < UPDATES_IN_FLIGHT_PER_THREAD:
         in_flight[thread_id] += 1
-        operation = _start_operation(agent, thread_id, turn.channel, force_continue_as_new)
+        operation = _start_operation(agent, thread_id, turn.channel)
         try:
             return await client.execute_update_with_start_workflow(
                 ThreadWorkflow.submit_turn, turn, id=turn.turn_id, start_workflow_operation=operation
@@ -166,7 +166,7 @@ async def submit_turn(
             if not in_flight[thread_id]:
                 del in_flight[thread_id]
             _retrieve_start_error(operation)
-    await deliver_turn(client, agent, thread_id, turn, force_continue_as_new=force_continue_as_new)
+    await deliver_turn(client, agent, thread_id, turn)
     return await wait_for_reply(client, thread_id, turn.turn_id)
 
 
@@ -179,12 +179,12 @@ def _retrieve_start_error(operation: WithStartWorkflowOperation[ThreadWorkflow, 
 
 
 async def deliver_turn(
-    client: Client, agent: AgentRef, thread_id: str, turn: Turn, *, force_continue_as_new: bool = False
+    client: Client, agent: AgentRef, thread_id: str, turn: Turn
 ) -> None:
     """Returns once Temporal has durably accepted the turn; the thread runs it when its worker is up."""
     await client.start_workflow(
         ThreadWorkflow.run,
-        _initial_start(agent, thread_id, turn.channel, force_continue_as_new),
+        _initial_start(agent, thread_id, turn.channel),
         id=thread_id,
         task_queue=agent.task_queue,
         id_conflict_policy=common.WorkflowIDConflictPolicy.USE_EXISTING,

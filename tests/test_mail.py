@@ -37,7 +37,7 @@ from models import AgentSpec, JobStatus, MailEnvelope, MailReplyRequest, MailSet
 from tests.cli_helpers import run_cli
 from tests.conftest import REPO
 from tests.fake_openai import FakeRequest, FakeResponse
-from tests.runtime_support import eventually
+from tests.runtime_support import eventually, record_history
 from tests.temporal_server import TemporalDevServer, free_port
 from worker import run_agent
 from workflows.queue_job import public_job_id
@@ -270,6 +270,8 @@ async def test_new_mail_is_answered_in_thread_and_replies_continue_it(
         assert await send(port, second) == 250
         job2 = await job_done(temporal_client, spec, second["Message-ID"])
         assert job2.thread_id == job.thread_id and len(sink.messages) == 2
+        mail_job = temporal_client.get_workflow_handle(f"{spec.room}/.queues/{job_id(spec, second['Message-ID'])}")
+        await record_history(mail_job, "mail_job")
         answer = sink.messages[1]
         assert answer["Subject"] == "Re: Order 42" and answer["In-Reply-To"] == second["Message-ID"]
         assert answer["References"].split() == [first["Message-ID"], reply["Message-ID"], second["Message-ID"]]

@@ -32,6 +32,7 @@ from cli.room import room_app
 from models import MAX_PAYLOAD_BYTES, AgentSpec, JobPayloadError, JobStatus
 from tests.conftest import REPO
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
+from tests.runtime_support import record_history
 from workflows.search_attributes import AGENT_ATTRIBUTE, JOB_STATUS_ATTRIBUTE, QUEUE_ATTRIBUTE, ROOM_ATTRIBUTE
 
 QUEUE = "jobs"
@@ -261,6 +262,8 @@ async def test_cli_send_wait_prints_result_and_exit_code(temporal_server, tempor
         lambda: asyncio.to_thread(cli, "list", *where, "-o", "json"), lambda r: len(json.loads(r.stdout)) == 3
     )
     assert {j["status"] for j in json.loads(listed.stdout)} == {"completed", "failed"}
+    await record_history(temporal_client.get_workflow_handle(f"{agent_spec.room}/.queues/{accepted['job_id']}"),
+                         "queue_job")
 
 
 async def test_queue_named_like_an_address_works_everywhere(temporal_server, temporal_client, agent_spec, consumer,

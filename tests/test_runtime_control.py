@@ -115,7 +115,8 @@ async def test_interrupt_cancels_running_tools(temporal_client: Client, agent_sp
     spec = agent_spec.model_copy(update={"tools": ["tests.tools_for_tests:slow_lookup"]})
     await agent_worker(spec)
     thread_id = _thread(spec)
-    fake_model.enqueue(FakeResponse.tool_calls([("slow_lookup", {"key": "k", "seconds": 30})]))
+    fake_model.enqueue(FakeResponse.tool_calls([("slow_lookup", {"key": "k", "seconds": 30}),
+                                                ("slow_lookup", {"key": "j", "seconds": 30})]))
     turn = Turn(turn_id=new_turn_id(), text="look it up")
     call = asyncio.create_task(submit_turn(temporal_client, spec.ref, thread_id, turn))
 
@@ -124,20 +125,25 @@ async def test_interrupt_cancels_running_tools(temporal_client: Client, agent_sp
         return [a for a in description.raw_description.pending_activities
                 if a.activity_type.name == "run_tool" and a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED]
 
-    await eventually(tool_running, what="tool activity started")
+    await eventually(lambda: _count_is(tool_running, 2), what="both tool activities started")
     await interrupt_turn(temporal_client, thread_id, "some-other-turn")  # not the running turn: ignored
     await interrupt_turn(temporal_client, thread_id, turn.turn_id)
     reply = await asyncio.wait_for(call, 20)
     assert reply.status == "cancelled"
     history = await temporal_client.get_workflow_handle(thread_id).fetch_history()
-    assert ACTIVITY_CANCELED in event_types(history), "the tool activity was not cancelled"
+    assert event_types(history).count(ACTIVITY_CANCELED) == 2, "the tool activities were not cancelled"
     assert not tool_log_path().exists(), "the tool ran to completion"
     types = [i.type for i in items_of_turn(spec.room, thread_id, turn.turn_id)]
     assert types == ["user", "assistant", "status"]
     after = await submit_turn(temporal_client, spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="next"))
     assert after.status == "completed"
     roles = [m["role"] for m in fake_model.requests[-1].messages]
-    assert roles == ["user", "assistant", "tool", "user"]  # the stopped call got a placeholder result
+    assert roles == ["user", "assistant", "tool", "tool", "user"]  # the stopped calls got placeholder results
+    await record_history(temporal_client.get_workflow_handle(thread_id), "interrupt_parallel_tools")
+
+
+async def _count_is(read, n: int) -> bool:  # noqa: ANN001
+    return len(await read()) == n
 
 
 async def test_parallel_tool_calls(temporal_client: Client, agent_spec, agent_worker, fake_model: FakeOpenAI):
@@ -261,6 +267,7 @@ async def test_a_steer_the_failed_turn_could_not_apply_runs_next(temporal_client
     failed = await asyncio.wait_for(call, 30)
     assert failed.status == "failed" and "rejected by the fake" in failed.error
     steered = await wait_for_reply(temporal_client, thread_id, f"{turn.turn_id}-steer-1", timeout=30)
+    await record_history(temporal_client.get_workflow_handle(thread_id), "steer_after_failure")
     assert steered.status == "completed" and steered.text == "echo: and this too"
     assert [(i.type, i.text) for i in items_of_turn(agent_spec.room, thread_id, steered.turn_id)] == [
         ("user", "and this too"), ("assistant", "echo: and this too"),
@@ -286,6 +293,7 @@ async def test_a_tool_that_times_out_answers_the_model_and_the_turn_goes_on(
     assert reply.text == f"tools done: error: the tool {tool} timed out after 1 s"
     result = next(i for i in items_of_turn(spec.room, thread_id, reply.turn_id) if i.type == "tool_result")
     assert result.data["ok"] is False and result.text == f"error: the tool {tool} timed out after 1 s"
+    await record_history(temporal_client.get_workflow_handle(thread_id), f"tool_timeout_{tool}")
 
 
 async def test_a_tool_whose_worker_stops_responding_answers_the_model(temporal_client: Client, agent_spec,
@@ -302,3 +310,4 @@ async def test_a_tool_whose_worker_stops_responding_answers_the_model(temporal_c
     assert reply.text == f"tools done: {expected}"
     result = next(i for i in items_of_turn(spec.room, thread_id, reply.turn_id) if i.type == "tool_result")
     assert result.data["ok"] is False and result.text == expected
+    await record_history(temporal_client.get_workflow_handle(thread_id), "tool_lost_worker")

@@ -11,7 +11,15 @@ from temporalio.client import Client
 
 from activities.agent import MAX_RETRY_AFTER_SECONDS, retry_delay
 from activities.thread_store import ThreadStore
-from channels.delivery import deliver_turn, new_thread_name, new_turn_id, submit_turn, thread_snapshot, wait_for_reply
+from channels.delivery import (
+    connect,
+    deliver_turn,
+    new_thread_name,
+    new_turn_id,
+    submit_turn,
+    thread_snapshot,
+    wait_for_reply,
+)
 from models import AgentSpec, Turn
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.runtime_support import (
@@ -27,6 +35,8 @@ from tests.runtime_support import (
     store_items,
 )
 from tests.temporal_server import TemporalDevServer
+from worker import run_agent
+from workflows.search_attributes import SEARCH_ATTRIBUTES
 
 
 def _thread(spec: AgentSpec) -> str:
@@ -192,12 +202,38 @@ async def test_temporal_server_restart_loses_nothing(temporal_server: TemporalDe
     assert (await thread_snapshot(temporal_client, thread_id)).turns_completed == 3
 
 
-async def test_forced_continue_as_new_every_turn(temporal_client: Client, agent_spec, agent_worker, fake_model):
-    await agent_worker(agent_spec)
+@pytest.fixture(scope="module")
+def rollover_server() -> TemporalDevServer:
+    """A dev server that suggests continue-as-new after a few history events: every turn or two rolls over, by
+    Temporal's own suggestion, as a long thread does on a default server after thousands of events."""
+    server = TemporalDevServer(
+        search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES},
+        extra_args=["--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={SUGGEST_AFTER_EVENTS}"],
+    )
+    server.start()
+    yield server
+    server.close()
+
+
+SUGGEST_AFTER_EVENTS = 10
+
+
+@pytest.fixture
+async def rollover(rollover_server: TemporalDevServer, agent_spec):  # noqa: ANN201
+    client = await connect(rollover_server.address)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_agent(client, agent_spec, stop, ready))
+    await asyncio.wait_for(ready.wait(), 30)
+    yield client
+    stop.set()
+    await asyncio.wait_for(task, 30)
+
+
+async def test_continue_as_new_when_temporal_suggests_it(rollover: Client, agent_spec, fake_model):
+    temporal_client = rollover
     thread_id = _thread(agent_spec)
     turns = [Turn(turn_id=new_turn_id(), text=f"turn {n}") for n in range(5)]
-    replies = [await submit_turn(temporal_client, agent_spec.ref, thread_id, t, force_continue_as_new=True)
-               for t in turns]
+    replies = [await submit_turn(temporal_client, agent_spec.ref, thread_id, t) for t in turns]
     assert [r.text for r in replies] == [f"echo: turn {n}" for n in range(5)]
     expected = []
     for n in range(4):
@@ -210,7 +246,7 @@ async def test_forced_continue_as_new_every_turn(temporal_client: Client, agent_
         runs = await runs_of(temporal_client, thread_id)
         return runs if len(runs) >= 5 else None
 
-    runs = await eventually(rolled_over, what="a run per turn")
+    runs = await eventually(rolled_over, what="a run per turn (Temporal suggests a rollover after every turn)")
     for run_id in runs[:-1]:
         history = await temporal_client.get_workflow_handle(thread_id, run_id=run_id).fetch_history()
         assert event_types(history)[-1] == CONTINUED_AS_NEW
@@ -225,16 +261,15 @@ async def test_forced_continue_as_new_every_turn(temporal_client: Client, agent_
     assert snap.usage.model_calls == 5
 
 
-async def test_signal_queued_turn_survives_continue_as_new(temporal_client: Client, agent_spec, agent_worker,
-                                                           fake_model):
-    await agent_worker(agent_spec)
+async def test_signal_queued_turn_survives_continue_as_new(rollover: Client, agent_spec, fake_model):
+    temporal_client = rollover
     thread_id = _thread(agent_spec)
     gate = Gate()
     fake_model.enqueue(gate.response())
     first, second = Turn(turn_id=new_turn_id(), text="first"), Turn(turn_id=new_turn_id(), text="second")
-    await deliver_turn(temporal_client, agent_spec.ref, thread_id, first, force_continue_as_new=True)
+    await deliver_turn(temporal_client, agent_spec.ref, thread_id, first)
     await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
-    await deliver_turn(temporal_client, agent_spec.ref, thread_id, second, force_continue_as_new=True)
+    await deliver_turn(temporal_client, agent_spec.ref, thread_id, second)
     await eventually(lambda: _queued(temporal_client, thread_id), what="second turn queued")
     gate.release()
     reply = await asyncio.wait_for(wait_for_reply(temporal_client, thread_id, second.turn_id), 30)

@@ -2,9 +2,11 @@
 change that breaks determinism for running threads fails CI instead of stalling threads in production.
 
 The histories in tests/histories/ were recorded by the scenario tests (plain turns, tool loop, steer, interrupt,
-model failure, continue-as-new, and an agent-to-agent call in a child workflow). To re-record them after an intended, versioned workflow change:
+model failure, continue-as-new, an agent-to-agent call in a child workflow, interrupted parallel tools, steers
+and tool failures handled by the patched paths) and by the queue, mail and toolkit tests, one for each workflow type. To re-record them after an intended, versioned workflow change:
 
-    THREADLINE_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_runtime_*.py
+    THREADLINE_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_runtime_*.py tests/test_queue.py tests/test_mail.py \
+        tests/test_toolkit.py
 
 and commit the changed JSON files. Never re-record just to make this test pass: a history that no longer replays
 means threads running the old code would break on deploy (use `workflow.patched` instead).
@@ -23,17 +25,31 @@ from channels.delivery import new_thread_name, new_turn_id, submit_turn
 from models import Turn
 from tests.fake_openai import FakeResponse
 from tests.runtime_support import HISTORIES
+from workflows.mail_job import MailJobWorkflow
+from workflows.queue_job import QueueJobWorkflow
 from workflows.thread import ThreadWorkflow
+from workflows.tool_call import ToolCallWorkflow
+from workflows.toolkit import ToolkitWorkflow
 
-EXPECTED = {"plain_turns", "tool_loop", "steer", "interrupt", "model_failure", "continue_as_new", "toolkit_call"}
+EXPECTED = {
+    "plain_turns", "tool_loop", "steer", "interrupt", "model_failure", "continue_as_new", "toolkit_call",
+    "interrupt_parallel_tools", "steer_after_failure", "tool_timeout_hangs", "tool_timeout_hangs_blocking",
+    "tool_lost_worker", "tool_call_child", "toolkit_registry", "queue_job", "mail_job",
+}
+WORKFLOWS = [ThreadWorkflow, ToolCallWorkflow, QueueJobWorkflow, MailJobWorkflow, ToolkitWorkflow]
+"""Every workflow type the worker registers: each has a recorded history above."""
 
 
 def _replayer() -> Replayer:
-    return Replayer(workflows=[ThreadWorkflow], data_converter=pydantic_data_converter)
+    return Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
 
 
 def test_every_scenario_has_a_recorded_history():
     assert {p.stem for p in HISTORIES.glob("*.json")} >= EXPECTED
+    recorded_types = {WorkflowHistory.from_json(p.stem, p.read_text()).events[0]
+                      .workflow_execution_started_event_attributes.workflow_type.name
+                      for p in HISTORIES.glob("*.json")}
+    assert recorded_types == {w.__temporal_workflow_definition.name for w in WORKFLOWS}
 
 
 @pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)

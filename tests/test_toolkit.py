@@ -31,6 +31,7 @@ from tests.cli_helpers import CliProcess, cli_env
 from tests.conftest import REPO
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
 from tests.runtime_support import record_history
+from workflows.toolkit import toolkit_workflow_id
 
 CLI = [sys.executable, "-m", "cli.app"]
 
@@ -283,6 +284,8 @@ async def test_agent_uses_another_agents_toolkit(temporal_client: Client, room: 
     call = await temporal_client.get_workflow_handle(call_id).describe()
     assert call.workflow_type == "ToolCallWorkflow" and call.parent_id == ant.spec.ref.thread_id("t1")
     await record_history(temporal_client.get_workflow_handle(ant.spec.ref.thread_id("t1")), "toolkit_call")
+    await record_history(temporal_client.get_workflow_handle(call_id), "tool_call_child")
+    await record_history(temporal_client.get_workflow_handle(toolkit_workflow_id(room, "helper")), "toolkit_registry")
 
 
 async def test_callee_killed_mid_call_runs_the_task_once(

@@ -69,14 +69,12 @@ class ThreadWorkflow:
     @workflow.init
     def __init__(self, start: ThreadStart) -> None:
         self.state = start.state
-        self.force_continue_as_new = start.force_continue_as_new
         self.running: Turn | None = None
         self.steers: list[Steer] = []
         self.interrupted_turn_id: str | None = None
         self.inflight: set[asyncio.Task[Any]] = set()
         self.run_updates = 0
         self.reply_times: dict[str, float] = {}
-        self.turns_this_run = 0
         self.status: ThreadStatus = "idle"
 
     @workflow.run
@@ -87,17 +85,13 @@ class ThreadWorkflow:
                 # Update handlers of queued turns wait for their replies, so roll over only once none is waiting.
                 await workflow.wait_condition(lambda: workflow.all_handlers_finished() or bool(self.state.queue))
                 if workflow.all_handlers_finished():
-                    workflow.continue_as_new(ThreadStart(state=self.state, force_continue_as_new=self.force_continue_as_new))
+                    workflow.continue_as_new(ThreadStart(state=self.state))
             turn = self.state.queue.pop(0)
             reply = await self._run_turn(turn)
             self._remember(reply)
 
     def _run_is_full(self) -> bool:
-        return (
-            workflow.info().is_continue_as_new_suggested()
-            or self.run_updates >= UPDATES_PER_RUN
-            or (self.force_continue_as_new and self.turns_this_run > 0)
-        )
+        return workflow.info().is_continue_as_new_suggested() or self.run_updates >= UPDATES_PER_RUN
 
     # Admission: one path, two ways in.
 
@@ -153,7 +147,6 @@ class ThreadWorkflow:
         ][-MAX_KEPT_REPLIES:]
         self.reply_times = {r.turn_id: self.reply_times[r.turn_id] for r in self.state.recent_replies}
         self.state.seen_turn_ids = [*self.state.seen_turn_ids, reply.turn_id][-SEEN_TURN_IDS:]
-        self.turns_this_run += 1
         self.state.turns_completed += 1
 
     # Double texting.
