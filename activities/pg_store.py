@@ -183,12 +183,6 @@ class PgThreadStore:
                          for i in items],
                     )
 
-    def set_status(self, thread_id: str, status: ThreadStatus) -> None:
-        self._connect().execute(
-            "UPDATE threadline_threads SET status=%s, modified_at=%s WHERE room=%s AND thread_id=%s",
-            (status, time.time(), self.room, thread_id),
-        )
-
     def ensure_thread(self, thread_id: str, *, room: str, agent: str, channel: str = "chat", name: str = "") -> None:
         """Creates the thread's row (no items yet) unless it exists; its first message names it when `name` is empty."""
         now = time.time()
@@ -326,12 +320,6 @@ class PgStreamLog:
         row = self._connect().execute(
             "SELECT MAX(id) FROM threadline_stream_events WHERE room=%s AND thread_id=%s AND created_at<=%s",
             (self.room, thread_id, created_at),
-        ).fetchone()
-        return (row[0] or 0) if row else 0
-
-    def last_id(self) -> int:
-        row = self._connect().execute(
-            "SELECT MAX(id) FROM threadline_stream_events WHERE room=%s", (self.room,)
         ).fetchone()
         return (row[0] or 0) if row else 0
 

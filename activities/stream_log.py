@@ -94,10 +94,6 @@ class StreamLog:
         ).fetchone()
         return row[0] or 0
 
-    def last_id(self) -> int:
-        row = self._connect().execute("SELECT MAX(id) FROM stream_events").fetchone()
-        return row[0] or 0
-
     def prune(self, older_than: float = KEEP_SECONDS) -> None:
         self._connect().execute("DELETE FROM stream_events WHERE created_at<?", (time.time() - older_than,))
 

@@ -126,11 +126,6 @@ class ThreadStore:
             db.execute("ROLLBACK")
             raise
 
-    def set_status(self, thread_id: str, status: ThreadStatus) -> None:
-        self._connect().execute(
-            "UPDATE threads SET status=?, modified_at=? WHERE thread_id=?", (status, time.time(), thread_id)
-        )
-
     def ensure_thread(self, thread_id: str, *, room: str, agent: str, channel: str = "chat", name: str = "") -> None:
         """Creates the thread's row (no items yet) unless it exists; its first message names it when `name` is empty."""
         now = time.time()

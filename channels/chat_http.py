@@ -72,6 +72,8 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 TOKEN_ENV = "THREADLINE_HTTP_TOKEN"
 DEFAULT_TEMPORAL_UI = "http://localhost:8233"
 PUBLIC_PATHS = ("/", "/index.html", "/favicon.ico", "/healthz")
+MAX_EVENT_STREAMS = 500
+"""Open `/events` streams per agent process; more get 503 (each holds a connection and a share of the poller)."""
 MAX_REQUEST_BYTES = 4 * MAX_TURN_TEXT_BYTES
 """Room for a turn at its size limit with JSON escaping; larger bodies are refused before they are read."""
 
@@ -291,6 +293,7 @@ class ChatApi:
         self.log = open_stream_log(spec.room, spec.thread_store_url)
         self.watcher = StatusWatcher(client, self.store)
         self.ui = temporal_ui_base(spec)
+        self.open_streams = 0
 
     # Helpers.
 
@@ -451,13 +454,20 @@ class ChatApi:
 
     async def events(self, request: Request) -> Response:
         thread_id = self.thread_id(request.path_params["tid"])
+        if self.open_streams >= MAX_EVENT_STREAMS:
+            raise ApiError(503, f"this agent already serves {MAX_EVENT_STREAMS} event streams: try again later",
+                           "too_many_streams")
         cursor = Cursor.parse(request.headers.get("last-event-id")) or Cursor.parse(
             request.query_params.get("after")) or current_cursor(self.store, self.log, thread_id)
 
         async def stream() -> AsyncIterator[str]:
-            yield f"retry: 1000\nid: {cursor}\nevent: hello\ndata: {json.dumps({'thread_id': thread_id})}\n\n"
-            async for event in follow(self.store, self.log, self.watcher, thread_id, cursor, self.closing):
-                yield ": keep-alive\n\n" if event is None else event.sse()
+            self.open_streams += 1
+            try:
+                yield f"retry: 1000\nid: {cursor}\nevent: hello\ndata: {json.dumps({'thread_id': thread_id})}\n\n"
+                async for event in follow(self.store, self.log, self.watcher, thread_id, cursor, self.closing):
+                    yield ": keep-alive\n\n" if event is None else event.sse()
+            finally:
+                self.open_streams -= 1
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={
             "Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Thread-Id": thread_id,

@@ -26,7 +26,3 @@ def adapters_for(channels: list[str]) -> list[ChannelAdapter]:
         adapters.append(ToolkitChannel(*toolkits))
     return adapters
 
-
-def unavailable(channels: list[str]) -> list[str]:
-    """Channels the grammar accepts whose adapters this version does not have yet."""
-    return [c for c in channels if c != "chat" and c.partition(":")[0] not in {*ADAPTERS, "toolkit"}]

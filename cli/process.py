@@ -171,14 +171,6 @@ class AgentRun:
             await self.wait()
 
 
-def _warn_unavailable_channels(channels: list[str]) -> None:
-    from channels.registry import unavailable
-
-    for channel in unavailable(channels):
-        warn(f"channel {channel}: its adapter is not available in this version of Threadline; "
-                 "the agent runs without it")
-
-
 def _status_line(spec, temporal) -> str:  # noqa: ANN001
     parts = [
         f"agent {spec.agent_name}", f"room {spec.room}", f"task queue {spec.ref.task_queue}",
@@ -223,7 +215,6 @@ async def _join(spec, connection: ConnectionOptions, health_port: int | None = N
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    _warn_unavailable_channels(spec.channels)
     await runner.start()
     out.print(escape(_status_line(spec, temporal)))
     await runner.wait()
@@ -269,8 +260,7 @@ async def _run(spec, connection: ConnectionOptions, message: str | None, thread_
 
     temporal = await open_temporal(connection)
     if message is None:
-        _warn_unavailable_channels(spec.channels)
-    runner = AgentRun(temporal.client, spec)
+        runner = AgentRun(temporal.client, spec)
     await runner.start()
     try:
         ref = spec.ref

@@ -295,11 +295,3 @@ def list_(
 
     return _run(go())
 
-
-def main() -> None:
-    """Standalone entry (`python -m cli.room`) until `room_app` is mounted in the main app."""
-    room_app()
-
-
-if __name__ == "__main__":
-    main()

@@ -11,11 +11,13 @@ import openai
 import pytest
 from temporalio.client import Client
 
+from channels import chat_http
 from channels.chat_http import HttpConfigError, check_settings
 from models import MAX_TURN_TEXT_BYTES, HttpSettings
 from tests.chat_http_support import chat_server, deltas, ended, sse
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
+from tests.runtime_support import eventually
 
 
 async def _new_thread(http: httpx.AsyncClient) -> str:
@@ -290,3 +292,19 @@ async def test_without_a_token_cross_site_and_rebinding_requests_are_refused(tem
         assert (await http.get("/api/threads", headers={"Host": "localhost:1234"})).status_code == 200
         items = (await http.get(f"/api/threads/{thread_id}/items")).json()["items"]
         assert [i["text"] for i in items] == ["hello", "echo: hello"] and fake_model.count() == 1
+
+
+async def test_event_streams_are_capped(temporal_client: Client, agent_spec, monkeypatch):
+    monkeypatch.setattr(chat_http, "MAX_EVENT_STREAMS", 2)
+    async with chat_server(temporal_client, agent_spec) as server, server.client() as http:
+        thread_id = await _new_thread(http)
+        path = f"/api/threads/{thread_id}/events"
+        async with sse(http, path) as first, sse(http, path):
+            await first.wait_for(lambda evs: any(e.event == "hello" for e in evs))
+            refused = await http.get(path)
+            assert refused.status_code == 503 and "2 event streams" in refused.json()["error"]["message"]
+
+        async def reopened() -> bool:
+            async with http.stream("GET", path) as response:
+                return response.status_code == 200
+        await eventually(reopened, 10, what="a stream slot freed once a client left")

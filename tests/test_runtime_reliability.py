@@ -37,6 +37,7 @@ from tests.runtime_support import (
 from tests.temporal_server import TemporalDevServer
 from worker import run_agent
 from workflows.search_attributes import SEARCH_ATTRIBUTES
+from workflows.thread import CUT_AT_ROLLOVER
 
 
 def _thread(spec: AgentSpec) -> str:
@@ -288,3 +289,38 @@ async def test_signal_queued_turn_survives_continue_as_new(rollover: Client, age
 
 async def _queued(client: Client, thread_id: str) -> bool:
     return bool((await thread_snapshot(client, thread_id)).queued_turn_ids)
+
+
+async def test_many_large_queued_turns_and_long_replies_roll_over(rollover: Client, agent_spec, fake_model):
+    client, ref = rollover, agent_spec.ref
+    thread_id = _thread(agent_spec)
+    long_reply = "x" * (100 * 1024)
+    fake_model.script(lambda req: FakeResponse.text(req.last_user_text[:8] + " " + long_reply))
+    gate = Gate()
+    fake_model.enqueue(gate.response())
+    first = Turn(turn_id=new_turn_id(), text="first")
+    await deliver_turn(client, ref, thread_id, first)
+    await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
+    queued = [Turn(turn_id=new_turn_id(), text=f"job {n:02d} " + "y" * (100 * 1024)) for n in range(50)]
+    for turn in queued:
+        await deliver_turn(client, ref, thread_id, turn)
+    gate.release()
+    replies = [await wait_for_reply(client, thread_id, t.turn_id, timeout=120) for t in queued]
+    completed = [r for r in replies if r.status == "completed"]
+    refused = [r for r in replies if r.status == "failed"]
+    # 1 MiB of waiting text holds ten of these turns; the others are answered at once, saying why.
+    assert len(completed) == 10 and len(refused) == 40
+    assert [r.turn_id for r in completed] == [t.turn_id for t in queued[:10]]
+    assert [r.text[:6] for r in completed] == [f"job {n:02d}" for n in range(10)], [r.text[:40] for r in completed]
+    # Replies that crossed a rollover after newer ones may be cut there; the thread store has every one whole.
+    whole = {i.turn_id: i.text for i in store_items(agent_spec.room, thread_id) if i.type == "assistant"}
+    for reply in completed:
+        assert whole[reply.turn_id].endswith(long_reply)
+        assert reply.text == whole[reply.turn_id] or reply.text.endswith(CUT_AT_ROLLOVER)
+    assert completed[-1].text == whole[completed[-1].turn_id]
+    assert all("turns waiting" in r.error and "the limit is 1,048,576" in r.error for r in refused), refused[0].error
+    runs = await runs_of(client, thread_id)
+    assert len(runs) >= 3, "the thread did not roll over"
+    after = await submit_turn(client, ref, thread_id, Turn(turn_id=new_turn_id(), text="still there?"))
+    assert after.status == "completed" and after.text.startswith("still th")
+    assert (await thread_snapshot(client, thread_id)).turns_completed == 12

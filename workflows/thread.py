@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         ThreadItem,
         ThreadSnapshot,
         ThreadStart,
+        ThreadState,
         ThreadStatus,
         ToolCallInput,
         ToolOutcome,
@@ -45,15 +46,31 @@ REPLY_RETENTION_SECONDS = 300.0
 """Replies younger than this are kept beyond RECENT_REPLIES: callers that fell back to signal-and-poll find theirs
 even when many turns finish between two polls."""
 MAX_KEPT_REPLIES = 200
+MAX_QUEUED_BYTES = 1024 * 1024
+"""Text of the turns waiting in one thread. Continue-as-new carries them in one payload (Temporal refuses past
+2 MiB), so a turn that would pass this while others wait is answered `failed` at once, saying why."""
+CARRIED_REPLIES_BYTES = 384 * 1024
+CARRIED_CUT_REPLY_BYTES = 512
+"""Continue-as-new carries the newest replies whole up to CARRIED_REPLIES_BYTES in all, and older ones cut to
+CARRIED_CUT_REPLY_BYTES (the whole text is in the thread store), so with a full queue and 200 kept replies the
+rollover payload stays near 1.5 MiB, under Temporal's 2 MiB."""
+BOUNDED_STATE_PATCH = "bounded-queue-and-carried-replies"
 SEEN_TURN_IDS = 1000
 SNAPSHOT_REPLIES = 5
 SNAPSHOT_TEXT = 500
+CUT_AT_ROLLOVER = "\n[cut when the thread rolled over to a new run: the whole reply is in the thread store]"
 REQUEUE_STEERS_PATCH = "requeue-unanswered-steers"
 TOOL_FAILURE_AS_RESULT_PATCH = "tool-failure-as-result"
 MODEL_CALL_DEADLINE = timedelta(minutes=20)
 """All attempts of one model call together: a provider that keeps refusing ends the turn with its error."""
 MODEL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8)
 OUTCOME_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    if text is None or len(text.encode()) <= limit:
+        return text
+    return text.encode()[:limit].decode(errors="ignore") + CUT_AT_ROLLOVER
 
 
 class TurnInterrupted(Exception):
@@ -85,7 +102,7 @@ class ThreadWorkflow:
                 # Update handlers of queued turns wait for their replies, so roll over only once none is waiting.
                 await workflow.wait_condition(lambda: workflow.all_handlers_finished() or bool(self.state.queue))
                 if workflow.all_handlers_finished():
-                    workflow.continue_as_new(ThreadStart(state=self.state))
+                    workflow.continue_as_new(ThreadStart(state=self._carried_state()))
             turn = self.state.queue.pop(0)
             reply = await self._run_turn(turn)
             self._remember(reply)
@@ -125,9 +142,38 @@ class ThreadWorkflow:
         known = turn.turn_id in self.state.seen_turn_ids or any(t.turn_id == turn.turn_id for t in self.state.queue)
         if known or (self.running is not None and self.running.turn_id == turn.turn_id):
             return
+        queued = sum(len(t.text.encode()) for t in self.state.queue)
+        if self.state.queue and queued + len(turn.text.encode()) > MAX_QUEUED_BYTES \
+                and workflow.patched(BOUNDED_STATE_PATCH):
+            self._refuse(turn, f"the thread already has {len(self.state.queue)} turns waiting ({queued:,} bytes of "
+                               f"text; the limit is {MAX_QUEUED_BYTES:,}): send it again once they have run, or put "
+                               "large content in room storage")
+            return
         self.state.queue.append(turn)
         if self.running is None:
             self._set_status("running")
+
+    def _refuse(self, turn: Turn, reason: str) -> None:
+        """Answers a turn that was not admitted: its callers get the reason as a failed reply at once."""
+        self.state.recent_replies = [*self.state.recent_replies, Reply(
+            thread_id=self.state.thread_id, turn_id=turn.turn_id, status="failed", error=reason,
+        )][-MAX_KEPT_REPLIES:]
+        self.reply_times[turn.turn_id] = workflow.now().timestamp()
+        self.state.seen_turn_ids = [*self.state.seen_turn_ids, turn.turn_id][-SEEN_TURN_IDS:]
+
+    def _carried_state(self) -> ThreadState:
+        if not workflow.patched(BOUNDED_STATE_PATCH):
+            return self.state
+        carried: list[Reply] = []
+        total = 0
+        for reply in reversed(self.state.recent_replies):
+            total += len(reply.text.encode())
+            if total > CARRIED_REPLIES_BYTES:
+                reply = reply.model_copy(update={
+                    "text": _cut(reply.text, CARRIED_CUT_REPLY_BYTES), "error": _cut(reply.error, CARRIED_CUT_REPLY_BYTES),
+                })
+            carried.insert(0, reply)
+        return self.state.model_copy(update={"recent_replies": carried})
 
     def _reply_for(self, turn_id: str) -> Reply | None:
         return next((r for r in self.state.recent_replies if r.turn_id == turn_id), None)
