@@ -11,7 +11,6 @@ import contextlib
 import email.utils
 import math
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +19,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import heartbeating
 from activities.offline import offline_completion
 from activities.storage import RoomStorage
 from activities.stream_log import DeltaCoalescer, StreamLog
@@ -170,23 +170,6 @@ def _error_message(e: openai.APIStatusError) -> str:
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])
     return e.message
-
-
-@contextlib.asynccontextmanager
-async def heartbeating(interval: float = 1.0) -> AsyncIterator[None]:
-    """Heartbeats while the body runs, so a dead worker is noticed at the heartbeat timeout and cancels arrive."""
-
-    async def beat() -> None:
-        # The server times a missing first heartbeat from the activity's start, so a short call needs none.
-        while True:
-            await asyncio.sleep(interval)
-            activity.heartbeat()
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
 
 
 class AgentActivities:

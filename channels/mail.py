@@ -52,6 +52,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from activities.heartbeat import heartbeating
 from activities.storage import RoomStorage, StoragePathError, threadline_home
 from activities.stores import open_thread_store
 from activities.tools import Tool, ToolArgumentsError
@@ -712,14 +713,9 @@ async def send_recorded(
 ) -> None:
     """Sends `msg` through the relay (heartbeating) and records it as sent, keyed by its Message-ID. Callers check
     `store.was_sent` first. Refusals are non-retryable `MailRejected`, an unreachable relay `MailUnavailable`."""
-    async def beat() -> None:
-        while True:
-            activity.heartbeat()
-            await asyncio.sleep(1)
-
-    beating = asyncio.create_task(beat())
     try:
-        await asyncio.to_thread(relay_send, relay, msg, sender, recipients, env)
+        async with heartbeating(at_start=True):
+            await asyncio.to_thread(relay_send, relay, msg, sender, recipients, env)
     except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused) as e:
         raise ApplicationError(f"the relay refused the mail: {e}", type=ErrorType.MAIL_REJECTED, non_retryable=True) from e
     except smtplib.SMTPResponseException as e:
@@ -729,8 +725,6 @@ async def send_recorded(
                                non_retryable=permanent) from e
     except (OSError, smtplib.SMTPException) as e:
         raise ApplicationError(f"cannot reach the relay {relay}: {e}", type=ErrorType.MAIL_UNAVAILABLE) from e
-    finally:
-        beating.cancel()
     store.mark_sent(str(msg["Message-ID"]), thread_id, recipients)
 
 

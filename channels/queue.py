@@ -16,13 +16,12 @@ JSON value) runs with its whole JSON as the text. Unknown keys are kept as the j
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -39,6 +38,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from activities.heartbeat import heartbeating
 from channels.base import ChannelAdapter, ChannelContext
 from channels.delivery import register_search_attributes, submit_turn
 from models import (
@@ -369,23 +369,6 @@ async def list_jobs(
 # Consuming.
 
 
-@contextlib.asynccontextmanager
-async def _heartbeating(details: JobStarted, interval: float = 1.0) -> AsyncIterator[None]:
-    """Heartbeats with the job's agent and thread, so a dead consumer is noticed fast and `job_status` can show
-    who runs the job (from the pending activity) without the job workflow doing any work."""
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat(details)
-            await asyncio.sleep(interval)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-
-
 async def _running_details(client: Client, description: WorkflowExecutionDescription) -> JobStarted | None:
     for pending in description.raw_description.pending_activities:
         if pending.activity_type.name == "run_queue_turn" and pending.heartbeat_details.payloads:
@@ -410,7 +393,7 @@ class QueueActivities:
         except JobPayloadError as e:
             raise ApplicationError(str(e), type=ErrorType.JOB_PATH_ERROR, non_retryable=True) from e
         started = JobStarted(agent=agent.agent_name, thread_id=thread_id, started_at=datetime.now(timezone.utc))
-        async with _heartbeating(started):
+        async with heartbeating(started, at_start=True):
             while True:
                 try:
                     reply = await submit_turn(self.client, agent, thread_id, request.turn)

@@ -17,7 +17,7 @@ from channels.delivery import (
     wait_for_reply,
 )
 from models import AgentSpec, Turn
-from tests.fake_openai import FakeOpenAI, FakeResponse
+from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
 from tests.runtime_support import ConcurrencyRecorder, Gate, eventually, prompt_texts, record_history, store_items
 
 
@@ -101,7 +101,16 @@ async def test_update_limit_reached_by_two_clients_falls_back_to_signal(temporal
     other_client = await connect(temporal_server.address)
     thread_id = _thread(agent_spec)
     gate = Gate()
-    fake_model.enqueue(gate.response())
+    held: list[str] = []
+
+    def hold_the_first_turn(req: FakeRequest) -> FakeResponse | None:
+        # Chosen by text, not by order: a stray late request from an earlier test cannot take the gate.
+        if req.last_user_text.startswith("message ") and not held:
+            held.append(req.last_user_text)
+            return gate.response()
+        return None
+
+    fake_model.script(hold_the_first_turn)
     turns = [Turn(turn_id=new_turn_id(), text=f"message {n:02d}") for n in range(14)]
     calls = [
         asyncio.create_task(submit_turn(client, agent_spec.ref, thread_id, turn))
@@ -193,11 +202,11 @@ async def test_status_search_attributes_and_snapshot(temporal_client: Client, ag
     thread_id = _thread(agent_spec)
     room = agent_spec.room
     gate = Gate()
-    fake_model.enqueue(gate.response())
+    fake_model.script(lambda req: gate.response() if req.last_user_text == "first" else None)
     running = Turn(turn_id=new_turn_id(), text="first")
     queued = Turn(turn_id=new_turn_id(), text="second")
     first = asyncio.create_task(submit_turn(temporal_client, agent_spec.ref, thread_id, running))
-    await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
+    await fake_model.wait_for_async(lambda: fake_model.count(lambda r: r.last_user_text == "first") == 1)
     await deliver_turn(temporal_client, agent_spec.ref, thread_id, queued)
 
     async def snapshot_with_queue():
