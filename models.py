@@ -659,12 +659,14 @@ DEFAULT_MAX_MAIL_BYTES = 25 * 1024 * 1024
 
 class MailSettings(BaseModel):
     """`--smtp-host`, `--smtp-port` (0: no inbound server in this process), `--smtp-relay`, `--mail-allow`,
-    `--max-mail-size`, `--mail-failure-notice`."""
+    `--mail-require-auth`, `--max-mail-size`, `--mail-failure-notice`."""
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(2525, ge=0, le=65535)
     smtp_relay: str | None = Field(None, description="host:port of the relay that sends replies")
     allow: list[str] = Field(default_factory=list, description="addresses or @domains that may start work")
+    require_auth: str | None = Field(
+        None, description="authserv-id of the receiving server whose Authentication-Results must say pass")
     max_size: int = Field(DEFAULT_MAX_MAIL_BYTES, ge=1024)
     failure_notice: bool = True
 

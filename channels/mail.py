@@ -420,6 +420,27 @@ def _addresses(msg: EmailMessage, name: str) -> list[tuple[str, str]]:
     return [(n, a.lower()) for n, a in email.utils.getaddresses(values) if a and "@" in a]
 
 
+_AUTH_RESULT = re.compile(r"\b(spf|dkim|dmarc)\s*=\s*([a-z]+)", re.IGNORECASE)
+
+
+def authentication_verdict(msg: EmailMessage, authserv_id: str) -> tuple[bool, str]:
+    """Whether the receiving server `authserv_id` found the mail authentic, from its own Authentication-Results
+    headers (RFC 8601; headers naming any other server are ignored, a sender can write those): dmarc=pass, or when
+    it gave no DMARC result, dkim=pass or spf=pass. Returns (authentic, what it said)."""
+    results: dict[str, str] = {}
+    for header in msg.get_all("Authentication-Results") or []:
+        server, _, rest = str(header).partition(";")
+        words = server.split()
+        if not words or words[0].lower() != authserv_id:
+            continue
+        for method, result in _AUTH_RESULT.findall(rest):
+            results.setdefault(method.lower(), result.lower())
+    said = ", ".join(f"{m}={r}" for m, r in sorted(results.items())) or f"no Authentication-Results from {authserv_id}"
+    if "dmarc" in results:
+        return results["dmarc"] == "pass", said
+    return results.get("dkim") == "pass" or results.get("spf") == "pass", said
+
+
 def parse_mail(raw: bytes) -> ParsedMail:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(msg, EmailMessage)
@@ -767,6 +788,12 @@ class MailActivities:
         if not allowed(mail.from_address, self.spec.mail.allow):
             return MailTurnPlan(thread_id=thread_id, subject=mail.subject,
                                 skipped=f"{mail.from_address} is not in --mail-allow")
+        if self.spec.mail.require_auth:
+            authentic, said = authentication_verdict(mail.message, self.spec.mail.require_auth)
+            if not authentic:
+                return MailTurnPlan(thread_id=thread_id, subject=mail.subject,
+                                    skipped=f"not authenticated by {self.spec.mail.require_auth} ({said}): "
+                                            "--mail-require-auth")
         if reason := mail.automatic():
             return MailTurnPlan(thread_id=thread_id, subject=mail.subject, skipped=reason)
 

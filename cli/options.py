@@ -152,6 +152,13 @@ SmtpRelay = Annotated[
                  help="host:port of the SMTP relay that sends replies (login and TLS: THREADLINE_SMTP_* env vars).",
                  rich_help_panel=MAIL_PANEL, show_default=False),
 ]
+MailRequireAuth = Annotated[
+    str | None,
+    typer.Option("--mail-require-auth", envvar="THREADLINE_MAIL_REQUIRE_AUTH", metavar="AUTHSERV_ID",
+                 help="Answer only mail that the receiving server AUTHSERV_ID (the name in its Authentication-Results "
+                      "header) found authentic: dmarc=pass, or without DMARC dkim=pass or spf=pass.",
+                 rich_help_panel=MAIL_PANEL, show_default=False),
+]
 MailAllow = Annotated[
     list[str] | None,
     typer.Option("--mail-allow", envvar="THREADLINE_MAIL_ALLOW",
@@ -336,6 +343,7 @@ class AgentOptions:
     smtp_port: SmtpPort = 2525
     smtp_relay: SmtpRelay = None
     mail_allow: MailAllow = None
+    mail_require_auth: MailRequireAuth = None
     max_mail_size: MaxMailSize = 25 * 1024 * 1024
     mail_failure_notice: MailFailureNotice = True
     use_toolkit: UseToolkits = None
@@ -614,6 +622,7 @@ def mail_settings(agent: AgentOptions):  # noqa: ANN201
         smtp_host=agent.smtp_host, smtp_port=agent.smtp_port, smtp_relay=check_relay(agent.smtp_relay),
         allow=check_mail_allow(agent.mail_allow), max_size=agent.max_mail_size,
         failure_notice=agent.mail_failure_notice,
+        require_auth=agent.mail_require_auth.strip().lower() if agent.mail_require_auth else None,
     )
 
 

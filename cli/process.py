@@ -259,8 +259,7 @@ async def _run(spec, connection: ConnectionOptions, message: str | None, thread_
     from cli.connection import open_temporal
 
     temporal = await open_temporal(connection)
-    if message is None:
-        runner = AgentRun(temporal.client, spec)
+    runner = AgentRun(temporal.client, spec)
     await runner.start()
     try:
         ref = spec.ref

@@ -359,6 +359,25 @@ async def test_bounces_and_automatic_mail_are_recorded_not_answered(
     assert recorded[human["Message-ID"]]["status"] == "queued"
 
 
+async def test_mail_require_auth_answers_only_what_the_receiving_server_authenticated(
+    temporal_server, temporal_client, agent_spec, mailbox, sink, fake_model
+):
+    spec = mail_spec(agent_spec, sink, require_auth="mx.example.com")
+    good = new_mail("authentic", Authentication_Results="mx.example.com; spf=pass smtp.mailfrom=example.com; "
+                                                        "dkim=pass header.d=example.com; dmarc=pass header.from=example.com")
+    forged = new_mail("forged", Authentication_Results="relay.evil.example; dmarc=pass header.from=example.com")
+    failed = new_mail("spoofed", Authentication_Results="mx.example.com; spf=fail; dkim=none; dmarc=fail")
+    no_dmarc = new_mail("signed only", Authentication_Results="mx.example.com; dkim=pass header.d=example.com")
+    async with mail_agent(temporal_server, spec) as port:
+        for msg in (forged, failed, no_dmarc, good):
+            assert await send(port, msg) == 250
+        for msg in (forged, failed, no_dmarc, good):
+            assert (await job_done(temporal_client, spec, msg["Message-ID"])).status == "completed"
+    assert sorted(m["In-Reply-To"] for m in sink.messages) == sorted([good["Message-ID"], no_dmarc["Message-ID"]])
+    seen = " ".join(r.last_user_text for r in fake_model.requests)
+    assert "forged" not in seen and "spoofed" not in seen and "authentic" in seen
+
+
 async def test_smtp_refusals_unknown_recipient_size_and_allowlist(
     temporal_server, temporal_client, agent_spec, mailbox, sink
 ):

@@ -4,6 +4,7 @@ search backend, refusing to start without a provider, and web_fetch end to end t
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from temporalio.client import Client
@@ -21,6 +22,26 @@ from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeResponse
 from tests.runtime_support import items_of_turn
 from tests.web_support import LocalWeb
+
+_connects: list[tuple[str, int]] | None = None
+
+
+def _audit(event: str, args: tuple) -> None:
+    # Every TCP connection this process opens passes here (Python's `socket.connect` audit event).
+    if event == "socket.connect" and _connects is not None and isinstance(args[1], tuple):
+        _connects.append((str(args[1][0]), int(args[1][1])))
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture
+def connections() -> list[tuple[str, int]]:
+    """The (address, port) of every TCP connection the test opens, seen from outside the fetcher."""
+    global _connects
+    _connects = []
+    yield _connects
+    _connects = None
 
 
 @pytest.fixture
@@ -46,13 +67,13 @@ async def test_fetch_turns_html_into_readable_text(web: LocalWeb):
     assert missing.startswith(f"error: HTTP 404 from {web.base}/nope") and "nothing here" in missing
 
 
-async def test_loopback_is_refused_without_allow_and_nothing_connects(web: LocalWeb):
+async def test_loopback_is_refused_without_allow_and_nothing_connects(web: LocalWeb, connections):
     fetcher = WebFetcher()
     for url in (f"{web.base}/page", f"http://localhost:{web.port}/page", f"http://[::1]:{web.port}/page"):
         text = await fetcher.web_fetch(url)
         assert text.startswith("error: refused to fetch") and "loopback" in text, text
         assert "--web-fetch-allow" in text
-    assert fetcher.connect_attempts == [] and web.connections == 0
+    assert connections == [] and web.connections == 0
     # The allow entry is for this host:port only: another port on loopback stays refused.
     other = await WebFetcher(allow=AllowList.parse(["127.0.0.1:1"])).web_fetch(f"{web.base}/page")
     assert other.startswith("error: refused") and web.connections == 0
@@ -68,22 +89,22 @@ async def test_loopback_is_refused_without_allow_and_nothing_connects(web: Local
     ("http://224.0.0.1/", "multicast"),
     ("http://100.64.0.1/", "not a public address"),
 ])
-async def test_private_and_metadata_addresses_are_refused_before_connecting(url, reason):
+async def test_private_and_metadata_addresses_are_refused_before_connecting(url, reason, connections):
     fetcher = WebFetcher(timeout=5)
     text = await fetcher.web_fetch(url)
     assert text.startswith("error: refused to fetch") and reason in text, text
-    assert fetcher.connect_attempts == []
+    assert connections == []
 
 
-async def test_other_schemes_and_credentials_are_refused():
+async def test_other_schemes_and_credentials_are_refused(connections):
     fetcher = WebFetcher()
     assert (await fetcher.web_fetch("file:///etc/passwd")).startswith("error: only http and https")
     assert (await fetcher.web_fetch("ftp://example.org/x")).startswith("error: only http and https")
     assert "user name or password" in await fetcher.web_fetch("http://user:pw@example.org/")
-    assert fetcher.connect_attempts == []
+    assert connections == []
 
 
-async def test_redirect_to_loopback_is_refused(web: LocalWeb):
+async def test_redirect_to_loopback_is_refused(web: LocalWeb, connections):
     canary = LocalWeb().start()
     try:
         web.redirect_to = f"{canary.base}/page"
@@ -91,7 +112,7 @@ async def test_redirect_to_loopback_is_refused(web: LocalWeb):
         text = await fetcher.web_fetch(f"{web.base}/redirect")
         assert text.startswith(f"error: refused to fetch {canary.base}/page") and "loopback" in text
         assert web.requests == ["/redirect"] and canary.connections == 0
-        assert fetcher.connect_attempts == [("127.0.0.1", web.port)]
+        assert connections == [("127.0.0.1", web.port)]
         # A redirect to a metadata address is refused the same way.
         web.redirect_to = "http://169.254.169.254/latest/meta-data/"
         assert "link-local" in await fetcher.web_fetch(f"{web.base}/redirect")
