@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 MAX_TURN_TEXT_BYTES = 256 * 1024
 """Turn text beyond this goes to room storage as an attachment; it would bloat every history that carries it."""
@@ -26,6 +26,16 @@ class PayloadTooLarge(ValueError):
 def check_size(what: str, size: int, fix: str, limit: int = MAX_PAYLOAD_BYTES) -> None:
     if size > limit:
         raise PayloadTooLarge(f"{what} is {size:,} bytes, over the {limit:,} byte limit: {fix}")
+
+
+def text_limit(what: str, fix: str) -> AfterValidator:
+    """A text field's size check (MAX_TURN_TEXT_BYTES), raising `PayloadTooLarge` inside the ValidationError."""
+
+    def check(value: str) -> str:
+        check_size(what, len(value.encode()), fix, MAX_TURN_TEXT_BYTES)
+        return value
+
+    return AfterValidator(check)
 
 ThreadStatus = Literal["idle", "running", "waiting", "failed"]
 TurnStatus = Literal["completed", "failed", "cancelled"]
@@ -136,33 +146,19 @@ class Turn(BaseModel):
     turn_id: str = Field(min_length=1, max_length=200)
     channel: str = "chat"
     sender: str = "user"
-    text: str = ""
+    text: Annotated[str, text_limit("the turn text", "save large content to room storage and attach it instead")] = ""
     attachments: list[str] = Field(default_factory=list, description="room storage paths")
     model: str | None = None
     instructions: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict, description="what the channel needs to deliver the reply")
 
-    @field_validator("text")
-    @classmethod
-    def _text_size(cls, v: str) -> str:
-        check_size("the turn text", len(v.encode()), "save large content to room storage and attach it instead",
-                   MAX_TURN_TEXT_BYTES)
-        return v
-
 
 class Steer(BaseModel):
     """Extra input for the running turn, applied at its next model call."""
 
-    text: str = Field(min_length=1)
+    text: Annotated[str, Field(min_length=1), text_limit("the steer text", "send large content as a turn with an attachment")]
     turn_id: str | None = None
     sender: str = "user"
-
-    @field_validator("text")
-    @classmethod
-    def _text_size(cls, v: str) -> str:
-        check_size("the steer text", len(v.encode()), "send large content as a turn with an attachment",
-                   MAX_TURN_TEXT_BYTES)
-        return v
 
 
 class Interrupt(BaseModel):

@@ -22,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 from activities.heartbeat import heartbeating
 from activities.offline import offline_completion
 from activities.storage import RoomStorage
-from activities.stream_log import DeltaCoalescer, StreamLog
+from activities.stream_log import DeltaCoalescer, EventKind, StreamLog
 from activities.thread_store import ThreadStore
 from activities.tools import ToolArgumentsError, Toolbox, current_call, summarize_call
 from models import (
@@ -206,17 +206,23 @@ class AgentActivities:
             parts.append(instructions)
         return "\n".join(parts)
 
-    def _persist(self, thread_id: str, items: list[ThreadItem], **kwargs: Any) -> None:
+    async def _persist(self, thread_id: str, items: list[ThreadItem], **kwargs: Any) -> None:
+        # Store calls go to a thread: a slow or locked database must not stall the worker's one event loop,
+        # where every activity's heartbeats are sent.
         room, _, _ = thread_id.partition("/")
-        self.store.append(thread_id, items, room=room, agent=self.spec.agent_name, **kwargs)
+        await asyncio.to_thread(self.store.append, thread_id, items, room=room, agent=self.spec.agent_name, **kwargs)
+
+    async def _publish(self, thread_id: str, turn_id: str, attempt: int, kind: EventKind, data: dict[str, Any]) -> None:
+        await asyncio.to_thread(self.stream.publish, thread_id, turn_id, attempt, kind, data)
 
     @activity.defn(name="call_model")
     async def call_model(self, call: ModelCallInput) -> ModelStep:
         """Persists the turn's new input, rebuilds the prompt from the store, calls the model, persists its answer."""
         channel = next((i.data.get("channel") for i in call.new_items if i.data.get("channel")), "chat")
         if call.new_items:
-            self._persist(call.thread_id, call.new_items, channel=channel, status="running")
-        history = self.store.items(call.thread_id, before_seq=call.answer_seq, limit=HISTORY_WINDOW)
+            await self._persist(call.thread_id, call.new_items, channel=channel, status="running")
+        history = await asyncio.to_thread(self.store.items, call.thread_id, before_seq=call.answer_seq,
+                                          limit=HISTORY_WINDOW)
         messages = build_messages(self._system_prompt(call.instructions), history)
         requested = call.model or self.spec.model
         try:
@@ -225,7 +231,7 @@ class AgentActivities:
             raise ApplicationError(str(e), type=ErrorType.MODEL_CONFIG_ERROR, non_retryable=True) from e
         attempt = activity.info().attempt
         if attempt > 1:
-            self.stream.publish(call.thread_id, call.turn_id, attempt, "retry", {"step": call.step})
+            await self._publish(call.thread_id, call.turn_id, attempt, "retry", {"step": call.step})
         deltas = DeltaCoalescer(self.stream, call.thread_id, call.turn_id, attempt)
         async with heartbeating():
             if name == "offline":
@@ -258,7 +264,7 @@ class AgentActivities:
             tool_calls=tool_calls,
             data={"model": requested, "usage": usage.model_dump()},
         )
-        self._persist(call.thread_id, [answer], status="running" if tool_calls else "idle")
+        await self._persist(call.thread_id, [answer], status="running" if tool_calls else "idle")
         return ModelStep(
             text=text, tool_calls=tool_calls, usage=usage, model=requested,
             max_steps=self.spec.max_steps,
@@ -340,7 +346,7 @@ class AgentActivities:
         call = request.call
         tool = self.toolbox.get(call.name)
         attempt = activity.info().attempt
-        self.stream.publish(request.thread_id, request.turn_id, attempt, "tool_started",
+        await self._publish(request.thread_id, request.turn_id, attempt, "tool_started",
                             {"call_id": call.call_id, "summary": summarize_call(call.name, call.arguments)})
         ok = True
         if tool is None:
@@ -363,9 +369,9 @@ class AgentActivities:
             seq=request.seq, turn_id=request.turn_id, type="tool_result", text=text,
             tool_call_id=call.call_id, tool_name=call.name, data={"ok": ok},
         )
-        self._persist(request.thread_id, [item])
+        await self._persist(request.thread_id, [item])
         summary = " ".join(output.split())
-        self.stream.publish(request.thread_id, request.turn_id, attempt, "tool_finished",
+        await self._publish(request.thread_id, request.turn_id, attempt, "tool_finished",
                             {"call_id": call.call_id, "name": call.name, "ok": ok, "summary": summary[:120]})
         return ToolOutcome(call_id=call.call_id, name=call.name, ok=ok, summary=summary[:200])
 
@@ -381,7 +387,7 @@ class AgentActivities:
 
     @activity.defn(name="record_outcome")
     async def record_outcome(self, record: OutcomeRecord) -> None:
-        self._persist(record.thread_id, record.items, status=record.thread_status)
+        await self._persist(record.thread_id, record.items, status=record.thread_status)
 
     def all(self) -> list[Any]:
         return [self.call_model, self.run_tool, self.record_outcome]

@@ -771,20 +771,7 @@ class MailActivities:
                 type=ErrorType.MAIL_UNREADABLE, non_retryable=activity.info().attempt >= 5,
             ) from e
         mail = parse_mail(raw)
-        agent = self.spec.ref
-        known = self.store.thread_of(job.room, [mail.message_id])
-        parent = self.store.thread_of(job.room, [*mail.in_reply_to, *reversed(mail.references)])
-        if parent is not None and not self.store.is_participant(job.room, parent, mail.from_address):
-            # Message-IDs travel in every forwarded or quoted mail: knowing one does not let a stranger into the
-            # thread (and its context); their mail starts a thread of its own.
-            log.info("mail from %s names thread %s it takes no part in: a new thread", mail.from_address, parent)
-            parent = None
-        thread_id = known or parent
-        new_thread = thread_id is None
-        if thread_id is None:
-            thread_id = agent.thread_id(f"mail-{thread_slug(mail.subject)}-{job.job_key[5:13]}")
-        self.store.remember(job.room, mail.message_id, thread_id, "in")
-        self.store.add_participants(job.room, thread_id, [mail.from_address, *mail.to, *mail.cc])
+        thread_id, new_thread = await asyncio.to_thread(self._thread_for, job, mail)
         if not allowed(mail.from_address, self.spec.mail.allow):
             return MailTurnPlan(thread_id=thread_id, subject=mail.subject,
                                 skipped=f"{mail.from_address} is not in --mail-allow")
@@ -825,6 +812,24 @@ class MailActivities:
         )
         return MailTurnPlan(thread_id=thread_id, new_thread=new_thread, subject=mail.subject, turn=turn,
                             envelope=envelope)
+
+    def _thread_for(self, job: MailJobInput, mail: ParsedMail) -> tuple[str, bool]:
+        """The mail's thread (and whether it is new), recorded with its Message-ID and participants. Blocking
+        (the mail registry), so it runs in a thread."""
+        known = self.store.thread_of(job.room, [mail.message_id])
+        parent = self.store.thread_of(job.room, [*mail.in_reply_to, *reversed(mail.references)])
+        if parent is not None and not self.store.is_participant(job.room, parent, mail.from_address):
+            # Message-IDs travel in every forwarded or quoted mail: knowing one does not let a stranger into the
+            # thread (and its context); their mail starts a thread of its own.
+            log.info("mail from %s names thread %s it takes no part in: a new thread", mail.from_address, parent)
+            parent = None
+        thread_id = known or parent
+        new_thread = thread_id is None
+        if thread_id is None:
+            thread_id = self.spec.ref.thread_id(f"mail-{thread_slug(mail.subject)}-{job.job_key[5:13]}")
+        self.store.remember(job.room, mail.message_id, thread_id, "in")
+        self.store.add_participants(job.room, thread_id, [mail.from_address, *mail.to, *mail.cc])
+        return thread_id, new_thread
 
     def _turn_text(self, mail: ParsedMail, folder: str, attachments: list[str]) -> str:
         sender = email.utils.formataddr((mail.from_name, mail.from_address)) if mail.from_name else mail.from_address
