@@ -212,17 +212,22 @@ class AgentActivities:
         room, _, _ = thread_id.partition("/")
         await asyncio.to_thread(self.store.append, thread_id, items, room=room, agent=self.spec.agent_name, **kwargs)
 
+    def _record_input(self, call: ModelCallInput) -> list[ThreadItem]:
+        """Writes the turn's new input and reads the prompt's history: one trip to a thread for both."""
+        if call.new_items:
+            channel = next((i.data.get("channel") for i in call.new_items if i.data.get("channel")), "chat")
+            room, _, _ = call.thread_id.partition("/")
+            self.store.append(call.thread_id, call.new_items, room=room, agent=self.spec.agent_name,
+                              channel=channel, status="running")
+        return self.store.items(call.thread_id, before_seq=call.answer_seq, limit=HISTORY_WINDOW)
+
     async def _publish(self, thread_id: str, turn_id: str, attempt: int, kind: EventKind, data: dict[str, Any]) -> None:
         await asyncio.to_thread(self.stream.publish, thread_id, turn_id, attempt, kind, data)
 
     @activity.defn(name="call_model")
     async def call_model(self, call: ModelCallInput) -> ModelStep:
         """Persists the turn's new input, rebuilds the prompt from the store, calls the model, persists its answer."""
-        channel = next((i.data.get("channel") for i in call.new_items if i.data.get("channel")), "chat")
-        if call.new_items:
-            await self._persist(call.thread_id, call.new_items, channel=channel, status="running")
-        history = await asyncio.to_thread(self.store.items, call.thread_id, before_seq=call.answer_seq,
-                                          limit=HISTORY_WINDOW)
+        history = await asyncio.to_thread(self._record_input, call)
         messages = build_messages(self._system_prompt(call.instructions), history)
         requested = call.model or self.spec.model
         try:

@@ -61,9 +61,9 @@ SNAPSHOT_TEXT = 500
 CUT_AT_ROLLOVER = "\n[cut when the thread rolled over to a new run: the whole reply is in the thread store]"
 REQUEUE_STEERS_PATCH = "requeue-unanswered-steers"
 TOOL_FAILURE_AS_RESULT_PATCH = "tool-failure-as-result"
-MODEL_CALL_DEADLINE = timedelta(minutes=20)
-"""All attempts of one model call together: a provider that keeps refusing ends the turn with its error."""
 MODEL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8)
+"""Eight attempts, waits of at most 60 s between them (Retry-After is clamped): a provider that keeps refusing
+ends the turn with its error within minutes, without a schedule-to-close timer per call for the server to keep."""
 OUTCOME_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
 
 
@@ -269,7 +269,6 @@ class ThreadWorkflow:
                     ),
                     result_type=ModelStep,
                     start_to_close_timeout=timedelta(minutes=5),
-                    schedule_to_close_timeout=MODEL_CALL_DEADLINE,
                     heartbeat_timeout=HEARTBEAT_TIMEOUT,
                     retry_policy=MODEL_RETRY,
                     summary=f"model {turn.model or 'default'}, step {model_calls + 1}",
