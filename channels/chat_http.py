@@ -54,6 +54,7 @@ from channels.delivery import (
     submit_turn,
 )
 from channels.http_auth import BearerAuth, is_loopback
+from channels.http_auth import json_error as _error  # noqa: I001 - one error body for every API
 from models import (
     DEFAULT_HTTP_PORT,
     MAX_TURN_TEXT_BYTES,
@@ -175,10 +176,6 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, code: str = "error") -> None:
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
-
-
-def _error(status: int, message: str, code: str = "error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "code": code}}, status_code=status)
 
 
 def _openai_error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:

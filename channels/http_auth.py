@@ -10,6 +10,11 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 
+def json_error(status: int, message: str, code: str = "error") -> JSONResponse:
+    """The error body of every Threadline HTTP API: `{"error": {"message", "code"}}`."""
+    return JSONResponse({"error": {"message": message, "code": code}}, status_code=status)
+
+
 def is_loopback(host: str) -> bool:
     if host.strip().lower() == "localhost":
         return True
@@ -30,9 +35,9 @@ class BearerAuth:
             headers = dict(scope.get("headers") or [])
             scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
-                response = JSONResponse({"error": {"message": "missing or wrong bearer token (Authorization: "
-                                                              "Bearer TOKEN)", "code": "unauthorized"}},
-                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                response = json_error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)",
+                                      "unauthorized")
+                response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
