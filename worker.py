@@ -13,20 +13,20 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.agent import AgentActivities
-from activities.mcp_tools import load_mcp_tools
-from activities.storage import RoomStorage
-from activities.stores import open_stream_log, open_thread_store
-from activities.stream_log import StreamLog
-from activities.tools import Tool, build_toolbox
-from activities.web import web_tools
-from channels.base import ChannelAdapter, ChannelContext
-from channels.delivery import register_search_attributes
-from channels.mail import send_email_tools
-from channels.toolkit import toolkit_tools
-from models import AgentSpec
-from workflows.thread import ThreadWorkflow
-from workflows.tool_call import ToolCallWorkflow
+from threadline.activities.agent import AgentActivities
+from threadline.activities.mcp_tools import load_mcp_tools
+from threadline.activities.storage import RoomStorage
+from threadline.activities.stores import open_stream_log, open_thread_store
+from threadline.activities.stream_log import StreamLog
+from threadline.activities.tools import Tool, build_toolbox
+from threadline.activities.web import web_tools
+from threadline.channels.base import ChannelAdapter, ChannelContext
+from threadline.channels.delivery import register_search_attributes
+from threadline.channels.mail import send_email_tools
+from threadline.channels.toolkit import toolkit_tools
+from threadline.models import AgentSpec
+from threadline.workflows.thread import ThreadWorkflow
+from threadline.workflows.tool_call import ToolCallWorkflow
 
 log = logging.getLogger("threadline.worker")
 
@@ -129,7 +129,7 @@ async def run_agent(
     (in-flight activities finish or are handed back to Temporal)."""
     activities = build_activities(spec, extra_tools=await load_extra_tools(spec))
     if spec.mcp.serve_port is not None:
-        from channels.mcp_serve import McpServeChannel
+        from threadline.channels.mcp_serve import McpServeChannel
 
         channels = [*channels, McpServeChannel()]
     await register_search_attributes(client)

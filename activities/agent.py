@@ -19,13 +19,13 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.heartbeat import heartbeating
-from activities.offline import offline_completion
-from activities.storage import RoomStorage
-from activities.stream_log import DeltaCoalescer, EventKind, StreamLog
-from activities.thread_store import ThreadStore
-from activities.tools import ToolArgumentsError, Toolbox, current_call, summarize_call
-from models import (
+from threadline.activities.heartbeat import heartbeating
+from threadline.activities.offline import offline_completion
+from threadline.activities.storage import RoomStorage
+from threadline.activities.stream_log import DeltaCoalescer, EventKind, StreamLog
+from threadline.activities.thread_store import ThreadStore
+from threadline.activities.tools import ToolArgumentsError, Toolbox, current_call, summarize_call
+from threadline.models import (
     AgentSpec,
     ErrorType,
     ModelCallInput,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from activities.tools import Tool, ToolArgumentsError, ToolLoadError
+from threadline.activities.tools import Tool, ToolArgumentsError, ToolLoadError
 
 DEFAULT_CALL_TIMEOUT = 120.0
 CONNECT_TIMEOUT = 15.0

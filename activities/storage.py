@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
-    from models import AgentSpec
+    from threadline.models import AgentSpec
 
 
 class StoragePathError(ValueError):

@@ -3,8 +3,8 @@ database that `--thread-store-url` names, shared by every agent process of the r
 
 from __future__ import annotations
 
-from activities.stream_log import StreamLog
-from activities.thread_store import ThreadStore
+from threadline.activities.stream_log import StreamLog
+from threadline.activities.thread_store import ThreadStore
 
 
 def is_shared_url(url: str | None) -> bool:
@@ -17,7 +17,7 @@ def open_thread_store(room: str, url: str | None = None) -> ThreadStore:
     if not is_shared_url(url):
         return ThreadStore.for_room(room)
     # psycopg loads only for rooms that use PostgreSQL: it costs every CLI command a tenth of a second.
-    from activities.pg_store import PgThreadStore, opened
+    from threadline.activities.pg_store import PgThreadStore, opened
 
     return opened(PgThreadStore, url.strip(), room)  # type: ignore[union-attr, return-value]  # same methods
 
@@ -26,6 +26,6 @@ def open_stream_log(room: str, url: str | None = None) -> StreamLog:
     """The room's stream log: beside the SQLite thread store, or in the PostgreSQL database at `url`."""
     if not is_shared_url(url):
         return StreamLog.for_room(room)
-    from activities.pg_store import PgStreamLog, opened
+    from threadline.activities.pg_store import PgStreamLog, opened
 
     return opened(PgStreamLog, url.strip(), room)  # type: ignore[union-attr, return-value]  # same methods

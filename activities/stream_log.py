@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from activities.storage import room_dir
+from threadline.activities.storage import room_dir
 
 EventKind = Literal["delta", "retry", "tool_started", "tool_finished", "accepted"]
 """`accepted`: a channel handed the turn to its thread (published by the HTTP chat channel, attempt 0)."""

@@ -16,8 +16,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from activities.storage import room_dir
-from models import ThreadInfo, ThreadItem, ThreadStatus, Usage
+from threadline.activities.storage import room_dir
+from threadline.models import ThreadInfo, ThreadItem, ThreadStatus, Usage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS threads (

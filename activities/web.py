@@ -36,7 +36,7 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
-from activities.tools import Tool, ToolLoadError
+from threadline.activities.tools import Tool, ToolLoadError
 
 MAX_REDIRECTS = 5
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024

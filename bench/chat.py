@@ -43,9 +43,9 @@ if str(REPO) not in sys.path:
 import httpx  # noqa: E402
 import openai  # noqa: E402
 
-from models import AgentSpec, HttpSettings  # noqa: E402
+from threadline.models import AgentSpec, HttpSettings  # noqa: E402
 from tests.temporal_server import TemporalDevServer  # noqa: E402
-from workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
+from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
 TARGET_FIRST_DELTA_OVERHEAD_MS = 150.0
 
@@ -245,7 +245,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             if proc.poll() is None:
                 proc.kill()
         server.close()
-    from channels import chat_feed
+    from threadline.channels import chat_feed
 
     return {
         "benchmark": "chat over HTTP: streamed deltas vs the model directly",

@@ -27,7 +27,7 @@ from temporalio import activity, workflow
 with workflow.unsafe.imports_passed_through():
     import openai
 
-    from workflows.search_attributes import STATUS_ATTRIBUTE
+    from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
 
 FLOOR_MODEL = "fake-model"
 _client: openai.AsyncOpenAI | None = None

@@ -49,10 +49,10 @@ from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
 
 from bench.floor import FloorOptions, FloorWorkflow  # noqa: E402
-from channels.delivery import connect, new_thread_name, new_turn_id, submit_turn  # noqa: E402
-from models import AgentSpec, Turn  # noqa: E402
+from threadline.channels.delivery import connect, new_thread_name, new_turn_id, submit_turn  # noqa: E402
+from threadline.models import AgentSpec, Turn  # noqa: E402
 from tests.temporal_server import TemporalDevServer  # noqa: E402
-from workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
+from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
 TARGET_LATENCY_RATIO = 1.5
 TARGET_THROUGHPUT_RATIO = 0.7
@@ -666,7 +666,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"warning: other processes used up to {max(shares):.0%} of the machine's busy CPU during a phase; "
                 "the figures are disturbed, run again on a quiet machine")
         results["floor"]["max_cached_workflows"] = args.floor_cache
-        import worker as threadline_worker
+        from threadline import worker as threadline_worker
 
         results["threadline"]["max_cached_workflows"] = threadline_worker.MAX_CACHED_THREADS
         import temporalio

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from models import AgentSpec
+from threadline.models import AgentSpec
 
 
 @dataclass

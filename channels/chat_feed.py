@@ -17,10 +17,10 @@ from typing import Any
 
 from temporalio.client import Client
 
-from activities.stream_log import StreamEvent, StreamLog
-from activities.thread_store import ThreadStore
-from channels.delivery import thread_snapshot
-from models import ThreadItem
+from threadline.activities.stream_log import StreamEvent, StreamLog
+from threadline.activities.thread_store import ThreadStore
+from threadline.channels.delivery import thread_snapshot
+from threadline.models import ThreadItem
 
 POLL_SECONDS = 0.02
 """How often a follower reads the stream log and the store: the reader's share of the streaming latency."""

@@ -42,10 +42,10 @@ from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.stores import open_stream_log, open_thread_store
-from channels.base import ChannelAdapter, ChannelContext
-from channels.chat_feed import Cursor, FeedEvent, StatusWatcher, current_cursor, follow, read_after
-from channels.delivery import (
+from threadline.activities.stores import open_stream_log, open_thread_store
+from threadline.channels.base import ChannelAdapter, ChannelContext
+from threadline.channels.chat_feed import Cursor, FeedEvent, StatusWatcher, current_cursor, follow, read_after
+from threadline.channels.delivery import (
     deliver_turn,
     interrupt_turn,
     new_thread_name,
@@ -53,9 +53,9 @@ from channels.delivery import (
     steer_turn,
     submit_turn,
 )
-from channels.http_auth import BearerAuth, is_loopback
-from channels.http_auth import json_error as _error  # noqa: I001 - one error body for every API
-from models import (
+from threadline.channels.http_auth import BearerAuth, is_loopback
+from threadline.channels.http_auth import json_error as _error  # noqa: I001 - one error body for every API
+from threadline.models import (
     DEFAULT_HTTP_PORT,
     MAX_TURN_TEXT_BYTES,
     AgentSpec,

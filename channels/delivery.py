@@ -30,15 +30,15 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
-from models import AgentRef, ErrorType, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
-from workflows.search_attributes import (
+from threadline.models import AgentRef, ErrorType, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
+from threadline.workflows.search_attributes import (
     AGENT_ATTRIBUTE,
     CHANNEL_ATTRIBUTE,
     ROOM_ATTRIBUTE,
     SEARCH_ATTRIBUTES,
     STATUS_ATTRIBUTE,
 )
-from workflows.thread import ThreadWorkflow
+from threadline.workflows.thread import ThreadWorkflow
 
 POLL_INTERVAL = 0.2
 FORGOTTEN_CHECK_EVERY = 25

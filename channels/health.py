@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 from temporalio.worker import Worker
 
-from channels.base import ChannelAdapter, ChannelContext
-from models import DEFAULT_HEALTH_HOST
+from threadline.channels.base import ChannelAdapter, ChannelContext
+from threadline.models import DEFAULT_HEALTH_HOST
 
 HEALTH_PATHS = ("/healthz", "/readyz")
 DEFAULT_HEALTH_PORT = 8790
@@ -91,7 +91,7 @@ class HealthServer(ChannelAdapter):
     def monitor(self, adapters: Sequence[ChannelAdapter], channels: Sequence[str] = ()) -> list[ChannelAdapter]:
         """The adapters (as `channels.registry.adapters_for(channels)` made them: one per channel in order, then one
         for all toolkits), each wrapped to report its state, then this server: run them all as the agent's adapters."""
-        from channels.registry import ADAPTERS
+        from threadline.channels.registry import ADAPTERS
 
         keys = [c for c in channels if c.partition(":")[0] in ADAPTERS]
         toolkits = [c for c in channels if c.startswith("toolkit:")]

@@ -52,14 +52,14 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from activities.heartbeat import heartbeating
-from activities.storage import RoomStorage, StoragePathError, threadline_home
-from activities.stores import open_thread_store
-from activities.tools import Tool, ToolArgumentsError
-from channels.base import ChannelAdapter, ChannelContext
-from channels.delivery import register_search_attributes
-from channels.queue import QueueActivities
-from models import (
+from threadline.activities.heartbeat import heartbeating
+from threadline.activities.storage import RoomStorage, StoragePathError, threadline_home
+from threadline.activities.stores import open_thread_store
+from threadline.activities.tools import Tool, ToolArgumentsError
+from threadline.channels.base import ChannelAdapter, ChannelContext
+from threadline.channels.delivery import register_search_attributes
+from threadline.channels.queue import QueueActivities
+from threadline.models import (
     MAX_TURN_TEXT_BYTES,
     AgentSpec,
     ErrorType,
@@ -73,9 +73,9 @@ from models import (
     validate_name,
     validate_queue_name,
 )
-from workflows.mail_job import MailJobWorkflow
-from workflows.queue_job import MEMO_KEY, job_memo, job_task_queue, job_turn_id, job_workflow_id, public_job_id
-from workflows.search_attributes import CHANNEL_ATTRIBUTE, JOB_STATUS_ATTRIBUTE, QUEUE_ATTRIBUTE, ROOM_ATTRIBUTE
+from threadline.workflows.mail_job import MailJobWorkflow
+from threadline.workflows.queue_job import MEMO_KEY, job_memo, job_task_queue, job_turn_id, job_workflow_id, public_job_id
+from threadline.workflows.search_attributes import CHANNEL_ATTRIBUTE, JOB_STATUS_ATTRIBUTE, QUEUE_ATTRIBUTE, ROOM_ATTRIBUTE
 
 log = logging.getLogger("threadline.mail")
 

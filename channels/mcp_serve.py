@@ -20,12 +20,12 @@ from typing import Any
 
 import uvicorn
 
-from activities.mcp_tools import McpConfigError
-from channels.base import ChannelAdapter, ChannelContext
-from channels.http_auth import BearerAuth, is_loopback
-from channels.toolkit import Room, ToolkitError
-from models import AgentSpec, McpSettings
-from workflows.toolkit import tool_name_for
+from threadline.activities.mcp_tools import McpConfigError
+from threadline.channels.base import ChannelAdapter, ChannelContext
+from threadline.channels.http_auth import BearerAuth, is_loopback
+from threadline.channels.toolkit import Room, ToolkitError
+from threadline.models import AgentSpec, McpSettings
+from threadline.workflows.toolkit import tool_name_for
 
 ONLINE_WAIT = 30.0
 """How long a call waits for the toolkit to be online (it is served by this very process)."""

@@ -38,10 +38,10 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from activities.heartbeat import heartbeating
-from channels.base import ChannelAdapter, ChannelContext
-from channels.delivery import register_search_attributes, submit_turn
-from models import (
+from threadline.activities.heartbeat import heartbeating
+from threadline.channels.base import ChannelAdapter, ChannelContext
+from threadline.channels.delivery import register_search_attributes, submit_turn
+from threadline.models import (
     JOB_STATES,
     AgentRef,
     AgentSpec,
@@ -60,7 +60,7 @@ from models import (
     validate_name,
     validate_queue_name,
 )
-from workflows.queue_job import (
+from threadline.workflows.queue_job import (
     MEMO_KEY,
     QueueJobWorkflow,
     job_memo,
@@ -69,7 +69,7 @@ from workflows.queue_job import (
     job_workflow_id,
     public_job_id,
 )
-from workflows.search_attributes import (
+from threadline.workflows.search_attributes import (
     CHANNEL_ATTRIBUTE,
     JOB_STATUS_ATTRIBUTE,
     QUEUE_ATTRIBUTE,

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from channels.base import ChannelAdapter
-from channels.chat_http import ChatHttpChannel
-from channels.mail import MailChannel
-from channels.queue import QueueChannel
-from channels.toolkit import ToolkitChannel
+from threadline.channels.base import ChannelAdapter
+from threadline.channels.chat_http import ChatHttpChannel
+from threadline.channels.mail import MailChannel
+from threadline.channels.queue import QueueChannel
+from threadline.channels.toolkit import ToolkitChannel
 
 ADAPTERS = {"queue": QueueChannel, "mail": MailChannel, "chat": ChatHttpChannel}
 

@@ -45,10 +45,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from activities.tools import Tool, current_call
-from channels.base import ChannelAdapter, ChannelContext
-from channels.delivery import interrupt_turn, new_thread_name, new_turn_id, recent_pollers, submit_turn
-from models import (
+from threadline.activities.tools import Tool, current_call
+from threadline.channels.base import ChannelAdapter, ChannelContext
+from threadline.channels.delivery import interrupt_turn, new_thread_name, new_turn_id, recent_pollers, submit_turn
+from threadline.models import (
     MAX_TURN_TEXT_BYTES,
     AgentRef,
     AgentSpec,
@@ -66,8 +66,8 @@ from models import (
     check_size,
     validate_name,
 )
-from workflows.search_attributes import AGENT_ATTRIBUTE, CHANNEL_ATTRIBUTE, ROOM_ATTRIBUTE
-from workflows.toolkit import MEMO_KEY, ToolkitWorkflow, room_task_queue, tool_name_for, toolkit_workflow_id
+from threadline.workflows.search_attributes import AGENT_ATTRIBUTE, CHANNEL_ATTRIBUTE, ROOM_ATTRIBUTE
+from threadline.workflows.toolkit import MEMO_KEY, ToolkitWorkflow, room_task_queue, tool_name_for, toolkit_workflow_id
 
 WAIT_POLL_INTERVAL = 0.5
 DEFAULT_INVOKE_TIMEOUT = 30.0
@@ -503,7 +503,7 @@ def _call_tool(spec: AgentSpec, use: UseToolkit) -> Tool:
 
 def caller_depth(room: str, thread_id: str, store_url: str | None = None) -> int:
     """The toolkit depth of the turn running in the caller's thread: from the metadata of its (last) user item."""
-    from activities.stores import open_thread_store
+    from threadline.activities.stores import open_thread_store
 
     for item in reversed(open_thread_store(room, store_url).items(thread_id, limit=500)):
         if item.type == "user" and "channel" in item.data:

@@ -14,13 +14,13 @@ import traceback
 
 import typer
 
-from cli.errors import USAGE, CliError
-from cli.mail import mail_app, mailbox_app
-from cli.options import Verbose
-from cli.output import error_line, state
-from cli.process import process_app
-from cli.room import room_app
-from cli.server import server_app
+from threadline.cli.errors import USAGE, CliError
+from threadline.cli.mail import mail_app, mailbox_app
+from threadline.cli.options import Verbose
+from threadline.cli.output import error_line, state
+from threadline.cli.process import process_app
+from threadline.cli.room import room_app
+from threadline.cli.server import server_app
 
 EPILOG = """\
 [bold]Examples[/bold]

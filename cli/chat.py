@@ -14,10 +14,10 @@ from rich.markup import escape
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.stream_log import StreamEvent, StreamLog
-from activities.thread_store import ThreadStore
-from activities.tools import summarize_call
-from channels.delivery import (
+from threadline.activities.stream_log import StreamEvent, StreamLog
+from threadline.activities.thread_store import ThreadStore
+from threadline.activities.tools import summarize_call
+from threadline.channels.delivery import (
     agent_is_online,
     deliver_turn,
     interrupt_turn,
@@ -26,10 +26,10 @@ from channels.delivery import (
     submit_turn,
     wait_for_reply,
 )
-from cli.errors import CliError, usage_error
-from cli.output import err, out, status, warn
-from cli.threads import short_id
-from models import AgentRef, Reply, Turn
+from threadline.cli.errors import CliError, usage_error
+from threadline.cli.output import err, out, status, warn
+from threadline.cli.threads import short_id
+from threadline.models import AgentRef, Reply, Turn
 
 STREAM_POLL_SECONDS = 0.05
 HELP = (

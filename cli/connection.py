@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from temporalio.client import Client
 
-from channels.delivery import TemporalUnreachable, connect
-from cli import embedded
-from cli.errors import CliError
-from cli.options import ConnectionOptions
-from cli.output import status
-from cli.temporal_config import temporal_target
+from threadline.channels.delivery import TemporalUnreachable, connect
+from threadline.cli import embedded
+from threadline.cli.errors import CliError
+from threadline.cli.options import ConnectionOptions
+from threadline.cli.output import status
+from threadline.cli.temporal_config import temporal_target
 
 CONNECT_TIMEOUT = 10.0
 

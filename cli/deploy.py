@@ -23,10 +23,10 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from cli.errors import CliError, usage_error
-from cli.options import AgentOptions, ConnectionOptions, Verbose, with_options
-from cli.output import status, warn
-from cli.spec import (
+from threadline.cli.errors import CliError, usage_error
+from threadline.cli.options import AgentOptions, ConnectionOptions, Verbose, with_options
+from threadline.cli.output import status, warn
+from threadline.cli.spec import (
     ServiceOptions,
     ServiceSpec,
     SpecFile,
@@ -45,8 +45,8 @@ KUBECTL_TIMEOUT = 60
 def grace_period_seconds() -> int:
     """Longer than the worker's graceful stop plus an activity heartbeat timeout (after which Temporal hands an
     abandoned activity to another replica), with room for the channels to close."""
-    from worker import GRACEFUL_SHUTDOWN
-    from workflows.thread import HEARTBEAT_TIMEOUT
+    from threadline.worker import GRACEFUL_SHUTDOWN
+    from threadline.workflows.thread import HEARTBEAT_TIMEOUT
 
     return math.ceil((GRACEFUL_SHUTDOWN + HEARTBEAT_TIMEOUT).total_seconds()) + 15
 

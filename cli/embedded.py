@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from activities.storage import threadline_home
-from cli.errors import CliError
-from workflows.search_attributes import SEARCH_ATTRIBUTES
+from threadline.activities.storage import threadline_home
+from threadline.cli.errors import CliError
+from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 7233

@@ -15,8 +15,8 @@ from typing import Annotated
 
 import typer
 
-from cli.errors import FAILURE, USAGE
-from cli.options import (
+from threadline.cli.errors import FAILURE, USAGE
+from threadline.cli.options import (
     ConnectionOptions,
     MailAllow,
     MaxMailSize,
@@ -27,7 +27,7 @@ from cli.options import (
     check_mail_allow,
     with_options,
 )
-from cli.output import error_line, status
+from threadline.cli.output import error_line, status
 
 mailbox_app = typer.Typer(
     help="Register the email addresses agents answer (--channel mail:ADDRESS).", no_args_is_help=True
@@ -52,7 +52,7 @@ def create(
     verbose: Verbose = False,
 ) -> None:
     """Register a mailbox: mail to ADDRESS becomes jobs on a queue of ROOM, answered by --channel mail:ADDRESS."""
-    from channels.mail import MailboxError, MailboxExists, MailStore
+    from threadline.channels.mail import MailboxError, MailboxExists, MailStore
 
     if not room or not room.strip():
         _fail("--room is required (or set THREADLINE_ROOM)", USAGE)
@@ -75,7 +75,7 @@ def list_(
     verbose: Verbose = False,
 ) -> None:
     """List registered mailboxes."""
-    from channels.mail import MailStore
+    from threadline.channels.mail import MailStore
 
     boxes = MailStore.default().mailboxes(room)
     if output == "json":
@@ -96,7 +96,7 @@ def list_(
 @mailbox_app.command("delete")
 def delete(address: Address, verbose: Verbose = False) -> None:
     """Unregister a mailbox: new mail to it is refused (550); its threads and jobs stay."""
-    from channels.mail import MailboxNotFound, MailStore
+    from threadline.channels.mail import MailboxNotFound, MailStore
 
     try:
         MailStore.default().delete_mailbox(address)
@@ -118,7 +118,7 @@ def serve(
 ) -> None:
     """Receive mail for every registered mailbox and hand it to Temporal (agents with --channel mail:ADDRESS
     answer it; run them with --smtp-port 0 and the same --storage-url). Stops on SIGINT/SIGTERM."""
-    from models import validate_storage_url
+    from threadline.models import validate_storage_url
 
     allow = check_mail_allow(mail_allow)
     try:
@@ -130,9 +130,9 @@ def serve(
 
 async def _serve(connection: ConnectionOptions, host: str, port: int, max_size: int, allow: list[str],
                  storage_url: str | None = None) -> None:
-    from channels.mail import MailServer, MailServerError, MailStore, lazy_client
-    from cli.connection import open_temporal
-    from cli.errors import CliError
+    from threadline.channels.mail import MailServer, MailServerError, MailStore, lazy_client
+    from threadline.cli.connection import open_temporal
+    from threadline.cli.errors import CliError
 
     async def connect():  # noqa: ANN202
         return (await open_temporal(connection)).client

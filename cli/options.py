@@ -21,10 +21,10 @@ from urllib.parse import parse_qsl, urlsplit
 import typer
 from pydantic import ValidationError
 
-from cli.errors import usage_error
-from cli.output import set_verbose
-from cli.temporal_config import temporal_target
-from models import DEFAULT_HEALTH_HOST, validate_queue_name
+from threadline.cli.errors import usage_error
+from threadline.cli.output import set_verbose
+from threadline.cli.temporal_config import temporal_target
+from threadline.models import DEFAULT_HEALTH_HOST, validate_queue_name
 
 AGENT_PANEL = "Agent"
 TEMPORAL_PANEL = "Temporal"
@@ -471,10 +471,10 @@ def env_rules() -> list[str]:
 
 def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_channels: list[str] | None = None):
     """The options → a validated `AgentSpec`: rules files readable, tools importable, the model usable."""
-    from activities.agent import ModelConfigError, resolve_model
-    from activities.tools import ToolLoadError, build_toolbox
-    from models import AgentSpec
-    from worker import RulesFileError, load_rules
+    from threadline.activities.agent import ModelConfigError, resolve_model
+    from threadline.activities.tools import ToolLoadError, build_toolbox
+    from threadline.models import AgentSpec
+    from threadline.worker import RulesFileError, load_rules
 
     room = require(agent.room, "--room", "THREADLINE_ROOM", "NAME")
     agent_name = require(agent.agent_name, "--agent-name", "THREADLINE_AGENT_NAME", "NAME")
@@ -526,8 +526,8 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
 
 def _toolkit_tools(spec):  # noqa: ANN001, ANN202
     """`toolkit:NAME` channels and `--use-toolkit` values, checked: names usable as toolkit names."""
-    from channels.toolkit import toolkit_tools
-    from models import validate_name
+    from threadline.channels.toolkit import toolkit_tools
+    from threadline.models import validate_name
 
     for channel in spec.channels:
         if channel.startswith("toolkit:"):
@@ -543,8 +543,8 @@ def _toolkit_tools(spec):  # noqa: ANN001, ANN202
 
 def web_settings(agent: AgentOptions):  # noqa: ANN201
     """--web-fetch / --web-search; a search without a usable provider is refused here (exit 2)."""
-    from activities.web import AllowList, WebConfigError, select_provider
-    from models import WebSettings
+    from threadline.activities.web import AllowList, WebConfigError, select_provider
+    from threadline.models import WebSettings
 
     settings = WebSettings(
         fetch=agent.web_fetch, fetch_allow=[a.strip() for v in agent.web_fetch_allow or [] for a in v.split(",")
@@ -562,9 +562,9 @@ def web_settings(agent: AgentOptions):  # noqa: ANN201
 
 
 def mcp_settings(agent: AgentOptions):  # noqa: ANN201
-    from activities.mcp_tools import McpConfigError, check_mcp_options
-    from channels.mcp_serve import check_serve_settings
-    from models import McpSettings
+    from threadline.activities.mcp_tools import McpConfigError, check_mcp_options
+    from threadline.channels.mcp_serve import check_serve_settings
+    from threadline.models import McpSettings
 
     servers = [m.strip() for m in agent.mcp or [] if m.strip()]
     try:
@@ -600,8 +600,8 @@ def check_mail_allow(values: list[str] | None) -> list[str]:
 
 def http_settings(agent: AgentOptions):  # noqa: ANN201
     """The chat channel's HTTP settings; binding beyond loopback without a token is refused here (exit 2)."""
-    from channels.chat_http import HttpConfigError, check_settings
-    from models import HttpSettings
+    from threadline.channels.chat_http import HttpConfigError, check_settings
+    from threadline.models import HttpSettings
 
     url = agent.temporal_ui_url.strip().rstrip("/") if agent.temporal_ui_url else None
     if url is not None and urlsplit(url).scheme not in ("http", "https"):
@@ -616,7 +616,7 @@ def http_settings(agent: AgentOptions):  # noqa: ANN201
 
 
 def mail_settings(agent: AgentOptions):  # noqa: ANN201
-    from models import MailSettings
+    from threadline.models import MailSettings
 
     return MailSettings(
         smtp_host=agent.smtp_host, smtp_port=agent.smtp_port, smtp_relay=check_relay(agent.smtp_relay),

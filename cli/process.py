@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from cli.errors import CliError, usage_error
-from cli.options import (
+from threadline.cli.errors import CliError, usage_error
+from threadline.cli.options import (
     AgentName,
     AgentOptions,
     ConnectionOptions,
@@ -27,9 +27,9 @@ from cli.options import (
     require,
     with_options,
 )
-from cli.output import err, out, status, warn
-from cli.spec import SpecFile, join_from_spec
-from models import CONTAINER_HEALTH_HOST, DEFAULT_HEALTH_HOST
+from threadline.cli.output import err, out, status, warn
+from threadline.cli.spec import SpecFile, join_from_spec
+from threadline.models import CONTAINER_HEALTH_HOST, DEFAULT_HEALTH_HOST
 
 process_app = typer.Typer(
     name="process",
@@ -106,8 +106,8 @@ def _agent_error(e: BaseException) -> CliError:
     """What can stop an agent worker from starting, as a one-line error."""
     from temporalio.service import RPCError
 
-    from activities.tools import ToolLoadError
-    from worker import RulesFileError
+    from threadline.activities.tools import ToolLoadError
+    from threadline.worker import RulesFileError
 
     if isinstance(e, CliError):
         return e
@@ -133,13 +133,13 @@ class AgentRun:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        from channels.registry import adapters_for
-        from worker import run_agent
+        from threadline.channels.registry import adapters_for
+        from threadline.worker import run_agent
 
         ready = asyncio.Event()
         adapters = adapters_for(self.spec.channels)
         if self.health_port is not None:  # /healthz and /readyz, watching the worker and every channel
-            from channels.health import HealthServer
+            from threadline.channels.health import HealthServer
 
             adapters = HealthServer(self.health_port, self.health_host, room=self.spec.room,
                                     agent=self.spec.agent_name).monitor(adapters, self.spec.channels)
@@ -199,7 +199,7 @@ def join(ctx: typer.Context, agent: AgentOptions, connection: ConnectionOptions,
 
 async def _join(spec, connection: ConnectionOptions, health_port: int | None = None,  # noqa: ANN001
                 health_host: str = DEFAULT_HEALTH_HOST) -> None:
-    from cli.connection import open_temporal
+    from threadline.cli.connection import open_temporal
 
     temporal = await open_temporal(connection)
     runner = AgentRun(temporal.client, spec, health_port, health_host)
@@ -242,8 +242,8 @@ def run(
 
 def _live_events(room: str, stream: bool | None, store_url: str | None = None):  # noqa: ANN202
     """The room's stream log when live output is wanted and the room's store is on this machine (or shared)."""
-    from activities.storage import room_dir
-    from activities.stores import open_stream_log
+    from threadline.activities.storage import room_dir
+    from threadline.activities.stores import open_stream_log
 
     wanted = out.is_terminal if stream is None else stream
     if not wanted or not (store_url or room_dir(room).exists()):
@@ -253,10 +253,10 @@ def _live_events(room: str, stream: bool | None, store_url: str | None = None): 
 
 async def _run(spec, connection: ConnectionOptions, message: str | None, thread_id: str | None,  # noqa: ANN001
                stream: bool | None) -> None:
-    from activities.stores import open_thread_store
-    from channels.delivery import new_thread_name
-    from cli.chat import Chat, check_thread, interactive, thread_hint
-    from cli.connection import open_temporal
+    from threadline.activities.stores import open_thread_store
+    from threadline.channels.delivery import new_thread_name
+    from threadline.cli.chat import Chat, check_thread, interactive, thread_hint
+    from threadline.cli.connection import open_temporal
 
     temporal = await open_temporal(connection)
     runner = AgentRun(temporal.client, spec)
@@ -314,7 +314,7 @@ def use(
     verbose: Verbose = False,
 ) -> None:
     """Talk to an agent that is already running (no worker in this process)."""
-    from models import AgentRef
+    from threadline.models import AgentRef
 
     room = require(room, "--room", "THREADLINE_ROOM", "NAME")
     agent_name = require(agent_name, "--agent-name", "THREADLINE_AGENT_NAME", "NAME")
@@ -327,10 +327,10 @@ def use(
 
 async def _use(ref, connection: ConnectionOptions, thread_id: str | None, message: str | None,  # noqa: ANN001
                no_wait: bool, stream: bool | None, store_url: str | None = None) -> None:
-    from activities.stores import open_thread_store
-    from channels.delivery import agent_is_online, new_thread_name
-    from cli.chat import Chat, check_thread, interactive, thread_hint
-    from cli.connection import open_temporal
+    from threadline.activities.stores import open_thread_store
+    from threadline.channels.delivery import agent_is_online, new_thread_name
+    from threadline.cli.chat import Chat, check_thread, interactive, thread_hint
+    from threadline.cli.connection import open_temporal
 
     temporal = await open_temporal(connection)
     current = await check_thread(temporal.client, ref, thread_id) if thread_id else ref.thread_id(new_thread_name())
@@ -355,7 +355,7 @@ async def _use(ref, connection: ConnectionOptions, thread_id: str | None, messag
 
 def _store_url(url: str | None) -> str | None:
     """`--thread-store-url`, checked (a usage error names the accepted form)."""
-    from models import validate_thread_store_url
+    from threadline.models import validate_thread_store_url
 
     try:
         return validate_thread_store_url(url)
@@ -365,9 +365,9 @@ def _store_url(url: str | None) -> str | None:
 
 def _store(room: str, url: str | None = None):  # noqa: ANN202
     """The room's thread store, or None when nothing was ever stored in the room (reading creates nothing)."""
-    from activities.storage import room_dir
-    from activities.stores import open_thread_store
-    from models import validate_name
+    from threadline.activities.storage import room_dir
+    from threadline.activities.stores import open_thread_store
+    from threadline.models import validate_name
 
     try:
         validate_name("room", room)
@@ -398,8 +398,8 @@ def threads(
     verbose: Verbose = False,
 ) -> None:
     """List a room's threads, newest first: id, status, modified, channel, agent, name."""
-    from activities.storage import threadline_home
-    from cli.threads import print_threads
+    from threadline.activities.storage import threadline_home
+    from threadline.cli.threads import print_threads
 
     room = require(room, "--room", "THREADLINE_ROOM", "NAME")
     store = _store(room, thread_store_url)
@@ -410,8 +410,8 @@ def threads(
 
 def _thread_items(room: str | None, agent_name: str | None, thread_dir: str, thread_id: str | None,  # noqa: ANN202
                   store_url: str | None = None):
-    from activities.storage import threadline_home
-    from cli.threads import resolve_thread
+    from threadline.activities.storage import threadline_home
+    from threadline.cli.threads import resolve_thread
 
     room = require(room, "--room", "THREADLINE_ROOM", "NAME")
     if not thread_id:
@@ -435,7 +435,7 @@ def messages(
     verbose: Verbose = False,
 ) -> None:
     """Show a thread's items in order: messages, replies, tool calls and results."""
-    from cli.threads import print_items
+    from threadline.cli.threads import print_items
 
     print_items(_thread_items(room, agent_name, thread_dir, thread_id, thread_store_url), output)
 
@@ -453,7 +453,7 @@ def grep(
     verbose: Verbose = False,
 ) -> None:
     """Search a thread's items with a regular expression; exit code 1 when nothing matches."""
-    from cli.threads import compile_pattern, grep_items, print_items
+    from threadline.cli.threads import compile_pattern, grep_items, print_items
 
     regex = compile_pattern(pattern, ignore_case)
     found = grep_items(_thread_items(room, agent_name, thread_dir, thread_id, thread_store_url), regex)
@@ -463,8 +463,8 @@ def grep(
 
 
 # `process spec` and `process deploy` (cli/spec.py, cli/deploy.py).
-from cli import deploy as _deploy  # noqa: E402
-from cli import spec as _spec  # noqa: E402
+from threadline.cli import deploy as _deploy  # noqa: E402
+from threadline.cli import spec as _spec  # noqa: E402
 
 _spec.register(process_app)
 _deploy.register(process_app)

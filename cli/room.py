@@ -19,16 +19,16 @@ from typing import Annotated, Any
 import typer
 from temporalio.client import Client
 
-from channels.delivery import TemporalUnreachable
-from channels.queue import JobNotFound, check_job, list_jobs, queue_has_consumers, send_job, wait_for_job
-from channels.queue import job_status as read_job_status
-from cli.connection import open_temporal
-from cli.errors import FAILURE, USAGE, CliError, usage_error
-from cli.options import ConnectionOptions, Namespace, TemporalAddress
-from cli.output import error_line, warn
-from cli.output import status as status_line
-from cli.room_agent import agent_app
-from models import JOB_STATES, JobAccepted, JobPayloadError, JobStatus, validate_name, validate_queue_name
+from threadline.channels.delivery import TemporalUnreachable
+from threadline.channels.queue import JobNotFound, check_job, list_jobs, queue_has_consumers, send_job, wait_for_job
+from threadline.channels.queue import job_status as read_job_status
+from threadline.cli.connection import open_temporal
+from threadline.cli.errors import FAILURE, USAGE, CliError, usage_error
+from threadline.cli.options import ConnectionOptions, Namespace, TemporalAddress
+from threadline.cli.output import error_line, warn
+from threadline.cli.output import status as status_line
+from threadline.cli.room_agent import agent_app
+from threadline.models import JOB_STATES, JobAccepted, JobPayloadError, JobStatus, validate_name, validate_queue_name
 
 """Until the CLI's embedded-server helper is wired in here."""
 

@@ -18,9 +18,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.errors import FAILURE, USAGE, CliError, usage_error
-from cli.options import ConnectionOptions, Room, Verbose, require, with_options
-from cli.output import error_line, out, status
+from threadline.cli.errors import FAILURE, USAGE, CliError, usage_error
+from threadline.cli.options import ConnectionOptions, Room, Verbose, require, with_options
+from threadline.cli.output import error_line, out, status
 
 agent_app = typer.Typer(
     help="Agents as tools: list a room's toolkits (agents run with --channel toolkit:NAME) and invoke their tools.",
@@ -63,8 +63,8 @@ class InvokeFormat(str, Enum):
 def _reports_errors(fn: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        from channels.delivery import TemporalUnreachable
-        from channels.toolkit import InvalidArguments, ToolkitError
+        from threadline.channels.delivery import TemporalUnreachable
+        from threadline.channels.toolkit import InvalidArguments, ToolkitError
 
         try:
             fn(*args, **kwargs)
@@ -115,8 +115,8 @@ def list_toolkits(
 
 
 async def _list(connection: ConnectionOptions, room: str):  # noqa: ANN202
-    from channels.toolkit import Room as ToolkitRoom
-    from cli.connection import open_temporal
+    from threadline.channels.toolkit import Room as ToolkitRoom
+    from threadline.cli.connection import open_temporal
 
     temporal = await open_temporal(connection)
     return await ToolkitRoom(temporal.client, room).list_toolkits()
@@ -142,7 +142,7 @@ def invoke_tool(
     verbose: Verbose = False,
 ) -> None:
     """Run a toolkit's tool: one turn of the agent serving it; prints its reply."""
-    from channels.toolkit import parse_arguments
+    from threadline.channels.toolkit import parse_arguments
 
     room = require(room, "--room", "THREADLINE_ROOM", "NAME")
     if not toolkit or not toolkit.strip():
@@ -162,8 +162,8 @@ def invoke_tool(
 
 async def _invoke(connection: ConnectionOptions, room: str, toolkit: str, tool: str, arguments: dict[str, Any],
                   timeout: float):  # noqa: ANN202
-    from channels.toolkit import Room as ToolkitRoom
-    from cli.connection import open_temporal
+    from threadline.channels.toolkit import Room as ToolkitRoom
+    from threadline.cli.connection import open_temporal
 
     temporal = await open_temporal(connection)
     return await ToolkitRoom(temporal.client, room).invoke_tool(

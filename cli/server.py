@@ -14,10 +14,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from cli import embedded
-from cli.errors import CliError
-from cli.options import Verbose
-from cli.output import err, out, status
+from threadline.cli import embedded
+from threadline.cli.errors import CliError
+from threadline.cli.options import Verbose
+from threadline.cli.output import err, out, status
 
 server_app = typer.Typer(
     name="server",

@@ -25,10 +25,10 @@ import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cli.errors import CliError, usage_error
-from cli.options import AgentOptions, ConnectionOptions, Verbose, build_spec, with_options
-from cli.output import warn
-from models import DEFAULT_HTTP_PORT, AgentSpec, validate_thread_store_url
+from threadline.cli.errors import CliError, usage_error
+from threadline.cli.options import AgentOptions, ConnectionOptions, Verbose, build_spec, with_options
+from threadline.cli.output import warn
+from threadline.models import DEFAULT_HTTP_PORT, AgentSpec, validate_thread_store_url
 
 API_VERSION = "threadline/v1"
 KIND = "AgentService"
@@ -258,7 +258,7 @@ def _secret_refs(spec: AgentSpec, connection: ConnectionOptions, secret: str) ->
 
 def build_service_spec(agent: AgentOptions, connection: ConnectionOptions, service: ServiceOptions) -> ServiceSpec:
     """The options of `process join` (validated as join validates them) → the service spec."""
-    from worker import load_rules
+    from threadline.worker import load_rules
 
     spec = build_spec(agent, connection)
     if not spec.channels:
@@ -306,7 +306,7 @@ def build_service_spec(agent: AgentOptions, connection: ConnectionOptions, servi
 
 def warn_unreachable(service: ServiceSpec) -> None:
     """Servers bound to loopback are not reachable from outside a container."""
-    from channels.chat_http import is_loopback
+    from threadline.channels.chat_http import is_loopback
 
     agent = service.agent
     if service.port("http") and is_loopback(agent.http.host):
@@ -349,11 +349,11 @@ def load_service_spec(path: Path) -> ServiceSpec:
 
 def check_agent_spec(spec: AgentSpec) -> None:
     """What `build_spec` checks after building an AgentSpec, for one read from a spec file."""
-    from activities.agent import ModelConfigError, resolve_model
-    from activities.tools import ToolLoadError, build_toolbox
-    from channels.chat_http import HttpConfigError, check_settings
-    from cli.options import _toolkit_tools, parse_channels
-    from worker import RulesFileError, load_rules
+    from threadline.activities.agent import ModelConfigError, resolve_model
+    from threadline.activities.tools import ToolLoadError, build_toolbox
+    from threadline.channels.chat_http import HttpConfigError, check_settings
+    from threadline.cli.options import _toolkit_tools, parse_channels
+    from threadline.worker import RulesFileError, load_rules
 
     if parse_channels(spec.channels) != spec.channels:
         raise usage_error(f"the spec's channels {spec.channels} are not in canonical form")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from cli.errors import usage_error
+from threadline.cli.errors import usage_error
 
 if TYPE_CHECKING:
     from temporalio.service import TLSConfig

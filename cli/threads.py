@@ -9,12 +9,12 @@ from datetime import datetime
 from rich.markup import escape
 from rich.table import Column, Table
 
-from activities.thread_store import ThreadStore
-from activities.tools import summarize_call
-from cli.errors import usage_error
-from cli.options import OutputFormat
-from cli.output import out
-from models import AgentRef, ThreadInfo, ThreadItem
+from threadline.activities.thread_store import ThreadStore
+from threadline.activities.tools import summarize_call
+from threadline.cli.errors import usage_error
+from threadline.cli.options import OutputFormat
+from threadline.cli.output import out
+from threadline.models import AgentRef, ThreadInfo, ThreadItem
 
 
 def short_id(thread_id: str) -> str:

@@ -1,5 +1,5 @@
 """Checks Threadline as a user gets it from `pip install .` (no test extras), run by that environment's Python
-from outside the repository: every installed module imports, every third-party import is a declared dependency,
+from outside the repository: everything installs under the one import name `threadline`, every module imports, every third-party import is a declared dependency,
 and `threadline --help` and every subcommand's `--help` exit 0. Prints one line per failure; exit 1 on any."""
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def main() -> int:
     dist = metadata.distribution(DISTRIBUTION)
     modules = installed_modules(dist)
     own = {name.split(".")[0] for name in modules}
+    if own != {DISTRIBUTION}:
+        failures.append(f"installs top-level import names {sorted(own)}; only {DISTRIBUTION!r} belongs on sys.path")
     providers = metadata.packages_distributions()
     allowed = declared(dist)
     for name, path in sorted(modules.items()):
@@ -79,7 +81,7 @@ def main() -> int:
 
     from typer.main import get_command
 
-    from cli.app import app
+    from threadline.cli.app import app
 
     script = Path(sys.executable).with_name("threadline")
     paths = command_paths(get_command(app))

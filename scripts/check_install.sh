@@ -8,6 +8,9 @@ trap 'rm -rf "$work"' EXIT
 source "$repo/scripts/_python.sh"
 "$python" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null
-PYTHONWARNINGS=ignore "$work/venv/bin/python" -m pip install --quiet "$repo"
+# From a copy without build/ and *.egg-info, which an earlier in-tree build leaves behind with stale modules.
+mkdir "$work/src"
+tar -C "$repo" --exclude=./.venv --exclude=./build --exclude='*.egg-info' --exclude=./.git -cf - . | tar -C "$work/src" -xf -
+PYTHONWARNINGS=ignore "$work/venv/bin/python" -m pip install --quiet "$work/src"
 cd "$work"
 THREADLINE_HOME="$work/home" "$work/venv/bin/python" "$repo/scripts/check_install.py"

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 from temporalio.client import Client
 
-from channels.chat_http import ChatHttpChannel
-from models import AgentSpec, HttpSettings
-from worker import run_agent
+from threadline.channels.chat_http import ChatHttpChannel
+from threadline.models import AgentSpec, HttpSettings
+from threadline.worker import run_agent
 
 
 @dataclass

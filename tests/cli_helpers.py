@@ -27,7 +27,7 @@ def cli_env(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
 
 
 def command(args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "cli.app", *args]
+    return [sys.executable, "-m", "threadline.cli.app", *args]
 
 
 def run_cli(

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from channels.base import ChannelAdapter
-from channels.delivery import connect
-from models import AgentSpec
+from threadline.channels.base import ChannelAdapter
+from threadline.channels.delivery import connect
+from threadline.models import AgentSpec
 from tests.fake_openai import FakeOpenAI
 from tests.temporal_server import TemporalDevServer
-from worker import run_agent
-from workflows.search_attributes import SEARCH_ATTRIBUTES
+from threadline.worker import run_agent
+from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
 REPO = Path(__file__).resolve().parent.parent
 

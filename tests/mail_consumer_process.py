@@ -11,10 +11,10 @@ import asyncio
 import signal
 import sys
 
-from channels.delivery import connect
-from channels.mail import MailChannel
-from models import AgentSpec
-from worker import run_agent
+from threadline.channels.delivery import connect
+from threadline.channels.mail import MailChannel
+from threadline.models import AgentSpec
+from threadline.worker import run_agent
 
 
 async def main(address: str, spec_json: str, channel: str) -> None:

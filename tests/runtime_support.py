@@ -23,10 +23,10 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
-from activities.thread_store import ThreadStore
-from models import AgentSpec, ThreadItem
+from threadline.activities.thread_store import ThreadStore
+from threadline.models import AgentSpec, ThreadItem
 from tests.fake_openai import FakeRequest, FakeResponse
-from worker import run_agent
+from threadline.worker import run_agent
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 RECORD_ENV = "THREADLINE_RECORD_HISTORIES"

@@ -13,9 +13,17 @@ LAYERS = [{"models"}, {"activities", "workflows"}, {"channels"}, {"worker"}, {"c
 LAYER_OF = {name: n for n, names in enumerate(LAYERS) for name in names}
 
 
+PACKAGE = "threadline"
+"""The one import namespace of the installed distribution; `pyproject.toml` maps it onto the repository root."""
+
+
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    parts = [PACKAGE, *path.relative_to(REPO).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer(module: str) -> str:
+    return module.split(".")[1]
 
 
 def source_modules() -> dict[str, Path]:
@@ -90,10 +98,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_layers_import_only_downwards() -> None:
     upward = []
     for source, targets in import_graph().items():
-        layer = LAYER_OF[source.partition(".")[0]]
+        own = LAYER_OF[layer(source)]
         for target in sorted(targets):
-            top = target.partition(".")[0]
-            if LAYER_OF[top] > layer or (LAYER_OF[top] == layer and top != source.partition(".")[0]):
+            top = layer(target)
+            if LAYER_OF[top] > own or (LAYER_OF[top] == own and top != layer(source)):
                 upward.append(f"{source} imports {target}")
     assert upward == [], "imports against the layers (" + " < ".join("|".join(sorted(x)) for x in LAYERS) + "):\n" \
         + "\n".join(upward)
@@ -103,7 +111,19 @@ def test_no_import_cycles() -> None:
     assert cycles(import_graph()) == []
 
 
+def test_modules_import_the_project_only_through_its_namespace() -> None:
+    """A bare `import models` works from the repository root but not where the package is installed."""
+    bare = {name.split(".")[1] for name in source_modules()}
+    found = []
+    for name, path in source_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            found += [f"{name} imports {t}" for t in targets if t.split(".")[0] in bare]
+    assert found == []
+
+
 def test_the_checks_see_function_level_imports_and_cycles() -> None:
     graph = import_graph()
-    assert "activities.pg_store" in graph["activities.stores"]  # imported inside a function
+    assert "threadline.activities.pg_store" in graph["threadline.activities.stores"]  # imported inside a function
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from activities.stream_log import StreamLog
-from activities.thread_store import ThreadStore
-from channels.delivery import connect
-from cli.app import app
-from models import AgentRef, ThreadItem
+from threadline.activities.stream_log import StreamLog
+from threadline.activities.thread_store import ThreadStore
+from threadline.channels.delivery import connect
+from threadline.cli.app import app
+from threadline.models import AgentRef, ThreadItem
 from tests.cli_helpers import REPO, CliProcess, cli_env, command, run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.temporal_server import TemporalDevServer

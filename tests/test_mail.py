@@ -21,9 +21,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from temporalio.testing import ActivityEnvironment
 
-from activities.thread_store import ThreadStore
-from channels.delivery import connect
-from channels.mail import (
+from threadline.activities.thread_store import ThreadStore
+from threadline.channels.delivery import connect
+from threadline.channels.mail import (
     MailActivities,
     MailChannel,
     MailServer,
@@ -32,16 +32,16 @@ from channels.mail import (
     mail_job_key,
     reply_message_id,
 )
-from channels.queue import wait_for_job
-from models import AgentSpec, JobStatus, MailEnvelope, MailReplyRequest, MailSettings
+from threadline.channels.queue import wait_for_job
+from threadline.models import AgentSpec, JobStatus, MailEnvelope, MailReplyRequest, MailSettings
 from tests.cli_helpers import run_cli
 from tests.conftest import REPO
 from tests.fake_openai import FakeRequest, FakeResponse
 from tests.runtime_support import eventually, record_history
 from tests.temporal_server import TemporalDevServer, free_port
-from worker import run_agent
-from workflows.queue_job import public_job_id
-from workflows.search_attributes import SEARCH_ATTRIBUTES
+from threadline.worker import run_agent
+from threadline.workflows.queue_job import public_job_id
+from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
 ADDRESS = "agent@example.com"
 ALICE = "Alice Example <alice@example.com>"

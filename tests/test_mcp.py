@@ -17,14 +17,14 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from temporalio.client import Client as TemporalClient
 
-from activities.mcp_tools import McpConfigError, McpUnavailable, load_mcp_tools, parse_mcp
-from channels.delivery import new_thread_name, new_turn_id, submit_turn
-from channels.registry import adapters_for
-from models import McpSettings, Turn
+from threadline.activities.mcp_tools import McpConfigError, McpUnavailable, load_mcp_tools, parse_mcp
+from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
+from threadline.channels.registry import adapters_for
+from threadline.models import McpSettings, Turn
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeResponse
 from tests.runtime_support import items_of_turn
-from worker import run_agent
+from threadline.worker import run_agent
 
 
 def free_port() -> int:
@@ -119,7 +119,7 @@ async def test_mcp_server_down_at_start_up(temporal_client: TemporalClient, agen
     spec = agent_spec.model_copy(update={"mcp": McpSettings(servers=[url])})
     with pytest.raises(McpUnavailable) as raised:
         await run_agent(temporal_client, spec, asyncio.Event())
-    from cli.process import _agent_error
+    from threadline.cli.process import _agent_error
 
     error = _agent_error(raised.value)
     assert error.exit_code == 1 and "is not reachable" in error.message
@@ -157,7 +157,7 @@ async def test_toolkit_tools_are_served_over_mcp(temporal_client: TemporalClient
 
 
 def _last_turn(spec, answer) -> str:  # noqa: ANN001
-    from activities.thread_store import ThreadStore
+    from threadline.activities.thread_store import ThreadStore
 
     return ThreadStore.for_room(spec.room).items(answer["thread_id"])[-1].turn_id
 

@@ -16,9 +16,9 @@ import pytest
 from temporalio.client import Client
 from typer.testing import CliRunner
 
-from activities.thread_store import ThreadStore
-from channels.delivery import thread_snapshot
-from channels.queue import (
+from threadline.activities.thread_store import ThreadStore
+from threadline.channels.delivery import thread_snapshot
+from threadline.channels.queue import (
     JobNotFound,
     QueueChannel,
     expand_path,
@@ -28,12 +28,12 @@ from channels.queue import (
     send_job,
     wait_for_job,
 )
-from cli.room import room_app
-from models import MAX_PAYLOAD_BYTES, AgentSpec, JobPayloadError, JobStatus
+from threadline.cli.room import room_app
+from threadline.models import MAX_PAYLOAD_BYTES, AgentSpec, JobPayloadError, JobStatus
 from tests.conftest import REPO
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
 from tests.runtime_support import record_history
-from workflows.search_attributes import AGENT_ATTRIBUTE, JOB_STATUS_ATTRIBUTE, QUEUE_ATTRIBUTE, ROOM_ATTRIBUTE
+from threadline.workflows.search_attributes import AGENT_ATTRIBUTE, JOB_STATUS_ATTRIBUTE, QUEUE_ATTRIBUTE, ROOM_ATTRIBUTE
 
 QUEUE = "jobs"
 
@@ -290,7 +290,7 @@ async def test_a_job_payload_over_the_limit_is_refused_before_sending(temporal_s
     big.write_text(json.dumps({"prompt": "x" * (3 << 20)}))
     where = ["--room", room, "--queue", QUEUE, "--temporal-address", temporal_server.address]
     result = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "cli.app", "room", "queue", "send", *where, "--file", str(big),
+        subprocess.run, [sys.executable, "-m", "threadline.cli.app", "room", "queue", "send", *where, "--file", str(big),
                          "--idempotency-key", "big"],
         cwd=REPO, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )

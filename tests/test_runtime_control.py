@@ -9,8 +9,8 @@ import pytest
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 
-from activities.storage import RoomStorage
-from channels.delivery import (
+from threadline.activities.storage import RoomStorage
+from threadline.channels.delivery import (
     interrupt_turn,
     new_thread_name,
     new_turn_id,
@@ -19,7 +19,7 @@ from channels.delivery import (
     thread_snapshot,
     wait_for_reply,
 )
-from models import AgentSpec, Steer, Turn
+from threadline.models import AgentSpec, Steer, Turn
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
 from tests.runtime_support import (
     ACTIVITY_CANCEL_REQUESTED,

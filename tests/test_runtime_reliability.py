@@ -9,9 +9,9 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from activities.agent import MAX_RETRY_AFTER_SECONDS, retry_delay
-from activities.thread_store import ThreadStore
-from channels.delivery import (
+from threadline.activities.agent import MAX_RETRY_AFTER_SECONDS, retry_delay
+from threadline.activities.thread_store import ThreadStore
+from threadline.channels.delivery import (
     connect,
     deliver_turn,
     new_thread_name,
@@ -20,7 +20,7 @@ from channels.delivery import (
     thread_snapshot,
     wait_for_reply,
 )
-from models import AgentSpec, Turn
+from threadline.models import AgentSpec, Turn
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.runtime_support import (
     CONTINUED_AS_NEW,
@@ -35,9 +35,9 @@ from tests.runtime_support import (
     store_items,
 )
 from tests.temporal_server import TemporalDevServer
-from worker import run_agent
-from workflows.search_attributes import SEARCH_ATTRIBUTES
-from workflows.thread import CUT_AT_ROLLOVER
+from threadline.worker import run_agent
+from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
+from threadline.workflows.thread import CUT_AT_ROLLOVER
 
 
 def _thread(spec: AgentSpec) -> str:

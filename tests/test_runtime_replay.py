@@ -21,15 +21,15 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from channels.delivery import new_thread_name, new_turn_id, submit_turn
-from models import Turn
+from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
+from threadline.models import Turn
 from tests.fake_openai import FakeResponse
 from tests.runtime_support import HISTORIES
-from workflows.mail_job import MailJobWorkflow
-from workflows.queue_job import QueueJobWorkflow
-from workflows.thread import ThreadWorkflow
-from workflows.tool_call import ToolCallWorkflow
-from workflows.toolkit import ToolkitWorkflow
+from threadline.workflows.mail_job import MailJobWorkflow
+from threadline.workflows.queue_job import QueueJobWorkflow
+from threadline.workflows.thread import ThreadWorkflow
+from threadline.workflows.tool_call import ToolCallWorkflow
+from threadline.workflows.toolkit import ToolkitWorkflow
 
 EXPECTED = {
     "plain_turns", "tool_loop", "steer", "interrupt", "model_failure", "continue_as_new", "toolkit_call",

@@ -6,8 +6,8 @@ import asyncio
 
 from temporalio.client import Client
 
-from activities.thread_store import ThreadStore
-from channels.delivery import (
+from threadline.activities.thread_store import ThreadStore
+from threadline.channels.delivery import (
     connect,
     deliver_turn,
     new_thread_name,
@@ -16,7 +16,7 @@ from channels.delivery import (
     thread_snapshot,
     wait_for_reply,
 )
-from models import AgentSpec, Turn
+from threadline.models import AgentSpec, Turn
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.runtime_support import ConcurrencyRecorder, Gate, eventually, prompt_texts, record_history, store_items
 

@@ -1,6 +1,6 @@
-from activities.thread_store import ThreadStore
-from channels.delivery import new_thread_name, new_turn_id, submit_turn
-from models import Turn
+from threadline.activities.thread_store import ThreadStore
+from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
+from threadline.models import Turn
 
 
 async def test_turn_replies_and_persists(temporal_client, agent_spec, agent_worker):

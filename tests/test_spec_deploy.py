@@ -20,16 +20,16 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from activities.thread_store import ThreadStore
-from channels.queue import send_job, wait_for_job
-from cli.deploy import grace_period_seconds
-from cli.options import AgentOptions, ConnectionOptions, build_spec, with_options
-from cli.spec import SCHEMA_FILE, ServiceSpec, from_service_spec, load_service_spec, schema, schema_text
-from models import AgentSpec
+from threadline.activities.thread_store import ThreadStore
+from threadline.channels.queue import send_job, wait_for_job
+from threadline.cli.deploy import grace_period_seconds
+from threadline.cli.options import AgentOptions, ConnectionOptions, build_spec, with_options
+from threadline.cli.spec import SCHEMA_FILE, ServiceSpec, from_service_spec, load_service_spec, schema, schema_text
+from threadline.models import AgentSpec
 from tests.cli_helpers import REPO, CliProcess, run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
-from worker import GRACEFUL_SHUTDOWN
-from workflows.thread import HEARTBEAT_TIMEOUT
+from threadline.worker import GRACEFUL_SHUTDOWN
+from threadline.workflows.thread import HEARTBEAT_TIMEOUT
 
 K8S_VERSION = "1.30"
 

@@ -23,7 +23,7 @@ class Terminal:
 
     def __init__(self, *args: str) -> None:
         self.child = pexpect.spawn(
-            sys.executable, ["-m", "cli.app", *args], cwd=str(REPO), env=cli_env({"TERM": "xterm"}),
+            sys.executable, ["-m", "threadline.cli.app", *args], cwd=str(REPO), env=cli_env({"TERM": "xterm"}),
             encoding="utf-8", dimensions=(50, 200), timeout=5,
         )
         self.raw = ""

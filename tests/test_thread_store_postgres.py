@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from activities.stores import open_stream_log, open_thread_store
-from activities.stream_log import StreamLog
-from activities.thread_store import ThreadStore
-from channels.delivery import new_thread_name, new_turn_id, submit_turn
-from models import AgentSpec, ThreadItem, Turn, Usage
+from threadline.activities.stores import open_stream_log, open_thread_store
+from threadline.activities.stream_log import StreamLog
+from threadline.activities.thread_store import ThreadStore
+from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
+from threadline.models import AgentSpec, ThreadItem, Turn, Usage
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
 
@@ -201,7 +201,7 @@ def test_rooms_are_apart_in_one_database(postgres_url: str, room: str) -> None:
 def test_concurrent_writers_never_hide_a_write_from_a_follower(postgres_url: str, room: str) -> None:
     """Positions become visible in order: a follower polling `changes(after=...)` while two processes write
     misses nothing (the writers of a thread are serialised, so write order is commit order)."""
-    from activities.pg_store import PgThreadStore
+    from threadline.activities.pg_store import PgThreadStore
 
     writers = [PgThreadStore(postgres_url, room) for _ in range(2)]
     reader = open_thread_store(room, postgres_url)
@@ -290,7 +290,7 @@ def test_a_service_spec_keeps_the_url_as_a_secret(room: str, tmp_path: Path) -> 
     --spec` reads it back from the environment."""
     import yaml
 
-    from cli.spec import from_service_spec, load_service_spec
+    from threadline.cli.spec import from_service_spec, load_service_spec
 
     url = "postgresql://threadline:pa55word@db.internal:5432/threadline"
     result = run_cli("process", "spec", "--room", room, "--agent-name", "support", "--model", "offline",
@@ -309,7 +309,7 @@ def test_a_service_spec_keeps_the_url_as_a_secret(room: str, tmp_path: Path) -> 
 
 def test_the_chat_feed_reads_either_backend(backend, room: str) -> None:
     """channels/chat_feed.py's cursors (stream event id, item write position) over both backends."""
-    from channels.chat_feed import Cursor, current_cursor, read_after
+    from threadline.channels.chat_feed import Cursor, current_cursor, read_after
 
     store, log = backend
     store.append("th", [_user(0, "hi")], room=room, agent="support")

@@ -15,25 +15,25 @@ from dataclasses import dataclass
 import pytest
 from temporalio.client import Client
 
-import worker
-from activities.thread_store import ThreadStore
-from channels.delivery import connect, new_turn_id, submit_turn, thread_snapshot
-from channels.registry import adapters_for
-from channels.toolkit import (
+from threadline import worker
+from threadline.activities.thread_store import ThreadStore
+from threadline.channels.delivery import connect, new_turn_id, submit_turn, thread_snapshot
+from threadline.channels.registry import adapters_for
+from threadline.channels.toolkit import (
     InvalidArguments,
     Room,
     ToolkitOffline,
     UnknownTool,
     UnknownToolkit,
 )
-from models import MAX_TURN_TEXT_BYTES, AgentSpec, Turn
+from threadline.models import MAX_TURN_TEXT_BYTES, AgentSpec, Turn
 from tests.cli_helpers import CliProcess, cli_env
 from tests.conftest import REPO
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
 from tests.runtime_support import record_history
-from workflows.toolkit import toolkit_workflow_id
+from threadline.workflows.toolkit import toolkit_workflow_id
 
-CLI = [sys.executable, "-m", "cli.app"]
+CLI = [sys.executable, "-m", "threadline.cli.app"]
 
 
 @dataclass

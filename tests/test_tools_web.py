@@ -9,15 +9,15 @@ import sys
 import pytest
 from temporalio.client import Client
 
-from activities.web import (
+from threadline.activities.web import (
     AllowList,
     WebConfigError,
     WebFetcher,
     forbidden_reason,
     select_provider,
 )
-from channels.delivery import new_thread_name, new_turn_id, submit_turn
-from models import Turn, WebSettings
+from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
+from threadline.models import Turn, WebSettings
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeResponse
 from tests.runtime_support import items_of_turn

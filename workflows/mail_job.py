@@ -20,7 +20,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from models import (
+    from threadline.models import (
         ErrorType,
         JobStatus,
         MailJobInput,
@@ -29,8 +29,8 @@ with workflow.unsafe.imports_passed_through():
         QueueTurnRequest,
         QueueTurnResult,
     )
-    from workflows.failures import failure_message
-    from workflows.queue_job import (
+    from threadline.workflows.failures import failure_message
+    from threadline.workflows.queue_job import (
         HEARTBEAT_TIMEOUT,
         TURN_RETRY,
         TURN_TIMEOUT,

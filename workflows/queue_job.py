@@ -20,7 +20,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from models import (
+    from threadline.models import (
         ErrorType,
         JobPayloadError,
         JobStatus,
@@ -30,8 +30,8 @@ with workflow.unsafe.imports_passed_through():
         QueueTurnRequest,
         QueueTurnResult,
     )
-    from workflows.failures import failure_message
-    from workflows.search_attributes import AGENT_ATTRIBUTE, JOB_STATUS_ATTRIBUTE
+    from threadline.workflows.failures import failure_message
+    from threadline.workflows.search_attributes import AGENT_ATTRIBUTE, JOB_STATUS_ATTRIBUTE
 
 TURN_TIMEOUT = timedelta(hours=12)
 """Upper bound of one attempt; a dead consumer is noticed at the heartbeat timeout instead."""

@@ -16,7 +16,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from models import (
+    from threadline.models import (
         ErrorType,
         Interrupt,
         ModelCallInput,
@@ -34,9 +34,9 @@ with workflow.unsafe.imports_passed_through():
         Turn,
         Usage,
     )
-    from workflows.failures import failure_message, tool_failure_result
-    from workflows.search_attributes import STATUS_ATTRIBUTE
-    from workflows.tool_call import HEARTBEAT_TIMEOUT, ToolCallWorkflow, run_tool_options
+    from threadline.workflows.failures import failure_message, tool_failure_result
+    from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
+    from threadline.workflows.tool_call import HEARTBEAT_TIMEOUT, ToolCallWorkflow, run_tool_options
 
 
 UPDATES_PER_RUN = 1500

@@ -10,7 +10,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from models import ToolCall, ToolCallInput, ToolOutcome
+    from threadline.models import ToolCall, ToolCallInput, ToolOutcome
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=5)
 TOOL_TIMEOUT_GRACE_SECONDS = 10.0

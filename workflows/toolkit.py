@@ -22,8 +22,8 @@ import re
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from models import ToolkitRegistration, ToolkitState
-    from workflows.search_attributes import AGENT_ATTRIBUTE
+    from threadline.models import ToolkitRegistration, ToolkitState
+    from threadline.workflows.search_attributes import AGENT_ATTRIBUTE
 
 MEMO_KEY = "toolkit"
 MAX_INSTANCES = 20
