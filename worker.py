@@ -12,7 +12,6 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.worker import Worker
-
 from threadline.activities.agent import AgentActivities
 from threadline.activities.mcp_tools import load_mcp_tools
 from threadline.activities.storage import RoomStorage

@@ -18,7 +18,6 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
-
 from threadline.activities.heartbeat import heartbeating
 from threadline.activities.offline import offline_completion
 from threadline.activities.storage import RoomStorage

@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg
-
 from threadline.activities.stream_log import KEEP_SECONDS, StreamEvent
 from threadline.activities.thread_store import display_name
 from threadline.models import ThreadInfo, ThreadItem, ThreadStatus, Usage

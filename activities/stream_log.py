@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
-
 from threadline.activities.storage import room_dir
 
 EventKind = Literal["delta", "retry", "tool_started", "tool_finished", "accepted"]

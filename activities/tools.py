@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import ConfigDict, ValidationError, create_model
-
 from threadline.activities.storage import RoomStorage, StoragePathError
 from threadline.models import ToolCallInput
 

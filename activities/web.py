@@ -35,7 +35,6 @@ from urllib.parse import urljoin, urlsplit
 
 import httpcore
 import httpx
-
 from threadline.activities.tools import Tool, ToolLoadError
 
 MAX_REDIRECTS = 5

@@ -15,9 +15,9 @@ runs a worker for it in its own process (model at OPENAI_BASE_URL); prints `read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-import contextlib
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,7 +26,6 @@ from temporalio import activity, workflow
 
 with workflow.unsafe.imports_passed_through():
     import openai
-
     from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
 
 FLOOR_MODEL = "fake-model"

@@ -30,13 +30,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from temporalio.client import Client  # noqa: E402
-
 from threadline.channels.delivery import connect  # noqa: E402
 from threadline.channels.queue import send_job, wait_for_job  # noqa: E402
 from threadline.models import AgentSpec, JobStatus  # noqa: E402
+from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
+
 from tests.fake_openai import FakeOpenAI  # noqa: E402
 from tests.temporal_server import TemporalDevServer  # noqa: E402
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
 QUEUE = "bench-jobs"
 SEND_CONCURRENCY = 50

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from temporalio.client import Client
 from temporalio.worker import Worker
-
 from threadline.models import AgentSpec
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio.client import Client
-
 from threadline.activities.stream_log import StreamEvent, StreamLog
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import thread_snapshot

@@ -41,7 +41,6 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
-
 from threadline.activities.stores import open_stream_log, open_thread_store
 from threadline.channels.base import ChannelAdapter, ChannelContext
 from threadline.channels.chat_feed import Cursor, FeedEvent, StatusWatcher, current_cursor, follow, read_after

@@ -29,8 +29,17 @@ from temporalio.client import (
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
-
-from threadline.models import AgentRef, ErrorType, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
+from threadline.models import (
+    AgentRef,
+    ErrorType,
+    Interrupt,
+    Reply,
+    Steer,
+    ThreadSnapshot,
+    ThreadStart,
+    ThreadState,
+    Turn,
+)
 from threadline.workflows.search_attributes import (
     AGENT_ATTRIBUTE,
     CHANNEL_ATTRIBUTE,

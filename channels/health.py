@@ -20,7 +20,6 @@ import sys
 from collections.abc import Sequence
 
 from temporalio.worker import Worker
-
 from threadline.channels.base import ChannelAdapter, ChannelContext
 from threadline.models import DEFAULT_HEALTH_HOST
 

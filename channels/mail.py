@@ -51,7 +51,6 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
-
 from threadline.activities.heartbeat import heartbeating
 from threadline.activities.storage import RoomStorage, StoragePathError, threadline_home
 from threadline.activities.stores import open_thread_store
@@ -74,8 +73,20 @@ from threadline.models import (
     validate_queue_name,
 )
 from threadline.workflows.mail_job import MailJobWorkflow
-from threadline.workflows.queue_job import MEMO_KEY, job_memo, job_task_queue, job_turn_id, job_workflow_id, public_job_id
-from threadline.workflows.search_attributes import CHANNEL_ATTRIBUTE, JOB_STATUS_ATTRIBUTE, QUEUE_ATTRIBUTE, ROOM_ATTRIBUTE
+from threadline.workflows.queue_job import (
+    MEMO_KEY,
+    job_memo,
+    job_task_queue,
+    job_turn_id,
+    job_workflow_id,
+    public_job_id,
+)
+from threadline.workflows.search_attributes import (
+    CHANNEL_ATTRIBUTE,
+    JOB_STATUS_ATTRIBUTE,
+    QUEUE_ATTRIBUTE,
+    ROOM_ATTRIBUTE,
+)
 
 log = logging.getLogger("threadline.mail")
 

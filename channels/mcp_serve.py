@@ -19,7 +19,6 @@ import sys
 from typing import Any
 
 import uvicorn
-
 from threadline.activities.mcp_tools import McpConfigError
 from threadline.channels.base import ChannelAdapter, ChannelContext
 from threadline.channels.http_auth import BearerAuth, is_loopback

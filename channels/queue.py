@@ -37,7 +37,6 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
-
 from threadline.activities.heartbeat import heartbeating
 from threadline.channels.base import ChannelAdapter, ChannelContext
 from threadline.channels.delivery import register_search_attributes, submit_turn

@@ -44,7 +44,6 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
-
 from threadline.activities.tools import Tool, current_call
 from threadline.channels.base import ChannelAdapter, ChannelContext
 from threadline.channels.delivery import interrupt_turn, new_thread_name, new_turn_id, recent_pollers, submit_turn

@@ -13,7 +13,6 @@ import sys
 import traceback
 
 import typer
-
 from threadline.cli.errors import USAGE, CliError
 from threadline.cli.mail import mail_app, mailbox_app
 from threadline.cli.options import Verbose

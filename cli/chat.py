@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from rich.markup import escape
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
-
 from threadline.activities.stream_log import StreamEvent, StreamLog
 from threadline.activities.thread_store import ThreadStore
 from threadline.activities.tools import summarize_call

@@ -6,7 +6,6 @@ import asyncio
 from dataclasses import dataclass
 
 from temporalio.client import Client
-
 from threadline.channels.delivery import TemporalUnreachable, connect
 from threadline.cli import embedded
 from threadline.cli.errors import CliError

@@ -22,7 +22,6 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-
 from threadline.cli.errors import CliError, usage_error
 from threadline.cli.options import AgentOptions, ConnectionOptions, Verbose, with_options
 from threadline.cli.output import status, warn

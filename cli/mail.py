@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from typing import Annotated
 
 import typer
-
 from threadline.cli.errors import FAILURE, USAGE
 from threadline.cli.options import (
     ConnectionOptions,

@@ -20,7 +20,6 @@ from urllib.parse import parse_qsl, urlsplit
 
 import typer
 from pydantic import ValidationError
-
 from threadline.cli.errors import usage_error
 from threadline.cli.output import set_verbose
 from threadline.cli.temporal_config import temporal_target

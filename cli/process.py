@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-
 from threadline.cli.errors import CliError, usage_error
 from threadline.cli.options import (
     AgentName,
@@ -27,7 +26,7 @@ from threadline.cli.options import (
     require,
     with_options,
 )
-from threadline.cli.output import err, out, status, warn
+from threadline.cli.output import err, out, status
 from threadline.cli.spec import SpecFile, join_from_spec
 from threadline.models import CONTAINER_HEALTH_HOST, DEFAULT_HEALTH_HOST
 
@@ -105,7 +104,6 @@ READ_EPILOG = """\
 def _agent_error(e: BaseException) -> CliError:
     """What can stop an agent worker from starting, as a one-line error."""
     from temporalio.service import RPCError
-
     from threadline.activities.tools import ToolLoadError
     from threadline.worker import RulesFileError
 

@@ -18,7 +18,6 @@ from typing import Annotated, Any
 
 import typer
 from temporalio.client import Client
-
 from threadline.channels.delivery import TemporalUnreachable
 from threadline.channels.queue import JobNotFound, check_job, list_jobs, queue_has_consumers, send_job, wait_for_job
 from threadline.channels.queue import job_status as read_job_status

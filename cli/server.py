@@ -13,7 +13,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-
 from threadline.cli import embedded
 from threadline.cli.errors import CliError
 from threadline.cli.options import Verbose

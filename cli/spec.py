@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
 from threadline.cli.errors import CliError, usage_error
 from threadline.cli.options import AgentOptions, ConnectionOptions, Verbose, build_spec, with_options
 from threadline.cli.output import warn

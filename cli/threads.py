@@ -8,7 +8,6 @@ from datetime import datetime
 
 from rich.markup import escape
 from rich.table import Column, Table
-
 from threadline.activities.thread_store import ThreadStore
 from threadline.activities.tools import summarize_call
 from threadline.cli.errors import usage_error

@@ -79,9 +79,8 @@ def main() -> int:
             elif not dists & allowed:
                 failures.append(f"{name} imports {top} (from {', '.join(sorted(dists))}), not a declared dependency")
 
-    from typer.main import get_command
-
     from threadline.cli.app import app
+    from typer.main import get_command
 
     script = Path(sys.executable).with_name("threadline")
     paths = command_paths(get_command(app))

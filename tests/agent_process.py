@@ -12,10 +12,10 @@ import asyncio
 import signal
 import sys
 
+from threadline import worker
 from threadline.channels.delivery import connect
 from threadline.channels.registry import adapters_for
 from threadline.models import AgentSpec
-from threadline import worker
 
 
 async def main(address: str, spec_json: str, with_channels: bool = False) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 from temporalio.client import Client
-
 from threadline.channels.chat_http import ChatHttpChannel
 from threadline.models import AgentSpec, HttpSettings
 from threadline.worker import run_agent

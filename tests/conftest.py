@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-
 from threadline.channels.base import ChannelAdapter
 from threadline.channels.delivery import connect
 from threadline.models import AgentSpec
-from tests.fake_openai import FakeOpenAI
-from tests.temporal_server import TemporalDevServer
 from threadline.worker import run_agent
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
+
+from tests.fake_openai import FakeOpenAI
+from tests.temporal_server import TemporalDevServer
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -22,11 +22,11 @@ from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
-
 from threadline.activities.thread_store import ThreadStore
 from threadline.models import AgentSpec, ThreadItem
-from tests.fake_openai import FakeRequest, FakeResponse
 from threadline.worker import run_agent
+
+from tests.fake_openai import FakeRequest, FakeResponse
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 RECORD_ENV = "THREADLINE_RECORD_HISTORIES"

@@ -10,10 +10,10 @@ import httpx
 import openai
 import pytest
 from temporalio.client import Client
-
 from threadline.channels import chat_http
 from threadline.channels.chat_http import HttpConfigError, check_settings
 from threadline.models import MAX_TURN_TEXT_BYTES, HttpSettings
+
 from tests.chat_http_support import chat_server, deltas, ended, sse
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse

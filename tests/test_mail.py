@@ -20,7 +20,6 @@ from email.utils import make_msgid
 import pytest
 from aiosmtpd.controller import Controller
 from temporalio.testing import ActivityEnvironment
-
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import connect
 from threadline.channels.mail import (
@@ -34,14 +33,15 @@ from threadline.channels.mail import (
 )
 from threadline.channels.queue import wait_for_job
 from threadline.models import AgentSpec, JobStatus, MailEnvelope, MailReplyRequest, MailSettings
+from threadline.worker import run_agent
+from threadline.workflows.queue_job import public_job_id
+from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
+
 from tests.cli_helpers import run_cli
 from tests.conftest import REPO
 from tests.fake_openai import FakeRequest, FakeResponse
 from tests.runtime_support import eventually, record_history
 from tests.temporal_server import TemporalDevServer, free_port
-from threadline.worker import run_agent
-from threadline.workflows.queue_job import public_job_id
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
 ADDRESS = "agent@example.com"
 ALICE = "Alice Example <alice@example.com>"

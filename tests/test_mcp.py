@@ -16,15 +16,15 @@ from mcp import Client
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from temporalio.client import Client as TemporalClient
-
 from threadline.activities.mcp_tools import McpConfigError, McpUnavailable, load_mcp_tools, parse_mcp
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
 from threadline.channels.registry import adapters_for
 from threadline.models import McpSettings, Turn
+from threadline.worker import run_agent
+
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeResponse
 from tests.runtime_support import items_of_turn
-from threadline.worker import run_agent
 
 
 def free_port() -> int:

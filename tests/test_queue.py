@@ -14,8 +14,6 @@ from datetime import datetime, timezone
 
 import pytest
 from temporalio.client import Client
-from typer.testing import CliRunner
-
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import thread_snapshot
 from threadline.channels.queue import (
@@ -30,10 +28,17 @@ from threadline.channels.queue import (
 )
 from threadline.cli.room import room_app
 from threadline.models import MAX_PAYLOAD_BYTES, AgentSpec, JobPayloadError, JobStatus
+from threadline.workflows.search_attributes import (
+    AGENT_ATTRIBUTE,
+    JOB_STATUS_ATTRIBUTE,
+    QUEUE_ATTRIBUTE,
+    ROOM_ATTRIBUTE,
+)
+from typer.testing import CliRunner
+
 from tests.conftest import REPO
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
 from tests.runtime_support import record_history
-from threadline.workflows.search_attributes import AGENT_ATTRIBUTE, JOB_STATUS_ATTRIBUTE, QUEUE_ATTRIBUTE, ROOM_ATTRIBUTE
 
 QUEUE = "jobs"
 

@@ -8,7 +8,6 @@ import json
 import pytest
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
-
 from threadline.activities.storage import RoomStorage
 from threadline.channels.delivery import (
     interrupt_turn,
@@ -20,6 +19,7 @@ from threadline.channels.delivery import (
     wait_for_reply,
 )
 from threadline.models import AgentSpec, Steer, Turn
+
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
 from tests.runtime_support import (
     ACTIVITY_CANCEL_REQUESTED,

@@ -8,7 +8,6 @@ import asyncio
 import httpx
 import pytest
 from temporalio.client import Client
-
 from threadline.activities.agent import MAX_RETRY_AFTER_SECONDS, retry_delay
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import (
@@ -21,6 +20,10 @@ from threadline.channels.delivery import (
     wait_for_reply,
 )
 from threadline.models import AgentSpec, Turn
+from threadline.worker import run_agent
+from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
+from threadline.workflows.thread import CUT_AT_ROLLOVER
+
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.runtime_support import (
     CONTINUED_AS_NEW,
@@ -35,9 +38,6 @@ from tests.runtime_support import (
     store_items,
 )
 from tests.temporal_server import TemporalDevServer
-from threadline.worker import run_agent
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
-from threadline.workflows.thread import CUT_AT_ROLLOVER
 
 
 def _thread(spec: AgentSpec) -> str:

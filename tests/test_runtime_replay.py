@@ -20,16 +20,16 @@ import pytest
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
-
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
 from threadline.models import Turn
-from tests.fake_openai import FakeResponse
-from tests.runtime_support import HISTORIES
 from threadline.workflows.mail_job import MailJobWorkflow
 from threadline.workflows.queue_job import QueueJobWorkflow
 from threadline.workflows.thread import ThreadWorkflow
 from threadline.workflows.tool_call import ToolCallWorkflow
 from threadline.workflows.toolkit import ToolkitWorkflow
+
+from tests.fake_openai import FakeResponse
+from tests.runtime_support import HISTORIES
 
 EXPECTED = {
     "plain_turns", "tool_loop", "steer", "interrupt", "model_failure", "continue_as_new", "toolkit_call",

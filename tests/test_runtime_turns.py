@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from temporalio.client import Client
-
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import (
     connect,
@@ -17,6 +16,7 @@ from threadline.channels.delivery import (
     wait_for_reply,
 )
 from threadline.models import AgentSpec, Turn
+
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.runtime_support import ConcurrencyRecorder, Gate, eventually, prompt_texts, record_history, store_items
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-
 from threadline.activities.storage import RoomStorage, StoragePathError, StorageUnavailable, s3_filesystem
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
 from threadline.models import AgentSpec, Turn
+
 from tests.cli_helpers import REPO, run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
 
@@ -231,6 +231,7 @@ async def test_mail_eml_and_attachments_go_to_s3(s3: str, temporal_server, tempo
     from email.utils import make_msgid
 
     from threadline.channels.mail import MailStore
+
     from tests.test_mail import ADDRESS, ALICE, Sink, job_done, mail_agent, mail_spec, send
 
     MailStore.default().create_mailbox(ADDRESS, agent_spec.room)

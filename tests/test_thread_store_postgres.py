@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-
 from threadline.activities.stores import open_stream_log, open_thread_store
 from threadline.activities.stream_log import StreamLog
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
 from threadline.models import AgentSpec, ThreadItem, Turn, Usage
+
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
 
@@ -289,7 +289,6 @@ def test_a_service_spec_keeps_the_url_as_a_secret(room: str, tmp_path: Path) -> 
     """`process spec --thread-store-url`: the URL (with its password) is a secret reference, not spec text; `join
     --spec` reads it back from the environment."""
     import yaml
-
     from threadline.cli.spec import from_service_spec, load_service_spec
 
     url = "postgresql://threadline:pa55word@db.internal:5432/threadline"

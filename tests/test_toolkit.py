@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import pytest
 from temporalio.client import Client
-
 from threadline import worker
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import connect, new_turn_id, submit_turn, thread_snapshot
@@ -27,11 +26,12 @@ from threadline.channels.toolkit import (
     UnknownToolkit,
 )
 from threadline.models import MAX_TURN_TEXT_BYTES, AgentSpec, Turn
+from threadline.workflows.toolkit import toolkit_workflow_id
+
 from tests.cli_helpers import CliProcess, cli_env
 from tests.conftest import REPO
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
 from tests.runtime_support import record_history
-from threadline.workflows.toolkit import toolkit_workflow_id
 
 CLI = [sys.executable, "-m", "threadline.cli.app"]
 

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 from temporalio.client import Client
-
 from threadline.activities.web import (
     AllowList,
     WebConfigError,
@@ -18,6 +17,7 @@ from threadline.activities.web import (
 )
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
 from threadline.models import Turn, WebSettings
+
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeResponse
 from tests.runtime_support import items_of_turn
