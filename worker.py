@@ -19,7 +19,7 @@ from threadline.activities.stores import open_stream_log, open_thread_store
 from threadline.activities.stream_log import StreamLog
 from threadline.activities.tools import Tool, build_toolbox
 from threadline.activities.web import web_tools
-from threadline.channels.base import ChannelAdapter, ChannelContext
+from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.delivery import register_search_attributes
 from threadline.channels.mail import send_email_tools
 from threadline.channels.toolkit import toolkit_tools
@@ -33,9 +33,6 @@ MAX_CACHED_THREADS = 200
 """Idle threads beyond this are evicted from worker memory and replayed from history when they get a turn."""
 
 
-GRACEFUL_SHUTDOWN = timedelta(seconds=10)
-"""How long a stopping worker lets in-flight activities finish before cancelling them (deployments give the process
-longer than this plus a heartbeat timeout before killing it)."""
 
 
 STREAM_PRUNE_INTERVAL = timedelta(hours=1)
@@ -102,19 +99,8 @@ async def load_extra_tools(spec: AgentSpec, env: Mapping[str, str] | None = None
 
 
 def build_worker(client: Client, spec: AgentSpec, activities: AgentActivities) -> Worker:
-    return Worker(
-        client,
-        task_queue=spec.ref.task_queue,
-        workflows=[ThreadWorkflow, ToolCallWorkflow],
-        activities=activities.all(),
-        max_cached_workflows=MAX_CACHED_THREADS,
-        # A crashed worker's sticky queue is abandoned quickly so another worker replays the thread.
-        sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
-        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-        # Activities heartbeat every second; sending each one lets an interrupt reach a running model call or tool
-        # within about a second (the default throttle, 80% of the 5 s heartbeat timeout, makes it up to 4 s).
-        max_heartbeat_throttle_interval=timedelta(seconds=1),
-    )
+    return temporal_worker(client, spec.ref.task_queue, [ThreadWorkflow, ToolCallWorkflow], activities.all(),
+                           max_cached_workflows=MAX_CACHED_THREADS)
 
 
 async def run_agent(

@@ -24,6 +24,7 @@ from threadline.activities.storage import RoomStorage
 from threadline.activities.stream_log import DeltaCoalescer, EventKind, StreamLog
 from threadline.activities.thread_store import ThreadStore
 from threadline.activities.tools import ToolArgumentsError, Toolbox, current_call, summarize_call
+from threadline.contracts import CALL_MODEL, RECORD_OUTCOME, RUN_TOOL
 from threadline.models import (
     AgentSpec,
     ErrorType,
@@ -223,7 +224,7 @@ class AgentActivities:
     async def _publish(self, thread_id: str, turn_id: str, attempt: int, kind: EventKind, data: dict[str, Any]) -> None:
         await asyncio.to_thread(self.stream.publish, thread_id, turn_id, attempt, kind, data)
 
-    @activity.defn(name="call_model")
+    @CALL_MODEL.defn
     async def call_model(self, call: ModelCallInput) -> ModelStep:
         """Persists the turn's new input, rebuilds the prompt from the store, calls the model, persists its answer."""
         history = await asyncio.to_thread(self._record_input, call)
@@ -344,7 +345,7 @@ class AgentActivities:
             answer += TRUNCATED_NOTE
         return answer, [(c[0] or None, c[1], c[2] or "{}") for _, c in sorted(calls.items())], usage
 
-    @activity.defn(name="run_tool")
+    @RUN_TOOL.defn
     async def run_tool(self, request: ToolCallInput) -> ToolOutcome:
         """Runs one tool and persists its result. After the last attempt an error becomes the model's answer."""
         call = request.call
@@ -389,7 +390,7 @@ class AgentActivities:
         preview = output.encode()[:TOOL_OUTPUT_INLINE_BYTES].decode(errors="ignore")
         return f"{preview}\n[output truncated: {size} bytes in all, saved to room storage at {path}]"
 
-    @activity.defn(name="record_outcome")
+    @RECORD_OUTCOME.defn
     async def record_outcome(self, record: OutcomeRecord) -> None:
         await self._persist(record.thread_id, record.items, status=record.thread_status)
 

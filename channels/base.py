@@ -5,11 +5,36 @@ own worker from start to graceful stop. Adapters parse input, derive the thread 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 from threadline.models import AgentSpec
+
+GRACEFUL_SHUTDOWN = timedelta(seconds=10)
+"""How long a stopping worker lets in-flight activities finish before cancelling them (deployments give the process
+longer than this plus a heartbeat timeout before killing it)."""
+
+
+def temporal_worker(client: Client, task_queue: str, workflows: Sequence[type],
+                    activities: Sequence[Callable[..., Any]] = (), max_cached_workflows: int = 1000) -> Worker:
+    """Every worker of an agent process, built alike: the agent's own and each channel's."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(workflows),
+        activities=list(activities),
+        max_cached_workflows=max_cached_workflows,
+        # A crashed worker's sticky queue is abandoned quickly so another worker replays its workflows.
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        # Activities heartbeat every second; sending each one lets an interrupt reach a running model call or tool
+        # within about a second (the default throttle, 80% of the 5 s heartbeat timeout, makes it up to 4 s).
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
+    )
 
 
 @dataclass

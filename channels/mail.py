@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from email.message import EmailMessage
 from html.parser import HTMLParser
 from pathlib import Path
@@ -55,9 +55,10 @@ from threadline.activities.heartbeat import heartbeating
 from threadline.activities.storage import RoomStorage, StoragePathError, threadline_home
 from threadline.activities.stores import open_thread_store
 from threadline.activities.tools import Tool, ToolArgumentsError
-from threadline.channels.base import ChannelAdapter, ChannelContext
+from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.delivery import register_search_attributes
 from threadline.channels.queue import QueueActivities
+from threadline.contracts import PREPARE_MAIL_TURN, SEND_MAIL_REPLY
 from threadline.models import (
     MAX_TURN_TEXT_BYTES,
     AgentSpec,
@@ -72,8 +73,7 @@ from threadline.models import (
     validate_name,
     validate_queue_name,
 )
-from threadline.workflows.mail_job import MailJobWorkflow
-from threadline.workflows.queue_job import (
+from threadline.workflows.jobs import (
     MEMO_KEY,
     job_memo,
     job_task_queue,
@@ -81,6 +81,7 @@ from threadline.workflows.queue_job import (
     job_workflow_id,
     public_job_id,
 )
+from threadline.workflows.mail_job import MailJobWorkflow
 from threadline.workflows.search_attributes import (
     CHANNEL_ATTRIBUTE,
     JOB_STATUS_ATTRIBUTE,
@@ -771,7 +772,7 @@ class MailActivities:
         self.storage = RoomStorage.for_spec(spec)
         self.env = dict(os.environ)
 
-    @activity.defn(name="prepare_mail_turn")
+    @PREPARE_MAIL_TURN.defn
     async def prepare_mail_turn(self, job: MailJobInput) -> MailTurnPlan:
         try:
             raw = await asyncio.to_thread(self.storage.read_bytes, job.eml_path)
@@ -860,7 +861,7 @@ class MailActivities:
             body = body.encode()[:limit].decode(errors="ignore") + f"\n[the message continues: all of it is in {path}]"
         return head + body
 
-    @activity.defn(name="send_mail_reply")
+    @SEND_MAIL_REPLY.defn
     async def send_mail_reply(self, request: MailReplyRequest) -> str:
         if request.thread_title:
             try:
@@ -1044,14 +1045,8 @@ class MailChannel(ChannelAdapter):
         mail = MailActivities(context.spec, self.address, self.reply_all, store)
         queue = QueueActivities(context.client, context.spec)
         return [
-            Worker(
-                context.client,
-                task_queue=job_task_queue(context.spec.room, mailbox.queue),
-                workflows=[MailJobWorkflow],
-                activities=[mail.prepare_mail_turn, queue.run_queue_turn, mail.send_mail_reply],
-                sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
-                graceful_shutdown_timeout=timedelta(seconds=10),
-            )
+            temporal_worker(context.client, job_task_queue(context.spec.room, mailbox.queue), [MailJobWorkflow],
+                            [mail.prepare_mail_turn, queue.run_queue_turn, mail.send_mail_reply]),
         ]
 
     async def serve(self, context: ChannelContext, stop: asyncio.Event) -> None:

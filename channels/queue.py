@@ -22,7 +22,7 @@ import json
 import re
 import secrets
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from temporalio import activity, common
@@ -38,8 +38,9 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from threadline.activities.heartbeat import heartbeating
-from threadline.channels.base import ChannelAdapter, ChannelContext
+from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.delivery import register_search_attributes, submit_turn
+from threadline.contracts import RUN_QUEUE_TURN, SEND_QUEUE_REPLY
 from threadline.models import (
     JOB_STATES,
     AgentRef,
@@ -59,15 +60,15 @@ from threadline.models import (
     validate_name,
     validate_queue_name,
 )
-from threadline.workflows.queue_job import (
+from threadline.workflows.jobs import (
     MEMO_KEY,
-    QueueJobWorkflow,
     job_memo,
     job_task_queue,
     job_thread_name,
     job_workflow_id,
     public_job_id,
 )
+from threadline.workflows.queue_job import QueueJobWorkflow
 from threadline.workflows.search_attributes import (
     CHANNEL_ATTRIBUTE,
     JOB_STATUS_ATTRIBUTE,
@@ -384,7 +385,7 @@ class QueueActivities:
         self.client = client
         self.spec = spec
 
-    @activity.defn(name="run_queue_turn")
+    @RUN_QUEUE_TURN.defn
     async def run_queue_turn(self, request: QueueTurnRequest) -> QueueTurnResult:
         agent = self.spec.ref
         try:
@@ -408,7 +409,7 @@ class QueueActivities:
                     raise
         return QueueTurnResult(agent=agent.agent_name, thread_id=thread_id, reply=reply)
 
-    @activity.defn(name="send_queue_reply")
+    @SEND_QUEUE_REPLY.defn
     async def send_queue_reply(self, request: QueueReplyRequest) -> str:
         """The result of a job, as a new job on its `reply_to` queue (one per job, even when retried)."""
         source = job_workflow_id(request.room, request.from_queue, request.job_id.partition("/")[2])
@@ -434,12 +435,6 @@ class QueueChannel(ChannelAdapter):
     def workers(self, context: ChannelContext) -> list[Worker]:
         activities = QueueActivities(context.client, context.spec)
         return [
-            Worker(
-                context.client,
-                task_queue=job_task_queue(context.spec.room, self.queue),
-                workflows=[QueueJobWorkflow],
-                activities=[activities.run_queue_turn, activities.send_queue_reply],
-                sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
-                graceful_shutdown_timeout=timedelta(seconds=10),
-            )
+            temporal_worker(context.client, job_task_queue(context.spec.room, self.queue), [QueueJobWorkflow],
+                            [activities.run_queue_turn, activities.send_queue_reply]),
         ]

@@ -45,7 +45,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from threadline.activities.tools import Tool, current_call
-from threadline.channels.base import ChannelAdapter, ChannelContext
+from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.delivery import interrupt_turn, new_thread_name, new_turn_id, recent_pollers, submit_turn
 from threadline.models import (
     MAX_TURN_TEXT_BYTES,
@@ -244,13 +244,7 @@ class ToolkitChannel(ChannelAdapter):
 
     def workers(self, context: ChannelContext) -> list[Worker]:
         return [
-            Worker(
-                context.client,
-                task_queue=room_task_queue(context.spec.room),
-                workflows=[ToolkitWorkflow],
-                graceful_shutdown_timeout=timedelta(seconds=5),
-                sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
-            )
+            temporal_worker(context.client, room_task_queue(context.spec.room), [ToolkitWorkflow]),
         ]
 
     async def serve(self, context: ChannelContext, stop: asyncio.Event) -> None:

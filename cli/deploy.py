@@ -44,8 +44,8 @@ KUBECTL_TIMEOUT = 60
 def grace_period_seconds() -> int:
     """Longer than the worker's graceful stop plus an activity heartbeat timeout (after which Temporal hands an
     abandoned activity to another replica), with room for the channels to close."""
-    from threadline.worker import GRACEFUL_SHUTDOWN
-    from threadline.workflows.thread import HEARTBEAT_TIMEOUT
+    from threadline.channels.base import GRACEFUL_SHUTDOWN
+    from threadline.contracts import HEARTBEAT_TIMEOUT
 
     return math.ceil((GRACEFUL_SHUTDOWN + HEARTBEAT_TIMEOUT).total_seconds()) + 15
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-LAYERS = [{"models"}, {"activities", "workflows"}, {"channels"}, {"worker"}, {"cli"}]
+LAYERS = [{"models"}, {"contracts"}, {"activities", "workflows"}, {"channels"}, {"worker"}, {"cli"}]
 """Bottom to top. `workflows` (deterministic code) and `activities` (all I/O) are siblings: neither imports the other."""
 LAYER_OF = {name: n for n, names in enumerate(LAYERS) for name in names}
 
@@ -27,7 +27,7 @@ def layer(module: str) -> str:
 
 
 def source_modules() -> dict[str, Path]:
-    files = [REPO / "models.py", REPO / "worker.py"]
+    files = [REPO / "models.py", REPO / "contracts.py", REPO / "worker.py"]
     for package in ("activities", "workflows", "channels", "cli"):
         files += sorted((REPO / package).rglob("*.py"))
     return {module_name(f): f for f in files}
@@ -127,3 +127,43 @@ def test_the_checks_see_function_level_imports_and_cycles() -> None:
     graph = import_graph()
     assert "threadline.activities.pg_store" in graph["threadline.activities.stores"]  # imported inside a function
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+UNTYPED_ACTIVITY_CALLS = {("workflow", "execute_activity"), ("workflow", "start_activity"), ("activity", "defn"),
+                          ("workflow", "execute_local_activity"), ("workflow", "start_local_activity")}
+
+
+def test_every_activity_is_one_typed_contract_with_one_implementation() -> None:
+    """Workflows schedule activities only through `threadline.contracts`; each contract is implemented once."""
+    from threadline import contracts
+
+    implemented: dict[str, list[str]] = {c.name: [] for c in contracts.ALL}
+    by_variable = {name: c.name for name, c in vars(contracts).items() if isinstance(c, contracts.ActivityContract)}
+    untyped = []
+    for name, path in source_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr == "defn" and isinstance(node.value, ast.Name) \
+                    and node.value.id in by_variable:
+                implemented[by_variable[node.value.id]].append(name)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and name != "threadline.contracts" \
+                    and isinstance(node.func.value, ast.Name) \
+                    and (node.func.value.id, node.func.attr) in UNTYPED_ACTIVITY_CALLS:
+                untyped.append(f"{name}: {node.func.value.id}.{node.func.attr}")
+    assert untyped == []
+    assert {wire: len(where) for wire, where in implemented.items()} == {c.name: 1 for c in contracts.ALL}
+
+
+def test_a_contract_refuses_an_implementation_of_other_types() -> None:
+    from threadline.contracts import CALL_MODEL
+    from threadline.models import ModelStep, ToolCallInput
+
+    async def call_model(self, call) -> None: ...  # noqa: ANN001
+
+    call_model.__annotations__ = {"call": ToolCallInput, "return": ModelStep}
+
+    try:
+        CALL_MODEL.defn(call_model)
+    except TypeError as e:
+        assert "does not match the 'call_model' contract" in str(e)
+    else:
+        raise AssertionError("a method taking ToolCallInput was accepted as call_model")

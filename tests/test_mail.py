@@ -34,7 +34,7 @@ from threadline.channels.mail import (
 from threadline.channels.queue import wait_for_job
 from threadline.models import AgentSpec, JobStatus, MailEnvelope, MailReplyRequest, MailSettings
 from threadline.worker import run_agent
-from threadline.workflows.queue_job import public_job_id
+from threadline.workflows.jobs import public_job_id
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
 from tests.cli_helpers import run_cli

@@ -19,13 +19,13 @@ import kubernetes_validate
 import typer
 import yaml
 from threadline.activities.thread_store import ThreadStore
+from threadline.channels.base import GRACEFUL_SHUTDOWN
 from threadline.channels.queue import send_job, wait_for_job
 from threadline.cli.deploy import grace_period_seconds
 from threadline.cli.options import AgentOptions, ConnectionOptions, build_spec, with_options
 from threadline.cli.spec import SCHEMA_FILE, ServiceSpec, from_service_spec, load_service_spec, schema, schema_text
+from threadline.contracts import HEARTBEAT_TIMEOUT
 from threadline.models import AgentSpec
-from threadline.worker import GRACEFUL_SHUTDOWN
-from threadline.workflows.thread import HEARTBEAT_TIMEOUT
 from typer.testing import CliRunner
 
 from tests.cli_helpers import REPO, CliProcess, run_cli

@@ -8,14 +8,20 @@ workflow: activities persist items in the thread store and the workflow only han
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from threadline.contracts import (
+        CALL_MODEL,
+        RECORD_OUTCOME,
+        RUN_TOOL,
+        ActivityContract,
+        run_tool_options,
+        tool_summary,
+    )
     from threadline.models import (
         ErrorType,
         Interrupt,
@@ -36,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from threadline.workflows.failures import failure_message, tool_failure_result
     from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
-    from threadline.workflows.tool_call import HEARTBEAT_TIMEOUT, ToolCallWorkflow, run_tool_options
+    from threadline.workflows.tool_call import ToolCallWorkflow
 
 
 UPDATES_PER_RUN = 1500
@@ -61,10 +67,6 @@ SNAPSHOT_TEXT = 500
 CUT_AT_ROLLOVER = "\n[cut when the thread rolled over to a new run: the whole reply is in the thread store]"
 REQUEUE_STEERS_PATCH = "requeue-unanswered-steers"
 TOOL_FAILURE_AS_RESULT_PATCH = "tool-failure-as-result"
-MODEL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8)
-"""Eight attempts, waits of at most 60 s between them (Retry-After is clamped): a provider that keeps refusing
-ends the turn with its error within minutes, without a schedule-to-close timer per call for the server to keep."""
-OUTCOME_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
 
 
 def _cut(text: str | None, limit: int) -> str | None:
@@ -262,15 +264,11 @@ class ThreadWorkflow:
                 answer_seq = self.state.next_seq
                 self.state.next_seq += 1
                 step: ModelStep = await self._activity(
-                    "call_model",
+                    CALL_MODEL,
                     ModelCallInput(
                         thread_id=self.state.thread_id, turn_id=turn.turn_id, answer_seq=answer_seq,
                         new_items=pending, model=turn.model, instructions=turn.instructions, step=model_calls,
                     ),
-                    result_type=ModelStep,
-                    start_to_close_timeout=timedelta(minutes=5),
-                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                    retry_policy=MODEL_RETRY,
                     summary=f"model {turn.model or 'default'}, step {model_calls + 1}",
                 )
                 pending, unanswered = [], []
@@ -343,23 +341,25 @@ class ThreadWorkflow:
         if self.interrupted_turn_id == turn.turn_id:
             raise TurnInterrupted()
 
-    async def _activity(self, name: str, arg: Any, **options: Any) -> Any:
+    async def _activity(self, contract: ActivityContract[Any, Any], arg: Any, summary: str, **options: Any) -> Any:
         # An interrupt waits until the activity has really stopped: a model call or tool that went on running would
         # write its result into the thread after the turn was reported cancelled.
-        return await self._interruptible(workflow.start_activity(
-            name, arg, cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED, **options
+        return await self._interruptible(contract.start(
+            arg, summary=summary, cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            **options,
         ))
 
     async def _tool_call(self, request: ToolCallInput) -> ToolOutcome:
         try:
             if not request.call.calls_agent:
-                return await self._activity("run_tool", request, **run_tool_options(request.call))
+                return await self._activity(RUN_TOOL, request, tool_summary(request.call),
+                                            **run_tool_options(request.call))
             # Cancelling the child (an interrupt) waits until its activity has stopped, like `_activity`.
             return await self._interruptible(asyncio.ensure_future(workflow.execute_child_workflow(
                 ToolCallWorkflow.run,
                 request,
                 id=f"{self.state.thread_id}/calls/{request.seq}",
-                static_summary=run_tool_options(request.call)["summary"],
+                static_summary=tool_summary(request.call),
             )))
         except (ActivityError, ChildWorkflowError) as e:
             if self.interrupted_turn_id == request.turn_id or not workflow.patched(TOOL_FAILURE_AS_RESULT_PATCH):
@@ -386,12 +386,9 @@ class ThreadWorkflow:
         await self._record_items(items, status)
 
     async def _record_items(self, items: list[ThreadItem], status: ThreadStatus) -> None:
-        await workflow.execute_activity(
-            "record_outcome",
+        await RECORD_OUTCOME.execute(
             OutcomeRecord(thread_id=self.state.thread_id, turn_id=items[-1].turn_id, items=items,
                           thread_status=status),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=OUTCOME_RETRY,
             summary=f"record {items[-1].type}",
         )
 
