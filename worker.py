@@ -21,7 +21,7 @@ from threadline.activities.tools import Tool, build_toolbox
 from threadline.activities.web import web_tools
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.delivery import register_search_attributes
-from threadline.channels.mail import send_email_tools
+from threadline.channels.mail.send_tool import send_email_tools
 from threadline.channels.toolkit import toolkit_tools
 from threadline.models import AgentSpec
 from threadline.workflows.thread import ThreadWorkflow

@@ -51,7 +51,8 @@ def create(
     verbose: Verbose = False,
 ) -> None:
     """Register a mailbox: mail to ADDRESS becomes jobs on a queue of ROOM, answered by --channel mail:ADDRESS."""
-    from threadline.channels.mail import MailboxError, MailboxExists, MailStore
+    from threadline.channels.mail.addresses import MailboxError, MailboxExists
+    from threadline.channels.mail.registry import MailStore
 
     if not room or not room.strip():
         _fail("--room is required (or set THREADLINE_ROOM)", USAGE)
@@ -74,7 +75,7 @@ def list_(
     verbose: Verbose = False,
 ) -> None:
     """List registered mailboxes."""
-    from threadline.channels.mail import MailStore
+    from threadline.channels.mail.registry import MailStore
 
     boxes = MailStore.default().mailboxes(room)
     if output == "json":
@@ -95,7 +96,8 @@ def list_(
 @mailbox_app.command("delete")
 def delete(address: Address, verbose: Verbose = False) -> None:
     """Unregister a mailbox: new mail to it is refused (550); its threads and jobs stay."""
-    from threadline.channels.mail import MailboxNotFound, MailStore
+    from threadline.channels.mail.addresses import MailboxNotFound
+    from threadline.channels.mail.registry import MailStore
 
     try:
         MailStore.default().delete_mailbox(address)
@@ -129,7 +131,8 @@ def serve(
 
 async def _serve(connection: ConnectionOptions, host: str, port: int, max_size: int, allow: list[str],
                  storage_url: str | None = None) -> None:
-    from threadline.channels.mail import MailServer, MailServerError, MailStore, lazy_client
+    from threadline.channels.mail.registry import MailStore
+    from threadline.channels.mail.smtp_server import MailServer, MailServerError, lazy_client
     from threadline.cli.connection import open_temporal
     from threadline.cli.errors import CliError
 

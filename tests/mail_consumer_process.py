@@ -12,7 +12,7 @@ import signal
 import sys
 
 from threadline.channels.delivery import connect
-from threadline.channels.mail import MailChannel
+from threadline.channels.mail.channel import MailChannel
 from threadline.models import AgentSpec
 from threadline.worker import run_agent
 

@@ -22,15 +22,11 @@ from aiosmtpd.controller import Controller
 from temporalio.testing import ActivityEnvironment
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import connect
-from threadline.channels.mail import (
-    MailActivities,
-    MailChannel,
-    MailServer,
-    MailStore,
-    lazy_client,
-    mail_job_key,
-    reply_message_id,
-)
+from threadline.channels.mail.activities import MailActivities
+from threadline.channels.mail.addresses import mail_job_key, reply_message_id
+from threadline.channels.mail.channel import MailChannel
+from threadline.channels.mail.registry import MailStore
+from threadline.channels.mail.smtp_server import MailServer, lazy_client
 from threadline.channels.queue import wait_for_job
 from threadline.models import AgentSpec, JobStatus, MailEnvelope, MailReplyRequest, MailSettings
 from threadline.worker import run_agent

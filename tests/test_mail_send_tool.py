@@ -11,10 +11,11 @@ from temporalio.testing import ActivityEnvironment
 from threadline.activities.storage import RoomStorage
 from threadline.activities.thread_store import ThreadStore
 from threadline.activities.tools import ToolArgumentsError
-from threadline.channels.mail import MailStore, send_email_tools
+from threadline.channels.mail.registry import MailStore
+from threadline.channels.mail.send_tool import send_email_tools
 from threadline.models import AgentSpec
 
-from tests.test_mail import ADDRESS, job_done, mail_agent, mail_spec, mailbox, new_mail, send, sink  # noqa: F401
+from tests.test_mail import ADDRESS, job_done, mail_agent, mail_spec, mailbox, new_mail, send, sink  # noqa: F401, F811
 
 BOB = "bob@example.com"
 

@@ -230,7 +230,7 @@ async def test_mail_eml_and_attachments_go_to_s3(s3: str, temporal_server, tempo
     from email.message import EmailMessage
     from email.utils import make_msgid
 
-    from threadline.channels.mail import MailStore
+    from threadline.channels.mail.registry import MailStore
 
     from tests.test_mail import ADDRESS, ALICE, Sink, job_done, mail_agent, mail_spec, send
 
