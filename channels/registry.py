@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from threadline.channels.base import ChannelAdapter
-from threadline.channels.chat_http import ChatHttpChannel
+from threadline.channels.chat_http.app import ChatHttpChannel
 from threadline.channels.mail.channel import MailChannel
 from threadline.channels.queue import QueueChannel
 from threadline.channels.toolkit import ToolkitChannel

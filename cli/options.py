@@ -599,7 +599,7 @@ def check_mail_allow(values: list[str] | None) -> list[str]:
 
 def http_settings(agent: AgentOptions):  # noqa: ANN201
     """The chat channel's HTTP settings; binding beyond loopback without a token is refused here (exit 2)."""
-    from threadline.channels.chat_http import HttpConfigError, check_settings
+    from threadline.channels.chat_http.settings import HttpConfigError, check_settings
     from threadline.models import HttpSettings
 
     url = agent.temporal_ui_url.strip().rstrip("/") if agent.temporal_ui_url else None

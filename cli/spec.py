@@ -305,7 +305,7 @@ def build_service_spec(agent: AgentOptions, connection: ConnectionOptions, servi
 
 def warn_unreachable(service: ServiceSpec) -> None:
     """Servers bound to loopback are not reachable from outside a container."""
-    from threadline.channels.chat_http import is_loopback
+    from threadline.channels.http_auth import is_loopback
 
     agent = service.agent
     if service.port("http") and is_loopback(agent.http.host):
@@ -350,7 +350,7 @@ def check_agent_spec(spec: AgentSpec) -> None:
     """What `build_spec` checks after building an AgentSpec, for one read from a spec file."""
     from threadline.activities.agent import ModelConfigError, resolve_model
     from threadline.activities.tools import ToolLoadError, build_toolbox
-    from threadline.channels.chat_http import HttpConfigError, check_settings
+    from threadline.channels.chat_http.settings import HttpConfigError, check_settings
     from threadline.cli.options import _toolkit_tools, parse_channels
     from threadline.worker import RulesFileError, load_rules
 

@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 from temporalio.client import Client
-from threadline.channels import chat_http
-from threadline.channels.chat_http import HttpConfigError, check_settings
+from threadline.channels.chat_http import threads_api
+from threadline.channels.chat_http.settings import HttpConfigError, check_settings
 from threadline.models import MAX_TURN_TEXT_BYTES, HttpSettings
 
 from tests.chat_http_support import chat_server, deltas, ended, sse
@@ -295,7 +295,7 @@ async def test_without_a_token_cross_site_and_rebinding_requests_are_refused(tem
 
 
 async def test_event_streams_are_capped(temporal_client: Client, agent_spec, monkeypatch):
-    monkeypatch.setattr(chat_http, "MAX_EVENT_STREAMS", 2)
+    monkeypatch.setattr(threads_api, "MAX_EVENT_STREAMS", 2)
     async with chat_server(temporal_client, agent_spec) as server, server.client() as http:
         thread_id = await _new_thread(http)
         path = f"/api/threads/{thread_id}/events"

@@ -1,0 +1,181 @@
+"""The OpenAI-compatible endpoint: a chat completion is a turn on a thread (from / in the X-Thread-Id header)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from threadline.channels.chat_feed import FeedEvent, current_cursor, read_after
+from threadline.channels.chat_http.bodies import ApiError, invalid, openai_error
+from threadline.channels.chat_http.threads_api import ChatApi
+from threadline.channels.delivery import (
+    new_turn_id,
+    submit_turn,
+)
+from threadline.models import (
+    Reply,
+    Turn,
+)
+
+
+class OpenAiApi:
+    """`/v1/models` and `/v1/chat/completions` over the same threads as the chat API."""
+
+    def __init__(self, api: ChatApi) -> None:
+        self.api = api
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [self._model_card()]})
+
+    def _model_card(self) -> dict[str, Any]:
+        return {"id": self.api.ref.agent_name, "object": "model", "created": 0, "owned_by": f"threadline:{self.api.ref.room}"}
+
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except json.JSONDecodeError:
+            return openai_error(400, "the body is not JSON", "invalid_request_error")
+        if not isinstance(body, dict):
+            return openai_error(400, "the body must be a JSON object", "invalid_request_error")
+        model = body.get("model")
+        if model != self.api.ref.agent_name:
+            return openai_error(404, f"The model `{model}` does not exist: this server has `{self.api.ref.agent_name}`",
+                                 "invalid_request_error", "model_not_found")
+        text = _last_user_text(body.get("messages"))
+        if not text:
+            return openai_error(400, "messages has no user message with text", "invalid_request_error")
+        header = request.headers.get("x-thread-id")
+        try:
+            thread_id = self.api.thread_id(header) if header else self.api.new_thread_id(None)
+        except ApiError as e:
+            return openai_error(404, e.message, "invalid_request_error", "thread_not_found")
+        try:
+            turn = Turn(turn_id=new_turn_id(), channel="chat", sender=str(body.get("user") or "openai-client"),
+                        text=text)
+        except ValidationError as e:
+            problem = invalid(e)
+            return openai_error(problem.status if problem.status == 413 else 400, problem.message,
+                                 "invalid_request_error")
+        self.api.touch(thread_id)
+        headers = {"X-Thread-Id": thread_id, "X-Turn-Id": turn.turn_id}
+        completion_id = f"chatcmpl-{turn.turn_id.removeprefix('turn-')}"
+        created = int(time.time())
+        if not body.get("stream"):
+            reply = await submit_turn(self.api.client, self.api.ref, thread_id, turn)
+            if reply.status == "failed":
+                return openai_error(502, f"the turn failed: {reply.error}", "server_error", "turn_failed")
+            return JSONResponse({
+                "id": completion_id, "object": "chat.completion", "created": created, "model": self.api.ref.agent_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
+                             "finish_reason": "stop", "logprobs": None}],
+                "usage": _usage(reply),
+            }, headers=headers)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        stream = self._completion_stream(thread_id, turn, completion_id, created, include_usage)
+        return StreamingResponse(stream, media_type="text/event-stream",
+                                 headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _completion_stream(
+        self, thread_id: str, turn: Turn, completion_id: str, created: int, include_usage: bool
+    ) -> AsyncIterator[str]:
+        def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> str:
+            payload: dict[str, Any] = {
+                "id": completion_id, "object": "chat.completion.chunk", "created": created,
+                "model": self.api.ref.agent_name,
+                "choices": [] if usage is not None else [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            if usage is not None:
+                payload["usage"] = usage
+            return "data: " + json.dumps(payload, ensure_ascii=False) + "\n\n"
+
+        cursor = current_cursor(self.api.store, self.api.log, thread_id)
+        live = LiveText(turn.turn_id)
+        replying = asyncio.create_task(submit_turn(self.api.client, self.api.ref, thread_id, turn))
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while True:
+                done = replying.done()
+                for event in read_after(self.api.store, self.api.log, thread_id, cursor):
+                    cursor = event.cursor or cursor
+                    text = live.apply(event)
+                    if text:
+                        yield chunk({"content": text})
+                if done:
+                    break
+                await asyncio.sleep(0.02)
+            reply = replying.result()
+            sent = live.step_text or live.final_sent
+            if reply.status == "completed" and reply.text.startswith(sent) and reply.text != sent:
+                yield chunk({"content": reply.text[len(sent):]})  # deltas the stream log no longer had
+            if reply.status == "failed":
+                error = {"message": f"the turn failed: {reply.error}", "type": "server_error", "code": "turn_failed"}
+                yield "data: " + json.dumps({"error": error}) + "\n\n"
+            else:
+                yield chunk({}, "stop")
+                if include_usage:
+                    yield chunk({}, usage=_usage(reply))
+            yield "data: [DONE]\n\n"
+        finally:
+            if not replying.done():
+                replying.cancel()  # the client left; the turn goes on in Temporal
+
+
+
+
+class LiveText:
+    """What a client shows of one turn's streamed text: a retried model call drops its aborted attempt's text (a
+    note stands in for text already sent), and each model call of the turn starts at attempt 1 again."""
+
+    RETRY_NOTE = "\n\n(the model call was retried; its answer starts again)\n\n"
+
+    def __init__(self, turn_id: str) -> None:
+        self.turn_id = turn_id
+        self.attempt = 1
+        self.step_text = ""
+        self.final_sent = ""
+        """The text sent for the turn's last model call so far."""
+
+    def apply(self, event: FeedEvent) -> str:
+        """The text to send for this event ('' for none)."""
+        data = event.data
+        if data.get("turn_id") != self.turn_id:
+            return ""
+        if event.event == "delta" and data["attempt"] >= self.attempt:
+            self.attempt = data["attempt"]
+            self.step_text += data["text"]
+            return data["text"]
+        if event.event == "retry":
+            note = self.RETRY_NOTE if self.step_text else ""
+            self.attempt, self.step_text = data["attempt"], ""
+            return note
+        if event.event == "item" and data.get("type") == "assistant":
+            sent = self.step_text
+            self.attempt, self.step_text, self.final_sent = 1, "", sent
+            if data.get("tool_calls"):
+                return "\n\n" if sent and not sent.endswith("\n") else ""
+        return ""
+
+
+def _usage(reply: Reply) -> dict[str, int]:
+    return {"prompt_tokens": reply.usage.prompt_tokens, "completion_tokens": reply.usage.completion_tokens,
+            "total_tokens": reply.usage.total_tokens}
+
+
+def _last_user_text(messages: Any) -> str:
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            return ""
+    return ""
