@@ -72,6 +72,7 @@ _SCHEMA = [
         PRIMARY KEY (room, thread_id, seq)
     )""",
     "CREATE INDEX IF NOT EXISTS threadline_items_position ON threadline_items (room, thread_id, position)",
+    "CREATE INDEX IF NOT EXISTS threadline_items_global_position ON threadline_items (position)",
     """CREATE TABLE IF NOT EXISTS threadline_stream_events (
         id BIGSERIAL PRIMARY KEY,
         room TEXT NOT NULL,
@@ -216,6 +217,17 @@ class PgThreadStore:
         ).fetchone()
         return (row[0] or 0, row[1] or 0.0) if row else (0, 0.0)
 
+    def changed_threads(self, after: int | None) -> tuple[int, set[str]]:
+        """The latest write position and the room's threads with items written after `after` (None: just the
+        position), from the global position index."""
+        db = self._connect()
+        if after is None:
+            row = db.execute("SELECT COALESCE(MAX(position), 0) FROM threadline_items").fetchone()
+            return (row[0] if row else 0), set()
+        rows = db.execute("SELECT thread_id, MAX(position) FROM threadline_items WHERE position>%s AND room=%s"
+                          " GROUP BY thread_id", (after, self.room)).fetchall()
+        return max([after, *(r[1] for r in rows)]), {r[0] for r in rows}
+
     def rename(self, thread_id: str, name: str) -> None:
         self._connect().execute(
             "UPDATE threadline_threads SET name=%s WHERE room=%s AND thread_id=%s",
@@ -321,6 +333,16 @@ class PgStreamLog:
             (self.room, thread_id, created_at),
         ).fetchone()
         return (row[0] or 0) if row else 0
+
+    def changed_threads(self, after: int | None) -> tuple[int, set[str]]:
+        """The latest event id and the room's threads with events after `after` (None: just the id)."""
+        db = self._connect()
+        if after is None:
+            row = db.execute("SELECT COALESCE(MAX(id), 0) FROM threadline_stream_events").fetchone()
+            return (row[0] if row else 0), set()
+        rows = db.execute("SELECT thread_id, MAX(id) FROM threadline_stream_events WHERE id>%s AND room=%s"
+                          " GROUP BY thread_id", (after, self.room)).fetchall()
+        return max([after, *(r[1] for r in rows)]), {r[0] for r in rows}
 
     def prune(self, older_than: float | None = None) -> None:
         cutoff = time.time() - (KEEP_SECONDS if older_than is None else older_than)

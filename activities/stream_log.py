@@ -93,6 +93,14 @@ class StreamLog:
         ).fetchone()
         return row[0] or 0
 
+    def changed_threads(self, after: int | None) -> tuple[int, set[str]]:
+        """The latest event id and the threads with events after `after` (None: just the id); see ThreadStore."""
+        db = self._connect()
+        if after is None:
+            return db.execute("SELECT COALESCE(MAX(id), 0) FROM stream_events").fetchone()[0], set()
+        rows = db.execute("SELECT thread_id, MAX(id) FROM stream_events WHERE id>? GROUP BY thread_id", (after,)).fetchall()
+        return max([after, *(r[1] for r in rows)]), {r[0] for r in rows}
+
     def prune(self, older_than: float = KEEP_SECONDS) -> None:
         self._connect().execute("DELETE FROM stream_events WHERE created_at<?", (time.time() - older_than,))
 

@@ -157,6 +157,15 @@ class ThreadStore:
         ).fetchone()
         return (row[0] or 0, row[1] or 0.0)
 
+    def changed_threads(self, after: int | None) -> tuple[int, set[str]]:
+        """The room's latest write position and the threads with items written after `after` (None: just the
+        position). One indexed range read however many threads are followed: the chat feed's single poller."""
+        db = self._connect()
+        if after is None:
+            return db.execute("SELECT COALESCE(MAX(rowid), 0) FROM items").fetchone()[0], set()
+        rows = db.execute("SELECT thread_id, MAX(rowid) FROM items WHERE rowid>? GROUP BY thread_id", (after,)).fetchall()
+        return max([after, *(r[1] for r in rows)]), {r[0] for r in rows}
+
     def rename(self, thread_id: str, name: str) -> None:
         self._connect().execute("UPDATE threads SET name=? WHERE thread_id=?", (display_name(name), thread_id))
 

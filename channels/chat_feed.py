@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,10 @@ POLL_SECONDS = 0.02
 STATUS_POLL_SECONDS = 0.5
 STATUS_QUERY_TIMEOUT = 3.0
 KEEPALIVE_SECONDS = 15.0
+IDLE_WAKE_SECONDS = 5.0
+"""A quiet follower wakes this often on its own (to send keep-alives); news wakes it at once."""
+
+log = logging.getLogger("threadline.chat_feed")
 
 
 @dataclass(frozen=True, order=True)
@@ -53,6 +58,8 @@ class FeedEvent:
     event: str
     data: dict[str, Any]
     cursor: Cursor | None = None
+    origin: tuple[str, int] | None = None
+    """The source ("stream" or "items") and position of what the event shows; on the last event of its group."""
 
     def sse(self) -> str:
         import json
@@ -112,14 +119,16 @@ def read_after(store: ThreadStore, log: StreamLog, thread_id: str, cursor: Curso
         if source == 0:
             stream = max(stream, position)
             name, data = _stream_event(value)
-            out.append(FeedEvent(name, data, Cursor(stream, items)))
+            out.append(FeedEvent(name, data, Cursor(stream, items), ("stream", position)))
         else:
             items = max(items, position)
             group = _item_events(value)
             # One position per item: only the group's last event carries it, so a client that reconnects after
             # any of them gets none of them twice... or all of them again when it missed the last one.
             for n, (name, data) in enumerate(group):
-                out.append(FeedEvent(name, data, Cursor(stream, items) if n == len(group) - 1 else None))
+                last = n == len(group) - 1
+                out.append(FeedEvent(name, data, Cursor(stream, items) if last else None,
+                                     ("items", position) if last else None))
     return out
 
 
@@ -138,13 +147,15 @@ class StatusWatcher:
     def __init__(self, client: Client, store: ThreadStore) -> None:
         self.client, self.store = client, store
         self._watches: dict[str, _Watch] = {}
+        self.on_change: Callable[[str], None] | None = None
+        """Called with the thread id when a thread's status changes (the feed wakes its followers)."""
 
     async def status(self, thread_id: str) -> dict[str, Any]:
         """The thread's status now: from the workflow when it answers, else from the store."""
         try:
             snap = await asyncio.wait_for(thread_snapshot(self.client, thread_id), STATUS_QUERY_TIMEOUT)
         except Exception:  # noqa: BLE001 - no workflow yet, or no worker to answer: the store knows the rest
-            info = self.store.thread(thread_id)
+            info = await asyncio.to_thread(self.store.thread, thread_id)
             return {"status": info.status if info else "idle", "running_turn_id": None, "queued_turn_ids": [],
                     "live": False}
         return {"status": snap.status, "running_turn_id": snap.running_turn_id,
@@ -176,49 +187,196 @@ class StatusWatcher:
             if status != watch.status:
                 watch.status = status
                 watch.version += 1
+                if self.on_change is not None:
+                    self.on_change(thread_id)
             watch.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(watch.changed.wait(), STATUS_POLL_SECONDS)
             await asyncio.sleep(0.05)
 
 
+@dataclass
+class _Group:
+    """The events of one stream event or one item, and where that sits in its source."""
+
+    source: str
+    position: int
+    events: list[FeedEvent]
+
+    def seen_by(self, cursor: Cursor) -> bool:
+        return self.position <= (cursor.stream if self.source == "stream" else cursor.items)
+
+
+def _groups(events: list[FeedEvent]) -> list[_Group]:
+    groups: list[_Group] = []
+    pending: list[FeedEvent] = []
+    for event in events:
+        pending.append(event)
+        if event.origin is not None:
+            groups.append(_Group(*event.origin, pending))
+            pending = []
+    return groups
+
+
+@dataclass
+class _Tail:
+    """What one poller has read of a followed thread: recent groups, for every follower of the thread."""
+
+    cursor: Cursor
+    users: int = 0
+    offset: int = 0
+    """The absolute index of `groups[0]`: followers keep absolute indices, so trimming does not move them."""
+    groups: list[_Group] = field(default_factory=list)
+    waiters: set[asyncio.Event] = field(default_factory=set)
+
+    def wake(self) -> None:
+        for waiter in self.waiters:
+            waiter.set()
+
+
+class RoomFeed:
+    """Every live feed the agent process serves, read by one poller: each tick asks the room's stream log and store
+    which followed threads changed (two indexed range reads, off the event loop) and reads only those, once for all
+    their followers. Idle streams cost nothing per stream; a slow store delays feeds, never the event loop."""
+
+    KEPT_GROUPS = 1000
+    """Per thread; a follower further behind than this reads its own way back from its cursor."""
+
+    def __init__(self, store: ThreadStore, log: StreamLog, watcher: StatusWatcher) -> None:
+        self.store, self.log, self.watcher = store, log, watcher
+        self._tails: dict[str, _Tail] = {}
+        self._marks: tuple[int, int] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        watcher.on_change = self._wake
+
+    def _wake(self, thread_id: str) -> None:
+        tail = self._tails.get(thread_id)
+        if tail is not None:
+            tail.wake()
+
+    async def read_after(self, thread_id: str, cursor: Cursor) -> list[FeedEvent]:
+        return await asyncio.to_thread(read_after, self.store, self.log, thread_id, cursor)
+
+    async def current_cursor(self, thread_id: str) -> Cursor:
+        return await asyncio.to_thread(current_cursor, self.store, self.log, thread_id)
+
+    async def follow(self, thread_id: str, cursor: Cursor, closing: asyncio.Event) -> AsyncIterator[FeedEvent | None]:
+        """The thread's feed from `cursor` on, until `closing` is set. Yields None whenever it is quiet (the thread's
+        status may have changed: see `StatusWatcher.on_change`)."""
+        tail = self._tails.get(thread_id)
+        if tail is None:
+            tail = self._tails[thread_id] = _Tail(cursor)
+        wake = asyncio.Event()
+        tail.users += 1
+        tail.waiters.add(wake)
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll())
+        try:
+            index = tail.offset + len(tail.groups)
+            # Catch up on our own, then take the shared groups this read did not already cover.
+            for event in await self.read_after(thread_id, cursor):
+                cursor = event.cursor or cursor
+                yield event
+            while not closing.is_set():
+                if index < tail.offset:
+                    for event in await self.read_after(thread_id, cursor):
+                        cursor = event.cursor or cursor
+                        yield event
+                    index = tail.offset + len(tail.groups)
+                while index < tail.offset + len(tail.groups):
+                    group = tail.groups[index - tail.offset]
+                    index += 1
+                    if group.seen_by(cursor):
+                        continue
+                    for event in group.events:
+                        cursor = event.cursor or cursor
+                        yield event
+                wake.clear()
+                yield None
+                if index == tail.offset + len(tail.groups):
+                    await _until_either(wake, closing, IDLE_WAKE_SECONDS)
+        finally:
+            tail.users -= 1
+            tail.waiters.discard(wake)
+            if tail.users == 0:
+                self._tails.pop(thread_id, None)
+
+    async def _poll(self) -> None:
+        while self._tails:
+            try:
+                found = await asyncio.to_thread(self._tick, {t: tail.cursor for t, tail in self._tails.items()})
+            except Exception:  # noqa: BLE001 - a store that fails now may answer next tick; followers wait
+                log.warning("chat feed: reading the room's store failed", exc_info=True)
+                found = {}
+            for thread_id, events in found.items():
+                tail = self._tails.get(thread_id)
+                if tail is None or not events:
+                    continue
+                tail.cursor = events[-1].cursor or tail.cursor
+                tail.groups += _groups(events)
+                if len(tail.groups) > self.KEPT_GROUPS:
+                    cut = len(tail.groups) - self.KEPT_GROUPS
+                    del tail.groups[:cut]
+                    tail.offset += cut
+                tail.wake()
+                if any(e.event == "turn" for e in events):
+                    self.watcher.poke(thread_id)  # the workflow's status changes now: ask it again soon
+            await asyncio.sleep(POLL_SECONDS)
+
+    def _tick(self, followed: dict[str, Cursor]) -> dict[str, list[FeedEvent]]:
+        if self._marks is None:
+            self._marks = (self.log.changed_threads(None)[0], self.store.changed_threads(None)[0])
+            return {t: read_after(self.store, self.log, t, c) for t, c in followed.items()}
+        stream_mark, streamed = self.log.changed_threads(self._marks[0])
+        item_mark, written = self.store.changed_threads(self._marks[1])
+        self._marks = (stream_mark, item_mark)
+        return {t: read_after(self.store, self.log, t, followed[t]) for t in (streamed | written) & followed.keys()}
+
+
+async def _until_either(first: asyncio.Event, second: asyncio.Event, timeout: float) -> None:
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
 async def follow(
-    store: ThreadStore,
-    log: StreamLog,
-    watcher: StatusWatcher,
+    feed: RoomFeed,
     thread_id: str,
     cursor: Cursor,
     closing: asyncio.Event,
 ) -> AsyncIterator[FeedEvent | None]:
-    """The thread's feed from `cursor` on, live, until `closing` is set. Yields None as a keep-alive."""
+    """The thread's feed from `cursor` on, live, with its status, until `closing` is set. Yields None as a
+    keep-alive."""
     seen_turns: set[str] = set()
-    async with watcher.watch(thread_id) as watch:
+    async with feed.watcher.watch(thread_id) as watch:
         version = -1
         last_sent = time.monotonic()
-        while not closing.is_set():
-            sent = False
-            if watch.version != version and watch.status:
-                version = watch.version
-                status = watch.status
-                for turn_id in [*([status["running_turn_id"]] if status.get("running_turn_id") else []),
-                                *status.get("queued_turn_ids", [])]:
-                    if turn_id not in seen_turns:
-                        seen_turns.add(turn_id)
-                        queued = turn_id != status.get("running_turn_id")
-                        yield FeedEvent("turn", {"turn_id": turn_id, "phase": "accepted", "queued": queued})
-                yield FeedEvent("status", dict(status))
-                sent = True
-            for event in read_after(store, log, thread_id, cursor):
-                cursor = event.cursor or cursor
+        events = feed.follow(thread_id, cursor, closing)
+        try:
+            async for event in events:
+                now = time.monotonic()
+                if watch.version != version and watch.status:
+                    version = watch.version
+                    status = watch.status
+                    for turn_id in [*([status["running_turn_id"]] if status.get("running_turn_id") else []),
+                                    *status.get("queued_turn_ids", [])]:
+                        if turn_id not in seen_turns:
+                            seen_turns.add(turn_id)
+                            queued = turn_id != status.get("running_turn_id")
+                            yield FeedEvent("turn", {"turn_id": turn_id, "phase": "accepted", "queued": queued})
+                    yield FeedEvent("status", dict(status))
+                    last_sent = now
+                if event is None:
+                    if now - last_sent > KEEPALIVE_SECONDS:
+                        last_sent = now
+                        yield None
+                    continue
                 if event.event == "turn":
                     seen_turns.add(event.data["turn_id"])
-                    watcher.poke(thread_id)  # the workflow's status changes now: ask it again soon
+                last_sent = now
                 yield event
-                sent = True
-            now = time.monotonic()
-            if sent:
-                last_sent = now
-            elif now - last_sent > KEEPALIVE_SECONDS:
-                last_sent = now
-                yield None
-            await asyncio.sleep(POLL_SECONDS)
+        finally:
+            await events.aclose()

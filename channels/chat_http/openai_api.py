@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from threadline.channels.chat_feed import FeedEvent, current_cursor, read_after
+from threadline.channels.chat_feed import FeedEvent
 from threadline.channels.chat_http.bodies import ApiError, invalid, openai_error
 from threadline.channels.chat_http.threads_api import ChatApi
 from threadline.channels.delivery import (
@@ -94,21 +94,26 @@ class OpenAiApi:
                 payload["usage"] = usage
             return "data: " + json.dumps(payload, ensure_ascii=False) + "\n\n"
 
-        cursor = current_cursor(self.api.store, self.api.log, thread_id)
+        feed = self.api.feed
+        cursor = await feed.current_cursor(thread_id)
         live = LiveText(turn.turn_id)
         replying = asyncio.create_task(submit_turn(self.api.client, self.api.ref, thread_id, turn))
+        replied = asyncio.Event()
+        replying.add_done_callback(lambda _: replied.set())
         try:
             yield chunk({"role": "assistant", "content": ""})
-            while True:
-                done = replying.done()
-                for event in read_after(self.api.store, self.api.log, thread_id, cursor):
-                    cursor = event.cursor or cursor
-                    text = live.apply(event)
-                    if text:
-                        yield chunk({"content": text})
-                if done:
-                    break
-                await asyncio.sleep(0.02)
+            events = feed.follow(thread_id, cursor, replied)
+            try:
+                async for event in events:
+                    if event is not None:
+                        cursor = event.cursor or cursor
+                        if text := live.apply(event):
+                            yield chunk({"content": text})
+            finally:
+                await events.aclose()
+            for event in await feed.read_after(thread_id, cursor):
+                if text := live.apply(event):
+                    yield chunk({"content": text})
             reply = replying.result()
             sent = live.step_text or live.final_sent
             if reply.status == "completed" and reply.text.startswith(sent) and reply.text != sent:

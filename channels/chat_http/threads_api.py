@@ -14,7 +14,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from threadline.activities.stores import open_stream_log, open_thread_store
-from threadline.channels.chat_feed import Cursor, StatusWatcher, current_cursor, follow
+from threadline.channels.chat_feed import Cursor, RoomFeed, StatusWatcher, follow
 from threadline.channels.chat_http.bodies import (
     ApiError,
     ConfigOut,
@@ -56,6 +56,7 @@ class ChatApi:
         self.store = open_thread_store(spec.room, spec.thread_store_url)
         self.log = open_stream_log(spec.room, spec.thread_store_url)
         self.watcher = StatusWatcher(client, self.store)
+        self.feed = RoomFeed(self.store, self.log, self.watcher)
         self.ui = temporal_ui_base(spec)
         self.open_streams = 0
 
@@ -157,8 +158,8 @@ class ChatApi:
         limit = int_param(request.query_params.get("limit"), 50, 1, 1000)
         before = request.query_params.get("before")
         before_seq = int_param(before, 0, 0, 10**12) if before else None
-        cursor = current_cursor(self.store, self.log, thread_id)
-        items = self.store.items(thread_id, before_seq=before_seq, limit=limit + 1)
+        cursor = await self.feed.current_cursor(thread_id)
+        items = await asyncio.to_thread(self.store.items, thread_id, before_seq=before_seq, limit=limit + 1)
         has_more = len(items) > limit
         page = ItemsPage(thread_id=thread_id, items=items[-limit:], has_more=has_more, cursor=str(cursor))
         return JSONResponse(page.model_dump(mode="json"))
@@ -222,13 +223,13 @@ class ChatApi:
             raise ApiError(503, f"this agent already serves {MAX_EVENT_STREAMS} event streams: try again later",
                            "too_many_streams")
         cursor = Cursor.parse(request.headers.get("last-event-id")) or Cursor.parse(
-            request.query_params.get("after")) or current_cursor(self.store, self.log, thread_id)
+            request.query_params.get("after")) or await self.feed.current_cursor(thread_id)
 
         async def stream() -> AsyncIterator[str]:
             self.open_streams += 1
             try:
                 yield f"retry: 1000\nid: {cursor}\nevent: hello\ndata: {json.dumps({'thread_id': thread_id})}\n\n"
-                async for event in follow(self.store, self.log, self.watcher, thread_id, cursor, self.closing):
+                async for event in follow(self.feed, thread_id, cursor, self.closing):
                     yield ": keep-alive\n\n" if event is None else event.sse()
             finally:
                 self.open_streams -= 1
