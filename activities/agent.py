@@ -239,14 +239,17 @@ class AgentActivities:
             await self._publish(call.thread_id, call.turn_id, attempt, "retry", {"step": call.step})
         deltas = DeltaCoalescer(self.stream, call.thread_id, call.turn_id, attempt)
         async with heartbeating():
-            if name == "offline":
-                text, offline_calls = offline_completion(messages, set(self.toolbox.tools))
-                calls = [(None, tool_name, arguments) for tool_name, arguments in offline_calls]
-                usage = Usage(model_calls=1)
-                deltas.add(text)
-                deltas.flush()
-            else:
-                text, calls, usage = await self._openai_completion(name, base_url, api_key, messages, deltas)
+            try:
+                if name == "offline":
+                    text, offline_calls = offline_completion(messages, set(self.toolbox.tools))
+                    calls = [(None, tool_name, arguments) for tool_name, arguments in offline_calls]
+                    usage = Usage(model_calls=1)
+                    deltas.add(text)
+                else:
+                    text, calls, usage = await self._openai_completion(name, base_url, api_key, messages, deltas)
+                await deltas.close()
+            finally:
+                deltas.cancel()
         tool_calls = []
         for n, (call_id, tool_name, arguments) in enumerate(calls):
             tool = self.toolbox.get(tool_name)
@@ -329,7 +332,6 @@ class AgentActivities:
                         entry[2] += call.function.arguments or ""
         except openai.OpenAIError as e:
             raise model_error(e, name) from e
-        deltas.flush()
         if finish is None:
             # A stream that stops without saying why was cut off (a proxy, a crashed server): ask again.
             raise ApplicationError(f"model {name} ended its answer without a finish reason (cut off); asking again",

@@ -9,6 +9,7 @@ clients drop the aborted attempt's text instead of showing it twice.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -106,22 +107,46 @@ class StreamLog:
 
 
 class DeltaCoalescer:
-    """Buffers text deltas and publishes them a few times per 100 ms, not once per token; the first goes at once."""
+    """Buffers text deltas and publishes them from one writer task, off the event loop: the first at once, then what
+    came in during each COALESCE_SECONDS. A slow or locked store delays the feed, never the model's stream or the
+    activity's heartbeats."""
 
     def __init__(self, log: StreamLog, thread_id: str, turn_id: str, attempt: int) -> None:
         self.log, self.thread_id, self.turn_id, self.attempt = log, thread_id, turn_id, attempt
         self.buffer: list[str] = []
-        self.last_flush = 0.0
+        self._more = asyncio.Event()
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
 
     def add(self, text: str) -> None:
         if not text:
             return
         self.buffer.append(text)
-        if time.monotonic() - self.last_flush >= COALESCE_SECONDS:
-            self.flush()
+        self._more.set()
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
 
-    def flush(self) -> None:
-        if self.buffer:
-            self.log.publish(self.thread_id, self.turn_id, self.attempt, "delta", {"text": "".join(self.buffer)})
-            self.buffer.clear()
-        self.last_flush = time.monotonic()
+    async def close(self) -> None:
+        """Publishes what is left and waits until every delta is in the log (before the answer is persisted)."""
+        self._closing = True
+        self._more.set()
+        if self._writer is not None:
+            await self._writer
+
+    def cancel(self) -> None:
+        """The call failed or was cancelled: stop publishing."""
+        if self._writer is not None:
+            self._writer.cancel()
+
+    async def _write(self) -> None:
+        while True:
+            await self._more.wait()
+            self._more.clear()
+            if self.buffer:
+                text = "".join(self.buffer)
+                self.buffer.clear()
+                await asyncio.to_thread(self.log.publish, self.thread_id, self.turn_id, self.attempt, "delta",
+                                        {"text": text})
+            if self._closing and not self.buffer:
+                return
+            await asyncio.sleep(COALESCE_SECONDS)

@@ -52,7 +52,7 @@ class OpenAiApi:
             return openai_error(400, "messages has no user message with text", "invalid_request_error")
         header = request.headers.get("x-thread-id")
         try:
-            thread_id = self.api.thread_id(header) if header else self.api.new_thread_id(None)
+            thread_id = await self.api.thread_id(header) if header else self.api.new_thread_id(None)
         except ApiError as e:
             return openai_error(404, e.message, "invalid_request_error", "thread_not_found")
         try:
@@ -62,7 +62,7 @@ class OpenAiApi:
             problem = invalid(e)
             return openai_error(problem.status if problem.status == 413 else 400, problem.message,
                                  "invalid_request_error")
-        self.api.touch(thread_id)
+        await self.api.touch(thread_id)
         headers = {"X-Thread-Id": thread_id, "X-Turn-Id": turn.turn_id}
         completion_id = f"chatcmpl-{turn.turn_id.removeprefix('turn-')}"
         created = int(time.time())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from pydantic import ValidationError
@@ -43,8 +43,11 @@ from threadline.channels.delivery import (
 from threadline.models import (
     AgentSpec,
     Steer,
+    ThreadInfo,
     Turn,
 )
+
+Result = TypeVar("Result")
 
 
 class ChatApi:
@@ -62,12 +65,16 @@ class ChatApi:
 
     # Helpers.
 
-    def thread_id(self, raw: str) -> str:
+    async def store_call(self, method: Callable[..., Result], *args: Any, **kwargs: Any) -> Result:
+        """Every store call of a route runs off the event loop: a slow or locked store delays that request only."""
+        return await asyncio.to_thread(method, *args, **kwargs)
+
+    async def thread_id(self, raw: str) -> str:
         value = raw.strip().strip("/")
         if not value or len(value) > 500:
             raise ApiError(404, "no such thread", "not_found")
         thread_id = self.ref.thread_id(value)
-        info = self.store.thread(thread_id)
+        info = await self.store_call(self.store.thread, thread_id)
         mine = info.agent == self.ref.agent_name if info else thread_id.startswith(
             f"{self.ref.room}/{self.ref.threads_dir}/")
         if not mine:
@@ -79,8 +86,10 @@ class ChatApi:
             return None
         return f"{self.ui}/namespaces/{quote(self.spec.namespace, safe='')}/workflows/{quote(thread_id, safe='')}"
 
-    def thread_out(self, thread_id: str, status: dict[str, Any] | None = None) -> ThreadOut:
-        info = self.store.thread(thread_id)
+    async def thread_out(self, thread_id: str, status: dict[str, Any] | None = None) -> ThreadOut:
+        return self.thread_out_of(thread_id, await self.store_call(self.store.thread, thread_id), status)
+
+    def thread_out_of(self, thread_id: str, info: ThreadInfo | None, status: dict[str, Any] | None = None) -> ThreadOut:
         out = ThreadOut(
             thread_id=thread_id, name=info.name if info else "", short=thread_id.rsplit("/", 1)[-1],
             status=info.status if info else "idle", channel=info.channel if info else "chat",
@@ -98,9 +107,14 @@ class ChatApi:
         use_main = self.spec.threading_mode == "none" if main is None else main
         return self.ref.thread_id("main" if use_main else new_thread_name())
 
-    def touch(self, thread_id: str, name: str = "") -> None:
+    async def touch(self, thread_id: str, name: str = "") -> None:
+        await self.store_call(self._touch, thread_id, name)
+
+    def _touch(self, thread_id: str, name: str) -> None:
         self.store.ensure_thread(thread_id, room=self.spec.room, agent=self.ref.agent_name, name=name)
         self.store.archive(thread_id, False)
+        if name:
+            self.store.rename(thread_id, name)
 
     # The page.
 
@@ -123,43 +137,42 @@ class ChatApi:
         limit = int_param(request.query_params.get("limit"), 100, 1, 1000)
         offset = int_param(request.query_params.get("offset"), 0, 0, 10**9)
         archived = request.query_params.get("archived") in ("1", "true", "yes")
-        infos = self.store.threads(agent=self.ref.agent_name, limit=limit, offset=offset, archived=archived)
-        threads = [self.thread_out(i.thread_id) for i in infos]
+        infos = await self.store_call(self.store.threads, agent=self.ref.agent_name, limit=limit, offset=offset,
+                                      archived=archived)
+        threads = [self.thread_out_of(i.thread_id, i) for i in infos]
         return JSONResponse(ThreadList(threads=threads).model_dump())
 
     async def create_thread(self, request: Request) -> Response:
         body: CreateThread = await read_body(request, CreateThread)
         thread_id = self.new_thread_id(body.main)
-        self.touch(thread_id, body.name)
-        if body.name:
-            self.store.rename(thread_id, body.name)
-        return JSONResponse(self.thread_out(thread_id).model_dump(), status_code=201)
+        await self.touch(thread_id, body.name)
+        return JSONResponse((await self.thread_out(thread_id)).model_dump(), status_code=201)
 
     async def get_thread(self, request: Request) -> Response:
-        thread_id = self.thread_id(request.path_params["tid"])
+        thread_id = await self.thread_id(request.path_params["tid"])
         status = await self.watcher.status(thread_id)
-        return JSONResponse(self.thread_out(thread_id, status).model_dump())
+        return JSONResponse((await self.thread_out(thread_id, status)).model_dump())
 
     async def rename_thread(self, request: Request) -> Response:
-        thread_id = self.thread_id(request.path_params["tid"])
+        thread_id = await self.thread_id(request.path_params["tid"])
         body: Rename = await read_body(request, Rename)
-        self.store.ensure_thread(thread_id, room=self.spec.room, agent=self.ref.agent_name)
-        self.store.rename(thread_id, body.name)
-        return JSONResponse(self.thread_out(thread_id).model_dump())
+        await self.store_call(self.store.ensure_thread, thread_id, room=self.spec.room, agent=self.ref.agent_name)
+        await self.store_call(self.store.rename, thread_id, body.name)
+        return JSONResponse((await self.thread_out(thread_id)).model_dump())
 
     async def archive_thread(self, request: Request) -> Response:
-        thread_id = self.thread_id(request.path_params["tid"])
-        if not self.store.archive(thread_id):
+        thread_id = await self.thread_id(request.path_params["tid"])
+        if not await self.store_call(self.store.archive, thread_id):
             raise ApiError(404, "no such thread", "not_found")
-        return JSONResponse(self.thread_out(thread_id).model_dump())
+        return JSONResponse((await self.thread_out(thread_id)).model_dump())
 
     async def items(self, request: Request) -> Response:
-        thread_id = self.thread_id(request.path_params["tid"])
+        thread_id = await self.thread_id(request.path_params["tid"])
         limit = int_param(request.query_params.get("limit"), 50, 1, 1000)
         before = request.query_params.get("before")
         before_seq = int_param(before, 0, 0, 10**12) if before else None
         cursor = await self.feed.current_cursor(thread_id)
-        items = await asyncio.to_thread(self.store.items, thread_id, before_seq=before_seq, limit=limit + 1)
+        items = await self.store_call(self.store.items, thread_id, before_seq=before_seq, limit=limit + 1)
         has_more = len(items) > limit
         page = ItemsPage(thread_id=thread_id, items=items[-limit:], has_more=has_more, cursor=str(cursor))
         return JSONResponse(page.model_dump(mode="json"))
@@ -167,25 +180,25 @@ class ChatApi:
     # Turns.
 
     async def post_turn(self, request: Request) -> Response:
-        thread_id = self.thread_id(request.path_params["tid"])
+        thread_id = await self.thread_id(request.path_params["tid"])
         body: PostTurn = await read_body(request, PostTurn)
         try:
             turn = Turn(turn_id=body.turn_id or new_turn_id(), channel="chat", sender=body.sender, text=body.text)
         except ValidationError as e:
             raise invalid(e) from e
-        self.touch(thread_id)
+        await self.touch(thread_id)
         if request.query_params.get("wait") in ("1", "true", "yes"):
             reply = await submit_turn(self.client, self.ref, thread_id, turn)
             return JSONResponse(TurnAccepted(thread_id=thread_id, turn_id=turn.turn_id, reply=reply)
                                 .model_dump(mode="json"))
         await deliver_turn(self.client, self.ref, thread_id, turn)
-        self.log.publish(thread_id, turn.turn_id, 0, "accepted", {"channel": "chat"})
+        await self.store_call(self.log.publish, thread_id, turn.turn_id, 0, "accepted", {"channel": "chat"})
         self.watcher.poke(thread_id)
         return JSONResponse(TurnAccepted(thread_id=thread_id, turn_id=turn.turn_id).model_dump(mode="json"),
                             status_code=202)
 
     async def steer(self, request: Request) -> Response:
-        thread_id = self.thread_id(request.path_params["tid"])
+        thread_id = await self.thread_id(request.path_params["tid"])
         body: SteerIn = await read_body(request, SteerIn)
         try:
             steer = Steer(text=body.text, turn_id=body.turn_id, sender=body.sender)
@@ -198,7 +211,7 @@ class ChatApi:
             if e.status != RPCStatusCode.NOT_FOUND:
                 raise
             # No workflow yet: nothing runs, so the text is a new turn.
-            self.touch(thread_id)
+            await self.touch(thread_id)
             await deliver_turn(self.client, self.ref, thread_id,
                                Turn(turn_id=new_turn_id(), channel="chat", sender=body.sender, text=body.text))
             mode = "turn"
@@ -206,7 +219,7 @@ class ChatApi:
         return JSONResponse({"thread_id": thread_id, "delivered_as": mode}, status_code=202)
 
     async def interrupt(self, request: Request) -> Response:
-        thread_id = self.thread_id(request.path_params["tid"])
+        thread_id = await self.thread_id(request.path_params["tid"])
         body: InterruptIn = await read_body(request, InterruptIn)
         try:
             await interrupt_turn(self.client, thread_id, body.turn_id)
@@ -218,7 +231,7 @@ class ChatApi:
         return JSONResponse({"thread_id": thread_id, "interrupted": True}, status_code=202)
 
     async def events(self, request: Request) -> Response:
-        thread_id = self.thread_id(request.path_params["tid"])
+        thread_id = await self.thread_id(request.path_params["tid"])
         if self.open_streams >= MAX_EVENT_STREAMS:
             raise ApiError(503, f"this agent already serves {MAX_EVENT_STREAMS} event streams: try again later",
                            "too_many_streams")
