@@ -10,6 +10,7 @@ clients drop the aborted attempt's text instead of showing it twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -115,7 +116,7 @@ class DeltaCoalescer:
         self.log, self.thread_id, self.turn_id, self.attempt = log, thread_id, turn_id, attempt
         self.buffer: list[str] = []
         self._more = asyncio.Event()
-        self._closing = False
+        self._closing = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
 
     def add(self, text: str) -> None:
@@ -128,7 +129,7 @@ class DeltaCoalescer:
 
     async def close(self) -> None:
         """Publishes what is left and waits until every delta is in the log (before the answer is persisted)."""
-        self._closing = True
+        self._closing.set()
         self._more.set()
         if self._writer is not None:
             await self._writer
@@ -147,6 +148,7 @@ class DeltaCoalescer:
                 self.buffer.clear()
                 await asyncio.to_thread(self.log.publish, self.thread_id, self.turn_id, self.attempt, "delta",
                                         {"text": text})
-            if self._closing and not self.buffer:
+            if self._closing.is_set() and not self.buffer:
                 return
-            await asyncio.sleep(COALESCE_SECONDS)
+            with contextlib.suppress(TimeoutError):  # the last deltas go at once, not after the pause
+                await asyncio.wait_for(self._closing.wait(), COALESCE_SECONDS)

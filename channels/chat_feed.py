@@ -23,8 +23,18 @@ from threadline.channels.delivery import thread_snapshot
 from threadline.models import ThreadItem
 
 POLL_SECONDS = 0.02
-"""How often a follower reads the stream log and the store: the reader's share of the streaming latency."""
+"""How often the feed's poller asks the store what changed while the room is busy: the reader's share of the
+streaming latency."""
+QUIET_POLL_SECONDS = 0.1
+"""How often it asks once nothing has changed for QUIET_AFTER_SECONDS (a turn's first write, its `accepted` event,
+comes well before its first delta, so streaming runs at POLL_SECONDS)."""
+QUIET_AFTER_SECONDS = 2.0
 STATUS_POLL_SECONDS = 0.5
+"""How often a thread's status is asked while it is changing: for STATUS_HOT_SECONDS after a turn was delivered,
+began or ended, or the status changed. A quiet thread is asked every STATUS_REFRESH_SECONDS, so a hundred open
+but idle streams do not cost the agent and Temporal a query each twice a second."""
+STATUS_HOT_SECONDS = 5.0
+STATUS_REFRESH_SECONDS = 15.0
 STATUS_QUERY_TIMEOUT = 3.0
 KEEPALIVE_SECONDS = 15.0
 IDLE_WAKE_SECONDS = 5.0
@@ -182,16 +192,22 @@ class StatusWatcher:
             watch.changed.set()
 
     async def _poll(self, thread_id: str, watch: _Watch) -> None:
+        hot_until = time.monotonic() + STATUS_HOT_SECONDS
         while True:
             status = await self.status(thread_id)
             if status != watch.status:
                 watch.status = status
                 watch.version += 1
+                hot_until = time.monotonic() + STATUS_HOT_SECONDS
                 if self.on_change is not None:
                     self.on_change(thread_id)
+            if watch.changed.is_set():
+                hot_until = time.monotonic() + STATUS_HOT_SECONDS
             watch.changed.clear()
+            wait = STATUS_POLL_SECONDS if time.monotonic() < hot_until else STATUS_REFRESH_SECONDS
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(watch.changed.wait(), STATUS_POLL_SECONDS)
+                await asyncio.wait_for(watch.changed.wait(), wait)
+                hot_until = time.monotonic() + STATUS_HOT_SECONDS
             await asyncio.sleep(0.05)
 
 
@@ -247,6 +263,8 @@ class RoomFeed:
         self._tails: dict[str, _Tail] = {}
         self._marks: tuple[int, int] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._poked = asyncio.Event()
+        self._changed_at = 0.0
         watcher.on_change = self._wake
 
     def _wake(self, thread_id: str) -> None:
@@ -301,13 +319,21 @@ class RoomFeed:
             if tail.users == 0:
                 self._tails.pop(thread_id, None)
 
+    def poke(self) -> None:
+        """A turn was just delivered here: poll at the busy pace from now on."""
+        self._changed_at = time.monotonic()
+        self._poked.set()
+
     async def _poll(self) -> None:
+        self._changed_at = time.monotonic()
         while self._tails:
             try:
                 found = await asyncio.to_thread(self._tick, {t: tail.cursor for t, tail in self._tails.items()})
             except Exception:  # noqa: BLE001 - a store that fails now may answer next tick; followers wait
                 log.warning("chat feed: reading the room's store failed", exc_info=True)
                 found = {}
+            if any(found.values()):
+                self._changed_at = time.monotonic()
             for thread_id, events in found.items():
                 tail = self._tails.get(thread_id)
                 if tail is None or not events:
@@ -321,7 +347,12 @@ class RoomFeed:
                 tail.wake()
                 if any(e.event == "turn" for e in events):
                     self.watcher.poke(thread_id)  # the workflow's status changes now: ask it again soon
-            await asyncio.sleep(POLL_SECONDS)
+            self._poked.clear()
+            if time.monotonic() - self._changed_at > QUIET_AFTER_SECONDS:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._poked.wait(), QUIET_POLL_SECONDS)
+            else:
+                await asyncio.sleep(POLL_SECONDS)
 
     def _tick(self, followed: dict[str, Cursor]) -> dict[str, list[FeedEvent]]:
         if self._marks is None:

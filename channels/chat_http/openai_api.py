@@ -98,6 +98,7 @@ class OpenAiApi:
         cursor = await feed.current_cursor(thread_id)
         live = LiveText(turn.turn_id)
         replying = asyncio.create_task(submit_turn(self.api.client, self.api.ref, thread_id, turn))
+        feed.poke()
         replied = asyncio.Event()
         replying.add_done_callback(lambda _: replied.set())
         try:

@@ -108,7 +108,9 @@ class ChatApi:
         return self.ref.thread_id("main" if use_main else new_thread_name())
 
     async def touch(self, thread_id: str, name: str = "") -> None:
+        """The thread is listed and not archived; a turn for it comes next, so the feed polls at its busy pace."""
         await self.store_call(self._touch, thread_id, name)
+        self.feed.poke()
 
     def _touch(self, thread_id: str, name: str) -> None:
         self.store.ensure_thread(thread_id, room=self.spec.room, agent=self.ref.agent_name, name=name)
@@ -206,6 +208,7 @@ class ChatApi:
             raise invalid(e) from e
         try:
             await steer_turn(self.client, thread_id, steer)
+            self.feed.poke()
             mode = "steer"
         except RPCError as e:
             if e.status != RPCStatusCode.NOT_FOUND:
