@@ -37,7 +37,7 @@ def text_limit(what: str, fix: str) -> AfterValidator:
 
     return AfterValidator(check)
 
-ThreadStatus = Literal["idle", "running", "waiting", "failed"]
+ThreadStatus = Literal["idle", "running", "failed"]
 TurnStatus = Literal["completed", "failed", "cancelled"]
 
 _ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")

@@ -91,7 +91,9 @@ class ThreadWorkflow:
         self.running: Turn | None = None
         self.steers: list[Steer] = []
         self.interrupted_turn_id: str | None = None
-        self.inflight: set[asyncio.Task[Any]] = set()
+        self.inflight: dict[asyncio.Future[Any], None] = {}
+        """Activities and child calls of the running turn, in the order they started: an interrupt cancels them in
+        that order, the same on every replay (a set's order would follow memory addresses)."""
         self.run_updates = 0
         self.reply_times: dict[str, float] = {}
         self.status: ThreadStatus = "idle"
@@ -211,7 +213,7 @@ class ThreadWorkflow:
         if self.running is None or request.turn_id not in (None, self.running.turn_id):
             return
         self.interrupted_turn_id = self.running.turn_id
-        for task in self.inflight:
+        for task in list(self.inflight):
             task.cancel()
 
     # Queries.
@@ -375,11 +377,11 @@ class ThreadWorkflow:
             return ToolOutcome(call_id=call.call_id, name=call.name, ok=False, summary=text[:200])
 
     async def _interruptible(self, task: asyncio.Future[Any]) -> Any:
-        self.inflight.add(task)
+        self.inflight[task] = None
         try:
             return await task
         finally:
-            self.inflight.discard(task)
+            self.inflight.pop(task, None)
 
     async def _record_outcome(self, turn: Turn, items: list[ThreadItem], status: ThreadStatus) -> None:
         self.state.next_seq = max([self.state.next_seq, *(i.seq + 1 for i in items)])
