@@ -7,11 +7,6 @@ so an agent restarted with new rules applies them to the next turn.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
-import math
-import time
-from datetime import timedelta
 from typing import Any
 
 import openai
@@ -19,7 +14,9 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from threadline.activities.heartbeat import heartbeating
+from threadline.activities.model_provider import ModelConfigError, model_error, resolve_model
 from threadline.activities.offline import offline_completion
+from threadline.activities.prompt import HISTORY_WINDOW, prompt_messages
 from threadline.activities.storage import RoomStorage
 from threadline.activities.stream_log import DeltaCoalescer, EventKind, StreamLog
 from threadline.activities.thread_store import ThreadStore
@@ -38,138 +35,9 @@ from threadline.models import (
     Usage,
 )
 
-HISTORY_WINDOW = 400
-"""Items of a thread sent to the model; older ones stay in the store."""
 TOOL_OUTPUT_INLINE_BYTES = 16 * 1024
 """Tool output beyond this goes to room storage; the thread keeps a preview and the path."""
-RETRYABLE_STATUS = {408, 409, 429}
 TRUNCATED_NOTE = "\n\n[the answer was cut off at the model's output limit]"
-MAX_RETRY_AFTER_SECONDS = 60.0
-"""A provider asking for a longer wait is asked again after this; a turn never sleeps on its word for hours."""
-
-PROVIDER_BASE_URLS = {
-    "openai": None,
-    "ollama": "http://localhost:11434/v1",
-    "vllm": "http://localhost:8000/v1",
-    "litellm": "http://localhost:4000",
-}
-
-
-class ModelConfigError(ValueError):
-    """A model setting that cannot work: unknown provider, missing key."""
-
-
-def resolve_model(model: str, base_url: str | None, env: dict[str, str]) -> tuple[str, str | None, str | None]:
-    """`offline`, `name` or `provider/name` → (model name, base URL, API key)."""
-    if model == "offline":
-        return model, None, None
-    provider, sep, name = model.partition("/")
-    if not sep:
-        provider, name = "openai", model
-    if provider not in PROVIDER_BASE_URLS:
-        raise ModelConfigError(
-            f"unknown model provider {provider!r} in {model!r}: use one of {', '.join(PROVIDER_BASE_URLS)}, "
-            "or a plain model name with --model-base-url"
-        )
-    url = base_url or env.get("OPENAI_BASE_URL") or PROVIDER_BASE_URLS[provider]
-    key = env.get("OPENAI_API_KEY")
-    if key is None:
-        if url is None:
-            raise ModelConfigError(
-                f"model {model!r} needs OPENAI_API_KEY (or --model-base-url for a local OpenAI-compatible server, "
-                "or --model offline)"
-            )
-        key = "not-needed"
-    return name, url, key
-
-
-def build_messages(system: str, items: list[ThreadItem]) -> list[dict[str, Any]]:
-    """Thread items → OpenAI chat messages. Tool calls left without a result (a cancelled turn) get one."""
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-    open_calls: dict[str, str] = {}
-
-    def close_open_calls() -> None:
-        for call_id, name in open_calls.items():
-            messages.append(
-                {"role": "tool", "tool_call_id": call_id, "name": name, "content": "(no result: the turn was stopped)"}
-            )
-        open_calls.clear()
-
-    for item in items:
-        if item.type == "tool_result" and item.tool_call_id in open_calls:
-            messages.append(
-                {"role": "tool", "tool_call_id": item.tool_call_id, "name": item.tool_name, "content": item.text}
-            )
-            open_calls.pop(item.tool_call_id)
-            continue
-        if item.type not in ("user", "assistant"):
-            continue
-        close_open_calls()
-        if item.type == "user":
-            content = item.text
-            if item.data.get("attachments"):
-                content += "\n\nAttachments (room storage): " + ", ".join(item.data["attachments"])
-            messages.append({"role": "user", "content": content})
-        else:
-            message: dict[str, Any] = {"role": "assistant", "content": item.text or None}
-            if item.tool_calls:
-                message["tool_calls"] = [
-                    {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                    for c in item.tool_calls
-                ]
-                open_calls = {c.call_id: c.name for c in item.tool_calls}
-            messages.append(message)
-    close_open_calls()
-    return messages
-
-
-def _seconds(value: str | None, scale: float = 1.0) -> float | None:
-    try:
-        seconds = float(value) * scale if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and math.isfinite(seconds) else None
-
-
-def retry_delay(headers: Any) -> timedelta | None:
-    """The server's requested wait, from `retry-after-ms` or `retry-after` (seconds or an HTTP date), clamped to
-    [0, MAX_RETRY_AFTER_SECONDS]; a value that is neither is ignored (Temporal's own backoff applies)."""
-    if headers is None:
-        return None
-    seconds = _seconds(headers.get("retry-after-ms"), 0.001)
-    if seconds is None and (value := (headers.get("retry-after") or "").strip()):
-        seconds = _seconds(value)
-        if seconds is None:
-            with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-                when = email.utils.parsedate_to_datetime(value)
-                seconds = when.timestamp() - time.time() if when.tzinfo is not None else None
-    if seconds is None:
-        return None
-    return timedelta(seconds=min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS))
-
-
-def model_error(e: Exception, model: str) -> ApplicationError:
-    """openai exceptions → Temporal errors: transient ones retry (honouring Retry-After), the rest end the turn."""
-    if isinstance(e, openai.APIStatusError):
-        detail = _error_message(e)
-        message = f"model {model} answered HTTP {e.status_code}: {detail}"
-        if e.status_code in RETRYABLE_STATUS or e.status_code >= 500:
-            return ApplicationError(message, type=ErrorType.MODEL_UNAVAILABLE, next_retry_delay=retry_delay(e.response.headers))
-        return ApplicationError(message, type=ErrorType.MODEL_REQUEST_REJECTED, non_retryable=True)
-    if isinstance(e, openai.APITimeoutError):
-        return ApplicationError(f"model {model} timed out", type=ErrorType.MODEL_UNAVAILABLE)
-    if isinstance(e, openai.APIConnectionError):
-        return ApplicationError(f"cannot reach model {model}: {e}", type=ErrorType.MODEL_UNAVAILABLE)
-    return ApplicationError(f"model {model} failed: {e}", type=ErrorType.MODEL_FAILED)
-
-
-def _error_message(e: openai.APIStatusError) -> str:
-    body = e.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return e.message
 
 
 class AgentActivities:
@@ -200,12 +68,6 @@ class AgentActivities:
             self._clients[key] = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
         return self._clients[key]
 
-    def _system_prompt(self, instructions: str | None) -> str:
-        parts = list(self.rules)
-        if instructions:
-            parts.append(instructions)
-        return "\n".join(parts)
-
     async def _persist(self, thread_id: str, items: list[ThreadItem], **kwargs: Any) -> None:
         # Store calls go to a thread: a slow or locked database must not stall the worker's one event loop,
         # where every activity's heartbeats are sent.
@@ -228,7 +90,7 @@ class AgentActivities:
     async def call_model(self, call: ModelCallInput) -> ModelStep:
         """Persists the turn's new input, rebuilds the prompt from the store, calls the model, persists its answer."""
         history = await asyncio.to_thread(self._record_input, call)
-        messages = build_messages(self._system_prompt(call.instructions), history)
+        messages = prompt_messages(self.rules, call.instructions, history)
         requested = call.model or self.spec.model
         try:
             name, base_url, api_key = resolve_model(requested, self.spec.model_base_url, self.env)
@@ -287,9 +149,6 @@ class AgentActivities:
         deltas: DeltaCoalescer,
     ) -> tuple[str, list[tuple[str | None, str, str]], Usage]:
         """Streams the completion, publishing text deltas as they come; returns the whole answer."""
-        for message in messages:
-            if message["role"] == "tool":
-                message.pop("name", None)
         kwargs: dict[str, Any] = {
             "model": name, "messages": messages, "stream": True, "stream_options": {"include_usage": True},
         }

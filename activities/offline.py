@@ -22,7 +22,8 @@ def offline_completion(messages: list[dict[str, Any]], tool_names: set[str]) -> 
         return f"{OFFLINE_LABEL} Hello. Send me a message.", []
     results = [m for m in messages[last_user + 1 :] if m["role"] == "tool"]
     if results:
-        lines = "\n".join(f"- {r.get('name') or 'tool'}: {r['content']}" for r in results)
+        names = {c["id"]: c["function"]["name"] for m in messages[last_user + 1 :] for c in m.get("tool_calls") or []}
+        lines = "\n".join(f"- {names.get(r['tool_call_id'], 'tool')}: {r['content']}" for r in results)
         return f"{OFFLINE_LABEL} The tools answered:\n{lines}", []
     text = messages[last_user]["content"] or ""
     calls: list[tuple[str, str]] = []

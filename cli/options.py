@@ -470,7 +470,7 @@ def env_rules() -> list[str]:
 
 def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_channels: list[str] | None = None):
     """The options → a validated `AgentSpec`: rules files readable, tools importable, the model usable."""
-    from threadline.activities.agent import ModelConfigError, resolve_model
+    from threadline.activities.model_provider import ModelConfigError, resolve_model
     from threadline.activities.tools import ToolLoadError, build_toolbox
     from threadline.models import AgentSpec
     from threadline.worker import RulesFileError, load_rules

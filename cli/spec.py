@@ -348,7 +348,7 @@ def load_service_spec(path: Path) -> ServiceSpec:
 
 def check_agent_spec(spec: AgentSpec) -> None:
     """What `build_spec` checks after building an AgentSpec, for one read from a spec file."""
-    from threadline.activities.agent import ModelConfigError, resolve_model
+    from threadline.activities.model_provider import ModelConfigError, resolve_model
     from threadline.activities.tools import ToolLoadError, build_toolbox
     from threadline.channels.chat_http.settings import HttpConfigError, check_settings
     from threadline.cli.options import _toolkit_tools, parse_channels

@@ -15,12 +15,12 @@ from threadline.channels.mail.registry import MailStore
 from threadline.channels.mail.send_tool import send_email_tools
 from threadline.models import AgentSpec
 
-from tests.test_mail import ADDRESS, job_done, mail_agent, mail_spec, mailbox, new_mail, send, sink  # noqa: F401, F811
+from tests.test_mail import ADDRESS, job_done, mail_agent, mail_spec, mailbox, new_mail, send, sink  # noqa: F401
 
 BOB = "bob@example.com"
 
 
-def tool_spec(agent_spec: AgentSpec, sink, *channels: str) -> AgentSpec:  # noqa: ANN001
+def tool_spec(agent_spec: AgentSpec, sink, *channels: str) -> AgentSpec:  # noqa: ANN001, F811
     spec = mail_spec(agent_spec, sink)
     return spec.model_copy(update={"channels": list(channels or [f"mail:{ADDRESS}"]), "storage": True})
 

@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 from temporalio.client import Client
-from threadline.activities.agent import MAX_RETRY_AFTER_SECONDS, retry_delay
+from threadline.activities.model_provider import MAX_RETRY_AFTER_SECONDS, retry_delay
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import (
     connect,
