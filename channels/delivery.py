@@ -15,6 +15,7 @@ import weakref
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from temporalio import common
 from temporalio.api.enums.v1 import IndexedValueType, TaskQueueType
@@ -25,9 +26,10 @@ from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 from threadline.models import (
     AgentRef,
@@ -41,11 +43,8 @@ from threadline.models import (
     Turn,
 )
 from threadline.workflows.search_attributes import (
-    AGENT_ATTRIBUTE,
-    CHANNEL_ATTRIBUTE,
-    ROOM_ATTRIBUTE,
     SEARCH_ATTRIBUTES,
-    STATUS_ATTRIBUTE,
+    start_attributes,
 )
 from threadline.workflows.thread import ThreadWorkflow
 
@@ -142,12 +141,50 @@ def _initial_start(agent: AgentRef, thread_id: str, channel: str) -> ThreadStart
 
 
 def _search_attributes(agent: AgentRef, channel: str) -> common.TypedSearchAttributes:
-    return common.TypedSearchAttributes([
-        common.SearchAttributePair(ROOM_ATTRIBUTE, agent.room),
-        common.SearchAttributePair(AGENT_ATTRIBUTE, agent.agent_name),
-        common.SearchAttributePair(CHANNEL_ATTRIBUTE, channel.split(":", 1)[0]),
-        common.SearchAttributePair(STATUS_ATTRIBUTE, "idle"),
-    ])
+    return start_attributes(room=agent.room, agent=agent.agent_name, channel=channel, status="idle")
+
+
+class DuplicateTurn(Exception):
+    """The turn id was already used in this thread for other input (the thread refused it)."""
+
+
+async def submit_until_replied(client: Client, agent: AgentRef, thread_id: str, turn: Turn) -> Reply:
+    """`submit_turn` until the reply: a long turn outlasts one update RPC, and submitting the same turn id again
+    re-attaches to it. Used by every caller that waits for a turn however long it takes (queue jobs, toolkits)."""
+    while True:
+        try:
+            return await submit_turn(client, agent, thread_id, turn)
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        except WorkflowUpdateFailedError as e:
+            cause = e.cause
+            if isinstance(cause, ApplicationError) and cause.type == ErrorType.DUPLICATE_TURN:
+                raise DuplicateTurn(cause.message) from e
+            raise
+
+
+async def start_job(client: Client, run: Any, job: Any, *, workflow_id: str, task_queue: str,
+                    search_attributes: common.TypedSearchAttributes, memo: dict[str, Any], summary: str) -> bool:
+    """Starts a job workflow once per id (False: it already exists). A server that never ran an agent may lack
+    Threadline's search attributes: they are added once and the start retried."""
+    for attempt in range(2):
+        try:
+            await client.start_workflow(
+                run, job, id=workflow_id, task_queue=task_queue,
+                id_reuse_policy=common.WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=common.WorkflowIDConflictPolicy.FAIL,
+                search_attributes=search_attributes, memo=memo, static_summary=summary,
+            )
+            return True
+        except WorkflowAlreadyStartedError:
+            return False
+        except RPCError as e:
+            if attempt or e.status != RPCStatusCode.INVALID_ARGUMENT or "search attribute" not in str(e).lower():
+                raise
+            await register_search_attributes(client)
+    raise AssertionError("unreachable")
 
 
 async def submit_turn(

@@ -25,21 +25,18 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from temporalio import activity, common
 from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
-    WorkflowUpdateFailedError,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from threadline.activities.heartbeat import heartbeating
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
-from threadline.channels.delivery import register_search_attributes, submit_turn
+from threadline.channels.delivery import DuplicateTurn, start_job, submit_until_replied
 from threadline.contracts import RUN_QUEUE_TURN, SEND_QUEUE_REPLY
 from threadline.models import (
     JOB_STATES,
@@ -70,10 +67,10 @@ from threadline.workflows.jobs import (
 )
 from threadline.workflows.queue_job import QueueJobWorkflow
 from threadline.workflows.search_attributes import (
-    CHANNEL_ATTRIBUTE,
     JOB_STATUS_ATTRIBUTE,
     QUEUE_ATTRIBUTE,
     ROOM_ATTRIBUTE,
+    start_attributes,
 )
 
 DATE_TOKENS = {"YYYY": "%Y", "MM": "%m", "DD": "%d", "HH": "%H", "mm": "%M", "SS": "%S"}
@@ -222,33 +219,12 @@ async def send_job(
     job = QueueJobInput(room=room, queue=queue, job_key=key, payload=payload, accepted_at=accepted_at)
     status = JobStatus(job_id=accepted.job_id, room=room, queue=queue, status="queued", accepted_at=accepted_at,
                        thread_id=thread_id)
-    for attempt in range(2):
-        try:
-            await client.start_workflow(
-                QueueJobWorkflow.run,
-                job,
-                id=workflow_id,
-                task_queue=job_task_queue(room, queue),
-                id_reuse_policy=common.WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                id_conflict_policy=common.WorkflowIDConflictPolicy.FAIL,
-                search_attributes=common.TypedSearchAttributes([
-                    common.SearchAttributePair(ROOM_ATTRIBUTE, room),
-                    common.SearchAttributePair(QUEUE_ATTRIBUTE, queue),
-                    common.SearchAttributePair(CHANNEL_ATTRIBUTE, "queue"),
-                    common.SearchAttributePair(JOB_STATUS_ATTRIBUTE, "queued"),
-                ]),
-                memo={MEMO_KEY: job_memo(status), "thread": thread},
-                static_summary=f"queue {queue}: {_preview(payload)}",
-            )
-            return accepted
-        except WorkflowAlreadyStartedError:
-            return await _existing(client, accepted)
-        except RPCError as e:
-            # A server that never ran an agent may lack Threadline's search attributes: add them once and retry.
-            if attempt or e.status != RPCStatusCode.INVALID_ARGUMENT or "search attribute" not in str(e).lower():
-                raise
-            await register_search_attributes(client)
-    raise AssertionError("unreachable")
+    started = await start_job(
+        client, QueueJobWorkflow.run, job, workflow_id=workflow_id, task_queue=job_task_queue(room, queue),
+        search_attributes=start_attributes(room=room, queue=queue, channel="queue", job_status="queued"),
+        memo={MEMO_KEY: job_memo(status), "thread": thread}, summary=f"queue {queue}: {_preview(payload)}",
+    )
+    return accepted if started else await _existing(client, accepted)
 
 
 async def _existing(client: Client, accepted: JobAccepted) -> JobAccepted:
@@ -394,19 +370,10 @@ class QueueActivities:
             raise ApplicationError(str(e), type=ErrorType.JOB_PATH_ERROR, non_retryable=True) from e
         started = JobStarted(agent=agent.agent_name, thread_id=thread_id, started_at=datetime.now(timezone.utc))
         async with heartbeating(started, at_start=True):
-            while True:
-                try:
-                    reply = await submit_turn(self.client, agent, thread_id, request.turn)
-                    break
-                except WorkflowUpdateRPCTimeoutOrCancelledError:
-                    # A long turn outlasts one update RPC: submitting the same turn id again re-attaches to it.
-                    if activity.is_cancelled():
-                        raise
-                except WorkflowUpdateFailedError as e:
-                    cause = e.cause
-                    if isinstance(cause, ApplicationError) and cause.type == ErrorType.DUPLICATE_TURN:
-                        raise ApplicationError(cause.message, type=ErrorType.DUPLICATE_TURN, non_retryable=True) from e
-                    raise
+            try:
+                reply = await submit_until_replied(self.client, agent, thread_id, request.turn)
+            except DuplicateTurn as e:
+                raise ApplicationError(str(e), type=ErrorType.DUPLICATE_TURN, non_retryable=True) from e
         return QueueTurnResult(agent=agent.agent_name, thread_id=thread_id, reply=reply)
 
     @SEND_QUEUE_REPLY.defn

@@ -38,20 +38,23 @@ from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
     WorkflowExecutionStatus,
-    WorkflowUpdateFailedError,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from threadline.activities.tools import Tool, current_call
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
-from threadline.channels.delivery import interrupt_turn, new_thread_name, new_turn_id, recent_pollers, submit_turn
+from threadline.channels.delivery import (
+    DuplicateTurn,
+    interrupt_turn,
+    new_thread_name,
+    new_turn_id,
+    recent_pollers,
+    submit_until_replied,
+)
 from threadline.models import (
     MAX_TURN_TEXT_BYTES,
     AgentRef,
     AgentSpec,
-    ErrorType,
     PayloadTooLarge,
     Reply,
     ToolkitInfo,
@@ -65,7 +68,7 @@ from threadline.models import (
     check_size,
     validate_name,
 )
-from threadline.workflows.search_attributes import AGENT_ATTRIBUTE, CHANNEL_ATTRIBUTE, ROOM_ATTRIBUTE
+from threadline.workflows.search_attributes import ROOM_ATTRIBUTE, start_attributes
 from threadline.workflows.toolkit import MEMO_KEY, ToolkitWorkflow, room_task_queue, tool_name_for, toolkit_workflow_id
 
 WAIT_POLL_INTERVAL = 0.5
@@ -268,11 +271,7 @@ async def register_toolkit(client: Client, info: ToolkitInfo, instance: ToolkitI
         id=toolkit_workflow_id(info.room, info.name),
         task_queue=room_task_queue(info.room),
         id_conflict_policy=common.WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=common.TypedSearchAttributes([
-            common.SearchAttributePair(ROOM_ATTRIBUTE, info.room),
-            common.SearchAttributePair(AGENT_ATTRIBUTE, info.agent.agent_name),
-            common.SearchAttributePair(CHANNEL_ATTRIBUTE, "toolkit"),
-        ]),
+        search_attributes=start_attributes(room=info.room, agent=info.agent.agent_name, channel="toolkit"),
     )
     return await client.execute_update_with_start_workflow(
         ToolkitWorkflow.register, ToolkitRegistration(info=info, instance=instance), start_workflow_operation=start
@@ -283,20 +282,10 @@ async def register_toolkit(client: Client, info: ToolkitInfo, instance: ToolkitI
 
 
 async def run_turn(client: Client, agent: AgentRef, thread_id: str, turn: Turn) -> Reply:
-    """`submit_turn` until the reply: a long turn outlasts one update RPC, and submitting the same turn id again
-    re-attaches to it."""
-    while True:
-        try:
-            return await submit_turn(client, agent, thread_id, turn)
-        except WorkflowUpdateRPCTimeoutOrCancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-        except WorkflowUpdateFailedError as e:
-            cause = e.cause
-            if isinstance(cause, ApplicationError) and cause.type == ErrorType.DUPLICATE_TURN:
-                raise ToolTurnFailed(cause.message) from e
-            raise
+    try:
+        return await submit_until_replied(client, agent, thread_id, turn)
+    except DuplicateTurn as e:
+        raise ToolTurnFailed(str(e)) from e
 
 
 @dataclass

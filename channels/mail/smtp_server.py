@@ -10,12 +10,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from temporalio import common
 from temporalio.client import Client
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
 from threadline.activities.storage import RoomStorage
-from threadline.channels.delivery import register_search_attributes
+from threadline.channels.delivery import start_job
 from threadline.channels.mail.addresses import allowed, mail_job_key
 from threadline.channels.mail.parsing import ParsedMail, parse_mail
 from threadline.channels.mail.registry import MailStore
@@ -32,10 +29,7 @@ from threadline.workflows.jobs import (
 )
 from threadline.workflows.mail_job import MailJobWorkflow
 from threadline.workflows.search_attributes import (
-    CHANNEL_ATTRIBUTE,
-    JOB_STATUS_ATTRIBUTE,
-    QUEUE_ATTRIBUTE,
-    ROOM_ATTRIBUTE,
+    start_attributes,
 )
 
 log = logging.getLogger("threadline.mail")
@@ -164,31 +158,12 @@ class MailServer:
         client = await self.client()
         status = JobStatus(job_id=public_job_id(job.queue, job.job_key), room=job.room, queue=job.queue,
                            status="queued", accepted_at=job.accepted_at)
-        for attempt in range(2):
-            try:
-                await client.start_workflow(
-                    MailJobWorkflow.run,
-                    job,
-                    id=job_workflow_id(job.room, job.queue, job.job_key),
-                    task_queue=job_task_queue(job.room, job.queue),
-                    id_reuse_policy=common.WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                    id_conflict_policy=common.WorkflowIDConflictPolicy.FAIL,
-                    search_attributes=common.TypedSearchAttributes([
-                        common.SearchAttributePair(ROOM_ATTRIBUTE, job.room),
-                        common.SearchAttributePair(QUEUE_ATTRIBUTE, job.queue),
-                        common.SearchAttributePair(CHANNEL_ATTRIBUTE, "mail"),
-                        common.SearchAttributePair(JOB_STATUS_ATTRIBUTE, "queued"),
-                    ]),
-                    memo={MEMO_KEY: job_memo(status)},
-                    static_summary=f"mail from {job.sender}: {job.subject}"[:200],
-                )
-                return
-            except WorkflowAlreadyStartedError:
-                return
-            except RPCError as e:
-                if attempt or e.status != RPCStatusCode.INVALID_ARGUMENT or "search attribute" not in str(e).lower():
-                    raise
-                await register_search_attributes(client)
+        await start_job(
+            client, MailJobWorkflow.run, job, workflow_id=job_workflow_id(job.room, job.queue, job.job_key),
+            task_queue=job_task_queue(job.room, job.queue),
+            search_attributes=start_attributes(room=job.room, queue=job.queue, channel="mail", job_status="queued"),
+            memo={MEMO_KEY: job_memo(status)}, summary=f"mail from {job.sender}: {job.subject}"[:200],
+        )
 
 
 class _Unavailable(Exception):
