@@ -33,6 +33,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ if str(REPO) not in sys.path:
 
 import httpx  # noqa: E402
 import openai  # noqa: E402
+from threadline.channels import chat_feed  # noqa: E402
 from threadline.models import AgentSpec, HttpSettings  # noqa: E402
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
@@ -206,8 +209,20 @@ async def measure(args: argparse.Namespace, fake_url: str, http_url: str) -> dic
     return out
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    home = Path(tempfile.mkdtemp(prefix="threadline-bench-chat-"))
+@dataclass
+class ChatAgent:
+    server: TemporalDevServer
+    agent: subprocess.Popen[str]
+    fake_url: str
+    http_url: str
+    home: Path
+
+
+@contextlib.asynccontextmanager
+async def chat_agent(room: str, words: int, chunk_delay: float) -> AsyncIterator[ChatAgent]:
+    """Its own Temporal dev server, the fake model in a process of its own, and an agent process with the chat
+    channel's HTTP server; all stopped on exit."""
+    home = Path(tempfile.mkdtemp(prefix="threadline-bench-"))
     server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES})
     procs: list[subprocess.Popen[str]] = []
     log("starting Temporal, the fake model and the agent")
@@ -215,13 +230,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         fake_port = free_port()
         fake = subprocess.Popen([sys.executable, "-m", "bench.chat", "--serve-fake", str(fake_port),
-                                 "--words", str(args.words), "--chunk-delay", str(args.chunk_delay)],
+                                 "--words", str(words), "--chunk-delay", str(chunk_delay)],
                                 cwd=REPO, stdout=subprocess.PIPE, text=True)
         procs.append(fake)
         fake_url = (fake.stdout.readline() if fake.stdout else "").strip()
         assert fake_url.startswith("http"), "the fake model did not start"
         http_port = free_port()
-        spec = AgentSpec(room="bench", agent_name="bench", model="fake-model", channels=["chat"],
+        spec = AgentSpec(room=room, agent_name="bench", model="fake-model", channels=["chat"],
                          http=HttpSettings(port=http_port))
         env = {**os.environ, "THREADLINE_HOME": str(home), "OPENAI_BASE_URL": fake_url, "OPENAI_API_KEY": "x"}
         agent = subprocess.Popen([sys.executable, "-m", "tests.agent_process", server.address,
@@ -235,7 +250,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 if httpx.get(http_url + "/healthz").status_code == 200:
                     break
             await asyncio.sleep(0.1)
-        figures = await measure(args, fake_url + "/v1" if not fake_url.endswith("/v1") else fake_url, http_url)
+        yield ChatAgent(server, agent, fake_url if fake_url.endswith("/v1") else fake_url + "/v1", http_url, home)
     finally:
         for proc in procs:
             proc.terminate()
@@ -245,8 +260,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             if proc.poll() is None:
                 proc.kill()
         server.close()
-    from threadline.channels import chat_feed
 
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    async with chat_agent("bench", args.words, args.chunk_delay) as running:
+        figures = await measure(args, running.fake_url, running.http_url)
     return {
         "benchmark": "chat over HTTP: streamed deltas vs the model directly",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -26,9 +26,7 @@ import json
 import os
 import platform
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,11 +40,8 @@ import httpx  # noqa: E402
 from temporalio.api.enums.v1 import EventType, TimeoutType  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 from threadline.channels.chat_feed import STATUS_HOT_SECONDS  # noqa: E402
-from threadline.models import AgentSpec, HttpSettings  # noqa: E402
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
-from bench.chat import free_port, percentile  # noqa: E402
-from tests.temporal_server import TemporalDevServer  # noqa: E402
+from bench.chat import chat_agent, percentile  # noqa: E402
 
 ROOM = "bench-loop"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -193,44 +188,9 @@ async def measure(args: argparse.Namespace, agent_pid: int, http_url: str, addre
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    home = Path(tempfile.mkdtemp(prefix="threadline-bench-loop-"))
-    server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES})
-    procs: list[subprocess.Popen[str]] = []
-    log("starting Temporal, the fake model and the agent")
-    server.start()
-    try:
-        fake_port = free_port()
-        fake = subprocess.Popen([sys.executable, "-m", "bench.chat", "--serve-fake", str(fake_port),
-                                 "--words", str(args.words), "--chunk-delay", str(args.chunk_delay)],
-                                cwd=REPO, stdout=subprocess.PIPE, text=True)
-        procs.append(fake)
-        fake_url = (fake.stdout.readline() if fake.stdout else "").strip()
-        assert fake_url.startswith("http"), "the fake model did not start"
-        http_port = free_port()
-        spec = AgentSpec(room=ROOM, agent_name="bench", model="fake-model", channels=["chat"],
-                         http=HttpSettings(port=http_port))
-        env = {**os.environ, "THREADLINE_HOME": str(home), "OPENAI_BASE_URL": fake_url, "OPENAI_API_KEY": "x"}
-        agent = subprocess.Popen([sys.executable, "-m", "tests.agent_process", server.address,
-                                  spec.model_dump_json(), "with-channels"],
-                                 cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-        procs.append(agent)
-        assert (agent.stdout.readline() if agent.stdout else "").strip() == "ready", "the agent did not start"
-        http_url = f"http://127.0.0.1:{http_port}"
-        for _ in range(100):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(http_url + "/healthz").status_code == 200:
-                    break
-            await asyncio.sleep(0.1)
-        figures = await measure(args, agent.pid, http_url, server.address, home / "rooms" / ROOM / "threads.sqlite3")
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(20)
-            if proc.poll() is None:
-                proc.kill()
-        server.close()
+    async with chat_agent(ROOM, args.words, args.chunk_delay) as running:
+        figures = await measure(args, running.agent.pid, running.http_url, running.server.address,
+                                running.home / "rooms" / ROOM / "threads.sqlite3")
     return {
         "benchmark": "agent event loop: CPU with idle chat streams, responsiveness and heartbeats with a locked store",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
