@@ -15,8 +15,7 @@ from temporalio.worker import Worker
 from threadline.activities.agent import AgentActivities
 from threadline.activities.mcp_tools import load_mcp_tools
 from threadline.activities.storage import RoomStorage
-from threadline.activities.stores import open_stream_log, open_thread_store
-from threadline.activities.stream_log import StreamLog
+from threadline.activities.stores import RoomStreamLog, open_stream_log, open_thread_store
 from threadline.activities.tools import Tool, build_toolbox
 from threadline.activities.web import web_tools
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
@@ -38,7 +37,7 @@ MAX_CACHED_THREADS = 200
 STREAM_PRUNE_INTERVAL = timedelta(hours=1)
 
 
-async def prune_stream_log(stream: StreamLog, stop: asyncio.Event) -> None:
+async def prune_stream_log(stream: RoomStreamLog, stop: asyncio.Event) -> None:
     """The stream log serves followers of live turns: its events older than `KEEP_SECONDS` are deleted at start and
     every `STREAM_PRUNE_INTERVAL`, so the table stays bounded by a day of streaming (every replica prunes; deletes
     of the same rows are harmless)."""

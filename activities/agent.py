@@ -18,8 +18,8 @@ from threadline.activities.model_provider import ModelConfigError, model_error, 
 from threadline.activities.offline import offline_completion
 from threadline.activities.prompt import HISTORY_WINDOW, prompt_messages
 from threadline.activities.storage import RoomStorage
-from threadline.activities.stream_log import DeltaCoalescer, EventKind, StreamLog
-from threadline.activities.thread_store import ThreadStore
+from threadline.activities.stores import RoomStreamLog, RoomThreadStore
+from threadline.activities.stream_log import DeltaCoalescer, EventKind
 from threadline.activities.tools import ToolArgumentsError, Toolbox, current_call, summarize_call
 from threadline.contracts import CALL_MODEL, RECORD_OUTCOME, RUN_TOOL
 from threadline.models import (
@@ -46,8 +46,8 @@ class AgentActivities:
         spec: AgentSpec,
         *,
         rules: list[str],
-        store: ThreadStore,
-        stream: StreamLog,
+        store: RoomThreadStore,
+        stream: RoomStreamLog,
         storage: RoomStorage,
         toolbox: Toolbox,
         env: dict[str, str],

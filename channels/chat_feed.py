@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio.client import Client
-from threadline.activities.stream_log import StreamEvent, StreamLog
-from threadline.activities.thread_store import ThreadStore
+from threadline.activities.stores import RoomStreamLog, RoomThreadStore
+from threadline.activities.stream_log import StreamEvent
 from threadline.channels.delivery import thread_snapshot
 from threadline.models import ThreadItem
 
@@ -80,7 +80,7 @@ class FeedEvent:
         return "\n".join(lines) + "\n\n"
 
 
-def current_cursor(store: ThreadStore, log: StreamLog, thread_id: str) -> Cursor:
+def current_cursor(store: RoomThreadStore, log: RoomStreamLog, thread_id: str) -> Cursor:
     """Where a client that just read the thread's items should start following: after every item, and after every
     stream event that happened before the newest item, so the text of a step still being written is replayed."""
     items, newest = store.position(thread_id)
@@ -115,7 +115,7 @@ def _item_events(item: ThreadItem) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-def read_after(store: ThreadStore, log: StreamLog, thread_id: str, cursor: Cursor) -> list[FeedEvent]:
+def read_after(store: RoomThreadStore, log: RoomStreamLog, thread_id: str, cursor: Cursor) -> list[FeedEvent]:
     """Everything after `cursor`, in the order it happened. The stream log is read first: a delta of a model call's
     next step is published only after the previous step's answer is committed, so that answer is seen too."""
     events = log.events(thread_id, after_id=cursor.stream)
@@ -154,7 +154,7 @@ class _Watch:
 class StatusWatcher:
     """One poller of the workflow's `snapshot` query per followed thread, shared by all its followers."""
 
-    def __init__(self, client: Client, store: ThreadStore) -> None:
+    def __init__(self, client: Client, store: RoomThreadStore) -> None:
         self.client, self.store = client, store
         self._watches: dict[str, _Watch] = {}
         self.on_change: Callable[[str], None] | None = None
@@ -258,7 +258,7 @@ class RoomFeed:
     KEPT_GROUPS = 1000
     """Per thread; a follower further behind than this reads its own way back from its cursor."""
 
-    def __init__(self, store: ThreadStore, log: StreamLog, watcher: StatusWatcher) -> None:
+    def __init__(self, store: RoomThreadStore, log: RoomStreamLog, watcher: StatusWatcher) -> None:
         self.store, self.log, self.watcher = store, log, watcher
         self._tails: dict[str, _Tail] = {}
         self._marks: tuple[int, int] | None = None

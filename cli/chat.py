@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from rich.markup import escape
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
-from threadline.activities.stream_log import StreamEvent, StreamLog
-from threadline.activities.thread_store import ThreadStore
+from threadline.activities.stores import RoomStreamLog, RoomThreadStore
+from threadline.activities.stream_log import StreamEvent
 from threadline.activities.tools import summarize_call
 from threadline.channels.delivery import (
     agent_is_online,
@@ -72,7 +72,7 @@ class LiveReply:
     Events come from the room's stream log, which the agent's activities write; a retried model call starts its
     text again, so the aborted attempt's text is closed off with a note rather than silently mixed in."""
 
-    def __init__(self, log: StreamLog, thread_id: str, turn_id: str, prefix: str = "") -> None:
+    def __init__(self, log: RoomStreamLog, thread_id: str, turn_id: str, prefix: str = "") -> None:
         self.log, self.thread_id, self.turn_id, self.prefix = log, thread_id, turn_id, prefix
         self.after = 0
         self.text = ""
@@ -133,7 +133,7 @@ class Chat:
         *,
         sender: str = "user",
         local_worker: bool = False,
-        stream: StreamLog | None = None,
+        stream: RoomStreamLog | None = None,
     ) -> None:
         self.client, self.ref, self.thread_id, self.sender = client, ref, thread_id, sender
         self.local_worker = local_worker
@@ -186,7 +186,7 @@ class Chat:
         finally:
             self.running_turn = None
 
-    def tool_lines(self, store: ThreadStore | None, turn_id: str) -> list[str]:
+    def tool_lines(self, store: RoomThreadStore | None, turn_id: str) -> list[str]:
         """Tool calls of a finished turn, read from the thread store (empty when the store is elsewhere)."""
         if store is None:
             return []
@@ -253,7 +253,7 @@ class Interrupts:
         self.leave.set()
 
 
-def print_reply(chat: Chat, reply: Reply, store: ThreadStore | None, label: str) -> None:
+def print_reply(chat: Chat, reply: Reply, store: RoomThreadStore | None, label: str) -> None:
     for line in chat.tool_lines(store, reply.turn_id):
         status(line)
     if reply.status == "completed":
@@ -265,7 +265,7 @@ def print_reply(chat: Chat, reply: Reply, store: ThreadStore | None, label: str)
         err.print(f"turn failed: {escape(reply.error or 'unknown error')}", style="red")
 
 
-async def interactive(chat: Chat, store: ThreadStore | None, *, label: str) -> None:
+async def interactive(chat: Chat, store: RoomThreadStore | None, *, label: str) -> None:
     loop_state = {"interrupting": False}
 
     def interrupt_turn_now() -> bool:
@@ -315,7 +315,7 @@ async def interactive(chat: Chat, store: ThreadStore | None, *, label: str) -> N
     status(thread_hint(chat.thread_id))
 
 
-async def _command(chat: Chat, store: ThreadStore | None, text: str) -> None:
+async def _command(chat: Chat, store: RoomThreadStore | None, text: str) -> None:
     name, _, arg = text.partition(" ")
     arg = arg.strip()
     if name == "/new":

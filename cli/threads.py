@@ -8,7 +8,7 @@ from datetime import datetime
 
 from rich.markup import escape
 from rich.table import Column, Table
-from threadline.activities.thread_store import ThreadStore
+from threadline.activities.stores import RoomThreadStore
 from threadline.activities.tools import summarize_call
 from threadline.cli.errors import usage_error
 from threadline.cli.options import OutputFormat
@@ -21,7 +21,7 @@ def short_id(thread_id: str) -> str:
     return thread_id.rsplit("/", 1)[-1]
 
 
-def resolve_thread(store: ThreadStore, room: str, agent_name: str | None, thread_dir: str, value: str) -> ThreadInfo:
+def resolve_thread(store: RoomThreadStore, room: str, agent_name: str | None, thread_dir: str, value: str) -> ThreadInfo:
     """A short name, a path or a full id → the thread in the store; a clear usage error when there is none."""
     value = value.strip()
     if agent_name:

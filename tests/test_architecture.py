@@ -167,3 +167,27 @@ def test_a_contract_refuses_an_implementation_of_other_types() -> None:
         assert "does not match the 'call_model' contract" in str(e)
     else:
         raise AssertionError("a method taking ToolCallInput was accepted as call_model")
+
+
+def test_every_store_backend_has_the_methods_of_its_protocol() -> None:
+    """Backends vary by Protocol, not by luck: each one defines every method with the Protocol's parameters."""
+    import inspect
+
+    from threadline.activities import pg_store, stores
+    from threadline.activities.stream_log import StreamLog
+    from threadline.activities.thread_store import ThreadStore
+
+    mismatches = []
+    for protocol, backends in ((stores.RoomThreadStore, (ThreadStore, pg_store.PgThreadStore)),
+                               (stores.RoomStreamLog, (StreamLog, pg_store.PgStreamLog))):
+        for name, member in vars(protocol).items():
+            if name.startswith("_") or not callable(member):
+                continue
+            wanted = list(inspect.signature(member).parameters)
+            for backend in backends:
+                method = getattr(backend, name, None)
+                have = list(inspect.signature(method).parameters) if method else None
+                if have != wanted:
+                    mismatches.append(f"{backend.__name__}.{name}{tuple(have or ())} is not {protocol.__name__}'s "
+                                      f"{tuple(wanted)}")
+    assert mismatches == []
