@@ -16,21 +16,16 @@ from typing import Any, Generic, TypeVar
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
-from threadline.models import (
-    ErrorType,
+from threadline.models.jobs import (
     MailJobInput,
     MailReplyRequest,
     MailTurnPlan,
-    ModelCallInput,
-    ModelStep,
-    OutcomeRecord,
     QueueReplyRequest,
     QueueTurnRequest,
     QueueTurnResult,
-    ToolCall,
-    ToolCallInput,
-    ToolOutcome,
 )
+from threadline.models.limits import ErrorType
+from threadline.models.thread import ModelCallInput, ModelStep, OutcomeRecord, ToolCall, ToolCallInput, ToolOutcome
 
 Arg = TypeVar("Arg")
 Result = TypeVar("Result")

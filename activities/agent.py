@@ -22,9 +22,9 @@ from threadline.activities.stores import RoomStreamLog, RoomThreadStore
 from threadline.activities.stream_log import DeltaCoalescer, EventKind
 from threadline.activities.tools import ToolArgumentsError, Toolbox, current_call, summarize_call
 from threadline.contracts import CALL_MODEL, RECORD_OUTCOME, RUN_TOOL
-from threadline.models import (
-    AgentSpec,
-    ErrorType,
+from threadline.models.limits import ErrorType
+from threadline.models.spec import AgentSpec
+from threadline.models.thread import (
     ModelCallInput,
     ModelStep,
     OutcomeRecord,

@@ -12,7 +12,7 @@ from typing import Any
 
 import openai
 from temporalio.exceptions import ApplicationError
-from threadline.models import ErrorType
+from threadline.models.limits import ErrorType
 
 RETRYABLE_STATUS = {408, 409, 429}
 MAX_RETRY_AFTER_SECONDS = 60.0

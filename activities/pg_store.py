@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from threadline.activities.stream_log import KEEP_SECONDS, StreamEvent
 from threadline.activities.thread_store import display_name
-from threadline.models import ThreadInfo, ThreadItem, ThreadStatus, Usage
+from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, Usage
 
 _opened: dict[tuple[type, str, str], Any] = {}
 _opened_guard = threading.Lock()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from threadline.models import ThreadItem
+from threadline.models.thread import ThreadItem
 
 HISTORY_WINDOW = 400
 """Items of a thread sent to the model; older ones stay in the store."""

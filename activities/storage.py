@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
-    from threadline.models import AgentSpec
+    from threadline.models.spec import AgentSpec
 
 
 class StoragePathError(ValueError):

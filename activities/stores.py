@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from threadline.activities.stream_log import EventKind, StreamEvent, StreamLog
 from threadline.activities.thread_store import ThreadStore
-from threadline.models import ThreadInfo, ThreadItem, ThreadStatus
+from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus
 
 
 class RoomThreadStore(Protocol):

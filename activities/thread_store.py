@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from threadline.activities.storage import room_dir
-from threadline.models import ThreadInfo, ThreadItem, ThreadStatus, Usage
+from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, Usage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS threads (

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ConfigDict, ValidationError, create_model
 from threadline.activities.storage import RoomStorage, StoragePathError
-from threadline.models import ToolCallInput
+from threadline.models.thread import ToolCallInput
 
 current_call: ContextVar[ToolCallInput] = ContextVar("current_call")
 """The call being run, for tools that need to know their thread and place in it (set by the run_tool activity)."""

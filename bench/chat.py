@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:
 import httpx  # noqa: E402
 import openai  # noqa: E402
 from threadline.channels import chat_feed  # noqa: E402
-from threadline.models import AgentSpec, HttpSettings  # noqa: E402
+from threadline.models.spec import AgentSpec, HttpSettings  # noqa: E402
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
 from tests.temporal_server import TemporalDevServer  # noqa: E402

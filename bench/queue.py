@@ -32,7 +32,8 @@ if str(REPO) not in sys.path:
 from temporalio.client import Client  # noqa: E402
 from threadline.channels.delivery import connect  # noqa: E402
 from threadline.channels.queue import send_job, wait_for_job  # noqa: E402
-from threadline.models import AgentSpec, JobStatus  # noqa: E402
+from threadline.models.jobs import JobStatus
+from threadline.models.spec import AgentSpec  # noqa: E402
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
 from tests.fake_openai import FakeOpenAI  # noqa: E402

@@ -48,7 +48,8 @@ from temporalio import common  # noqa: E402
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
 from threadline.channels.delivery import connect, new_thread_name, new_turn_id, submit_turn  # noqa: E402
-from threadline.models import AgentSpec, Turn  # noqa: E402
+from threadline.models.spec import AgentSpec
+from threadline.models.thread import Turn  # noqa: E402
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
 from bench.floor import FloorOptions, FloorWorkflow  # noqa: E402

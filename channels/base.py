@@ -12,7 +12,7 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
-from threadline.models import AgentSpec
+from threadline.models.spec import AgentSpec
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
 """How long a stopping worker lets in-flight activities finish before cancelling them (deployments give the process

@@ -20,7 +20,7 @@ from temporalio.client import Client
 from threadline.activities.stores import RoomStreamLog, RoomThreadStore
 from threadline.activities.stream_log import StreamEvent
 from threadline.channels.delivery import thread_snapshot
-from threadline.models import ThreadItem
+from threadline.models.thread import ThreadItem
 
 POLL_SECONDS = 0.02
 """How often the feed's poller asks the store what changed while the room is busy: the reader's share of the

@@ -31,17 +31,8 @@ from temporalio.client import (
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
-from threadline.models import (
-    AgentRef,
-    ErrorType,
-    Interrupt,
-    Reply,
-    Steer,
-    ThreadSnapshot,
-    ThreadStart,
-    ThreadState,
-    Turn,
-)
+from threadline.models.limits import ErrorType
+from threadline.models.thread import AgentRef, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
 from threadline.workflows.search_attributes import (
     SEARCH_ATTRIBUTES,
     start_attributes,

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from temporalio.worker import Worker
 from threadline.channels.base import ChannelAdapter, ChannelContext
-from threadline.models import DEFAULT_HEALTH_HOST
+from threadline.models.spec import DEFAULT_HEALTH_HOST
 
 HEALTH_PATHS = ("/healthz", "/readyz")
 DEFAULT_HEALTH_PORT = 8790

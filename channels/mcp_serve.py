@@ -23,7 +23,7 @@ from threadline.activities.mcp_tools import McpConfigError
 from threadline.channels.base import ChannelAdapter, ChannelContext
 from threadline.channels.http_auth import BearerAuth, is_loopback
 from threadline.channels.toolkit import Room, ToolkitError
-from threadline.models import AgentSpec, McpSettings
+from threadline.models.spec import AgentSpec, McpSettings
 from threadline.workflows.toolkit import tool_name_for
 
 ONLINE_WAIT = 30.0

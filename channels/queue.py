@@ -38,25 +38,21 @@ from threadline.activities.heartbeat import heartbeating
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.delivery import DuplicateTurn, start_job, submit_until_replied
 from threadline.contracts import RUN_QUEUE_TURN, SEND_QUEUE_REPLY
-from threadline.models import (
+from threadline.models.jobs import (
     JOB_STATES,
-    AgentRef,
-    AgentSpec,
-    ErrorType,
     JobAccepted,
     JobPayloadError,
     JobStarted,
     JobStatus,
-    PayloadTooLarge,
     QueueJobInput,
     QueueJobPayload,
     QueueReplyRequest,
     QueueTurnRequest,
     QueueTurnResult,
-    check_size,
-    validate_name,
-    validate_queue_name,
 )
+from threadline.models.limits import ErrorType, PayloadTooLarge, check_size, validate_name, validate_queue_name
+from threadline.models.spec import AgentSpec
+from threadline.models.thread import AgentRef
 from threadline.workflows.jobs import (
     MEMO_KEY,
     job_memo,

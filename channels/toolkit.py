@@ -51,12 +51,10 @@ from threadline.channels.delivery import (
     recent_pollers,
     submit_until_replied,
 )
-from threadline.models import (
-    MAX_TURN_TEXT_BYTES,
-    AgentRef,
-    AgentSpec,
-    PayloadTooLarge,
-    Reply,
+from threadline.models.limits import MAX_TURN_TEXT_BYTES, PayloadTooLarge, check_size, validate_name
+from threadline.models.spec import AgentSpec
+from threadline.models.thread import AgentRef, Reply, Turn
+from threadline.models.toolkit import (
     ToolkitInfo,
     ToolkitInstance,
     ToolkitListing,
@@ -64,9 +62,6 @@ from threadline.models import (
     ToolkitState,
     ToolkitTool,
     ToolResult,
-    Turn,
-    check_size,
-    validate_name,
 )
 from threadline.workflows.search_attributes import ROOM_ATTRIBUTE, start_attributes
 from threadline.workflows.toolkit import MEMO_KEY, ToolkitWorkflow, room_task_queue, tool_name_for, toolkit_workflow_id

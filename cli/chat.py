@@ -28,7 +28,7 @@ from threadline.channels.delivery import (
 from threadline.cli.errors import CliError, usage_error
 from threadline.cli.output import err, out, status, warn
 from threadline.cli.threads import short_id
-from threadline.models import AgentRef, Reply, Turn
+from threadline.models.thread import AgentRef, Reply, Turn
 
 STREAM_POLL_SECONDS = 0.05
 HELP = (

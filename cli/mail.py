@@ -119,7 +119,7 @@ def serve(
 ) -> None:
     """Receive mail for every registered mailbox and hand it to Temporal (agents with --channel mail:ADDRESS
     answer it; run them with --smtp-port 0 and the same --storage-url). Stops on SIGINT/SIGTERM."""
-    from threadline.models import validate_storage_url
+    from threadline.models.spec import validate_storage_url
 
     allow = check_mail_allow(mail_allow)
     try:

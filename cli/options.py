@@ -23,7 +23,8 @@ from pydantic import ValidationError
 from threadline.cli.errors import usage_error
 from threadline.cli.output import set_verbose
 from threadline.cli.temporal_config import temporal_target
-from threadline.models import DEFAULT_HEALTH_HOST, validate_queue_name
+from threadline.models.limits import validate_queue_name
+from threadline.models.spec import DEFAULT_HEALTH_HOST
 
 AGENT_PANEL = "Agent"
 TEMPORAL_PANEL = "Temporal"
@@ -472,7 +473,7 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
     """The options → a validated `AgentSpec`: rules files readable, tools importable, the model usable."""
     from threadline.activities.model_provider import ModelConfigError, resolve_model
     from threadline.activities.tools import ToolLoadError, build_toolbox
-    from threadline.models import AgentSpec
+    from threadline.models.spec import AgentSpec
     from threadline.worker import RulesFileError, load_rules
 
     room = require(agent.room, "--room", "THREADLINE_ROOM", "NAME")
@@ -526,7 +527,7 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
 def _toolkit_tools(spec):  # noqa: ANN001, ANN202
     """`toolkit:NAME` channels and `--use-toolkit` values, checked: names usable as toolkit names."""
     from threadline.channels.toolkit import toolkit_tools
-    from threadline.models import validate_name
+    from threadline.models.limits import validate_name
 
     for channel in spec.channels:
         if channel.startswith("toolkit:"):
@@ -543,7 +544,7 @@ def _toolkit_tools(spec):  # noqa: ANN001, ANN202
 def web_settings(agent: AgentOptions):  # noqa: ANN201
     """--web-fetch / --web-search; a search without a usable provider is refused here (exit 2)."""
     from threadline.activities.web import AllowList, WebConfigError, select_provider
-    from threadline.models import WebSettings
+    from threadline.models.spec import WebSettings
 
     settings = WebSettings(
         fetch=agent.web_fetch, fetch_allow=[a.strip() for v in agent.web_fetch_allow or [] for a in v.split(",")
@@ -563,7 +564,7 @@ def web_settings(agent: AgentOptions):  # noqa: ANN201
 def mcp_settings(agent: AgentOptions):  # noqa: ANN201
     from threadline.activities.mcp_tools import McpConfigError, check_mcp_options
     from threadline.channels.mcp_serve import check_serve_settings
-    from threadline.models import McpSettings
+    from threadline.models.spec import McpSettings
 
     servers = [m.strip() for m in agent.mcp or [] if m.strip()]
     try:
@@ -600,7 +601,7 @@ def check_mail_allow(values: list[str] | None) -> list[str]:
 def http_settings(agent: AgentOptions):  # noqa: ANN201
     """The chat channel's HTTP settings; binding beyond loopback without a token is refused here (exit 2)."""
     from threadline.channels.chat_http.settings import HttpConfigError, check_settings
-    from threadline.models import HttpSettings
+    from threadline.models.spec import HttpSettings
 
     url = agent.temporal_ui_url.strip().rstrip("/") if agent.temporal_ui_url else None
     if url is not None and urlsplit(url).scheme not in ("http", "https"):
@@ -615,7 +616,7 @@ def http_settings(agent: AgentOptions):  # noqa: ANN201
 
 
 def mail_settings(agent: AgentOptions):  # noqa: ANN201
-    from threadline.models import MailSettings
+    from threadline.models.spec import MailSettings
 
     return MailSettings(
         smtp_host=agent.smtp_host, smtp_port=agent.smtp_port, smtp_relay=check_relay(agent.smtp_relay),

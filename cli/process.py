@@ -28,7 +28,7 @@ from threadline.cli.options import (
 )
 from threadline.cli.output import err, out, status
 from threadline.cli.spec import SpecFile, join_from_spec
-from threadline.models import CONTAINER_HEALTH_HOST, DEFAULT_HEALTH_HOST
+from threadline.models.spec import CONTAINER_HEALTH_HOST, DEFAULT_HEALTH_HOST
 
 process_app = typer.Typer(
     name="process",
@@ -312,7 +312,7 @@ def use(
     verbose: Verbose = False,
 ) -> None:
     """Talk to an agent that is already running (no worker in this process)."""
-    from threadline.models import AgentRef
+    from threadline.models.thread import AgentRef
 
     room = require(room, "--room", "THREADLINE_ROOM", "NAME")
     agent_name = require(agent_name, "--agent-name", "THREADLINE_AGENT_NAME", "NAME")
@@ -353,7 +353,7 @@ async def _use(ref, connection: ConnectionOptions, thread_id: str | None, messag
 
 def _store_url(url: str | None) -> str | None:
     """`--thread-store-url`, checked (a usage error names the accepted form)."""
-    from threadline.models import validate_thread_store_url
+    from threadline.models.spec import validate_thread_store_url
 
     try:
         return validate_thread_store_url(url)
@@ -365,7 +365,7 @@ def _store(room: str, url: str | None = None):  # noqa: ANN202
     """The room's thread store, or None when nothing was ever stored in the room (reading creates nothing)."""
     from threadline.activities.storage import room_dir
     from threadline.activities.stores import open_thread_store
-    from threadline.models import validate_name
+    from threadline.models.limits import validate_name
 
     try:
         validate_name("room", room)

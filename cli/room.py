@@ -27,7 +27,8 @@ from threadline.cli.options import ConnectionOptions, Namespace, TemporalAddress
 from threadline.cli.output import error_line, warn
 from threadline.cli.output import status as status_line
 from threadline.cli.room_agent import agent_app
-from threadline.models import JOB_STATES, JobAccepted, JobPayloadError, JobStatus, validate_name, validate_queue_name
+from threadline.models.jobs import JOB_STATES, JobAccepted, JobPayloadError, JobStatus
+from threadline.models.limits import validate_name, validate_queue_name
 
 """Until the CLI's embedded-server helper is wired in here."""
 

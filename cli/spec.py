@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from threadline.cli.errors import CliError, usage_error
 from threadline.cli.options import AgentOptions, ConnectionOptions, Verbose, build_spec, with_options
 from threadline.cli.output import warn
-from threadline.models import DEFAULT_HTTP_PORT, AgentSpec, validate_thread_store_url
+from threadline.models.spec import DEFAULT_HTTP_PORT, AgentSpec, validate_thread_store_url
 
 API_VERSION = "threadline/v1"
 KIND = "AgentService"

@@ -13,7 +13,7 @@ from threadline.activities.tools import summarize_call
 from threadline.cli.errors import usage_error
 from threadline.cli.options import OutputFormat
 from threadline.cli.output import out
-from threadline.models import AgentRef, ThreadInfo, ThreadItem
+from threadline.models.thread import AgentRef, ThreadInfo, ThreadItem
 
 
 def short_id(thread_id: str) -> str:

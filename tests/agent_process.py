@@ -15,7 +15,7 @@ import sys
 from threadline import worker
 from threadline.channels.delivery import connect
 from threadline.channels.registry import adapters_for
-from threadline.models import AgentSpec
+from threadline.models.spec import AgentSpec
 
 
 async def main(address: str, spec_json: str, with_channels: bool = False) -> None:

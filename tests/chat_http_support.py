@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from temporalio.client import Client
 from threadline.channels.chat_http.app import ChatHttpChannel
-from threadline.models import AgentSpec, HttpSettings
+from threadline.models.spec import AgentSpec, HttpSettings
 from threadline.worker import run_agent
 
 

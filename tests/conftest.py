@@ -15,7 +15,7 @@ import pytest
 from temporalio.client import Client
 from threadline.channels.base import ChannelAdapter
 from threadline.channels.delivery import connect
-from threadline.models import AgentSpec
+from threadline.models.spec import AgentSpec
 from threadline.worker import run_agent
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 

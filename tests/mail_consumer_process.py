@@ -13,7 +13,7 @@ import sys
 
 from threadline.channels.delivery import connect
 from threadline.channels.mail.channel import MailChannel
-from threadline.models import AgentSpec
+from threadline.models.spec import AgentSpec
 from threadline.worker import run_agent
 
 

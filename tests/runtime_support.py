@@ -23,7 +23,8 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from threadline.activities.thread_store import ThreadStore
-from threadline.models import AgentSpec, ThreadItem
+from threadline.models.spec import AgentSpec
+from threadline.models.thread import ThreadItem
 from threadline.worker import run_agent
 
 from tests.fake_openai import FakeRequest, FakeResponse

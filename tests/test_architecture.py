@@ -27,8 +27,8 @@ def layer(module: str) -> str:
 
 
 def source_modules() -> dict[str, Path]:
-    files = [REPO / "models.py", REPO / "contracts.py", REPO / "worker.py"]
-    for package in ("activities", "workflows", "channels", "cli"):
+    files = [REPO / "contracts.py", REPO / "worker.py"]
+    for package in ("models", "activities", "workflows", "channels", "cli"):
         files += sorted((REPO / package).rglob("*.py"))
     return {module_name(f): f for f in files}
 
@@ -155,7 +155,7 @@ def test_every_activity_is_one_typed_contract_with_one_implementation() -> None:
 
 def test_a_contract_refuses_an_implementation_of_other_types() -> None:
     from threadline.contracts import CALL_MODEL
-    from threadline.models import ModelStep, ToolCallInput
+    from threadline.models.thread import ModelStep, ToolCallInput
 
     async def call_model(self, call) -> None: ...  # noqa: ANN001
 

@@ -10,7 +10,7 @@ import time
 from threadline.activities.stream_log import StreamLog
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.chat_feed import Cursor, RoomFeed
-from threadline.models import ThreadItem
+from threadline.models.thread import ThreadItem
 
 
 class CountingStore(ThreadStore):

@@ -12,7 +12,8 @@ import pytest
 from temporalio.client import Client
 from threadline.channels.chat_http import threads_api
 from threadline.channels.chat_http.settings import HttpConfigError, check_settings
-from threadline.models import MAX_TURN_TEXT_BYTES, HttpSettings
+from threadline.models.limits import MAX_TURN_TEXT_BYTES
+from threadline.models.spec import HttpSettings
 
 from tests.chat_http_support import chat_server, deltas, ended, sse
 from tests.cli_helpers import run_cli

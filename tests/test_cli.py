@@ -18,7 +18,7 @@ from threadline.activities.stream_log import StreamLog
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import connect
 from threadline.cli.app import app
-from threadline.models import AgentRef, ThreadItem
+from threadline.models.thread import AgentRef, ThreadItem
 from typer.testing import CliRunner
 
 from tests.cli_helpers import REPO, CliProcess, cli_env, command, run_cli

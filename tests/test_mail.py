@@ -28,7 +28,8 @@ from threadline.channels.mail.channel import MailChannel
 from threadline.channels.mail.registry import MailStore
 from threadline.channels.mail.smtp_server import MailServer, lazy_client
 from threadline.channels.queue import wait_for_job
-from threadline.models import AgentSpec, JobStatus, MailEnvelope, MailReplyRequest, MailSettings
+from threadline.models.jobs import JobStatus, MailEnvelope, MailReplyRequest
+from threadline.models.spec import AgentSpec, MailSettings
 from threadline.worker import run_agent
 from threadline.workflows.jobs import public_job_id
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES

@@ -13,7 +13,7 @@ from threadline.activities.thread_store import ThreadStore
 from threadline.activities.tools import ToolArgumentsError
 from threadline.channels.mail.registry import MailStore
 from threadline.channels.mail.send_tool import send_email_tools
-from threadline.models import AgentSpec
+from threadline.models.spec import AgentSpec
 
 from tests.test_mail import ADDRESS, job_done, mail_agent, mail_spec, mailbox, new_mail, send, sink  # noqa: F401
 

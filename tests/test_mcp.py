@@ -19,7 +19,8 @@ from temporalio.client import Client as TemporalClient
 from threadline.activities.mcp_tools import McpConfigError, McpUnavailable, load_mcp_tools, parse_mcp
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
 from threadline.channels.registry import adapters_for
-from threadline.models import McpSettings, Turn
+from threadline.models.spec import McpSettings
+from threadline.models.thread import Turn
 from threadline.worker import run_agent
 
 from tests.cli_helpers import run_cli

@@ -27,7 +27,9 @@ from threadline.channels.queue import (
     wait_for_job,
 )
 from threadline.cli.room import room_app
-from threadline.models import MAX_PAYLOAD_BYTES, AgentSpec, JobPayloadError, JobStatus
+from threadline.models.jobs import JobPayloadError, JobStatus
+from threadline.models.limits import MAX_PAYLOAD_BYTES
+from threadline.models.spec import AgentSpec
 from threadline.workflows.search_attributes import (
     AGENT_ATTRIBUTE,
     JOB_STATUS_ATTRIBUTE,

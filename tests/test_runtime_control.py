@@ -18,7 +18,8 @@ from threadline.channels.delivery import (
     thread_snapshot,
     wait_for_reply,
 )
-from threadline.models import AgentSpec, Steer, Turn
+from threadline.models.spec import AgentSpec
+from threadline.models.thread import Steer, Turn
 
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
 from tests.runtime_support import (

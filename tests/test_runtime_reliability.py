@@ -19,7 +19,8 @@ from threadline.channels.delivery import (
     thread_snapshot,
     wait_for_reply,
 )
-from threadline.models import AgentSpec, Turn
+from threadline.models.spec import AgentSpec
+from threadline.models.thread import Turn
 from threadline.worker import run_agent
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 from threadline.workflows.thread import CUT_AT_ROLLOVER

@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
-from threadline.models import Turn
+from threadline.models.thread import Turn
 from threadline.workflows.mail_job import MailJobWorkflow
 from threadline.workflows.queue_job import QueueJobWorkflow
 from threadline.workflows.thread import ThreadWorkflow

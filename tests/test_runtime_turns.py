@@ -15,7 +15,8 @@ from threadline.channels.delivery import (
     thread_snapshot,
     wait_for_reply,
 )
-from threadline.models import AgentSpec, Turn
+from threadline.models.spec import AgentSpec
+from threadline.models.thread import Turn
 
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.runtime_support import ConcurrencyRecorder, Gate, eventually, prompt_texts, record_history, store_items

@@ -1,6 +1,6 @@
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
-from threadline.models import Turn
+from threadline.models.thread import Turn
 
 
 async def test_turn_replies_and_persists(temporal_client, agent_spec, agent_worker):

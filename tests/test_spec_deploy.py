@@ -25,7 +25,7 @@ from threadline.cli.deploy import grace_period_seconds
 from threadline.cli.options import AgentOptions, ConnectionOptions, build_spec, with_options
 from threadline.cli.spec import SCHEMA_FILE, ServiceSpec, from_service_spec, load_service_spec, schema, schema_text
 from threadline.contracts import HEARTBEAT_TIMEOUT
-from threadline.models import AgentSpec
+from threadline.models.spec import AgentSpec
 from typer.testing import CliRunner
 
 from tests.cli_helpers import REPO, CliProcess, run_cli

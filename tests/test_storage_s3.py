@@ -18,7 +18,8 @@ import pytest
 from temporalio.client import Client
 from threadline.activities.storage import RoomStorage, StoragePathError, StorageUnavailable, s3_filesystem
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
-from threadline.models import AgentSpec, Turn
+from threadline.models.spec import AgentSpec
+from threadline.models.thread import Turn
 
 from tests.cli_helpers import REPO, run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse

@@ -7,7 +7,7 @@ import sqlite3
 from temporalio.client import Client
 from threadline.activities.stream_log import KEEP_SECONDS, StreamLog
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
-from threadline.models import Turn
+from threadline.models.thread import Turn
 
 from tests.fake_openai import FakeOpenAI, FakeResponse, stream_pieces
 from tests.runtime_support import eventually

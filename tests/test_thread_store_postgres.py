@@ -26,7 +26,8 @@ from threadline.activities.stores import open_stream_log, open_thread_store
 from threadline.activities.stream_log import StreamLog
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
-from threadline.models import AgentSpec, ThreadItem, Turn, Usage
+from threadline.models.spec import AgentSpec
+from threadline.models.thread import ThreadItem, Turn, Usage
 
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse

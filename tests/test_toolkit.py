@@ -25,7 +25,9 @@ from threadline.channels.toolkit import (
     UnknownTool,
     UnknownToolkit,
 )
-from threadline.models import MAX_TURN_TEXT_BYTES, AgentSpec, Turn
+from threadline.models.limits import MAX_TURN_TEXT_BYTES
+from threadline.models.spec import AgentSpec
+from threadline.models.thread import Turn
 from threadline.workflows.toolkit import toolkit_workflow_id
 
 from tests.cli_helpers import CliProcess, cli_env

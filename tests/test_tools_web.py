@@ -16,7 +16,8 @@ from threadline.activities.web import (
     select_provider,
 )
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
-from threadline.models import Turn, WebSettings
+from threadline.models.spec import WebSettings
+from threadline.models.thread import Turn
 
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeResponse

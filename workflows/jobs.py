@@ -11,7 +11,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from threadline.contracts import RUN_QUEUE_TURN
-    from threadline.models import JobStatus, QueueTurnRequest, QueueTurnResult
+    from threadline.models.jobs import JobStatus, QueueTurnRequest, QueueTurnResult
     from threadline.workflows.failures import failure_message
     from threadline.workflows.search_attributes import AGENT_ATTRIBUTE, JOB_STATUS_ATTRIBUTE
 

@@ -18,7 +18,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from threadline.contracts import PREPARE_MAIL_TURN, SEND_MAIL_REPLY
-    from threadline.models import JobStatus, MailJobInput, MailReplyRequest, QueueTurnRequest
+    from threadline.models.jobs import JobStatus, MailJobInput, MailReplyRequest, QueueTurnRequest
     from threadline.workflows.failures import failure_message
     from threadline.workflows.jobs import JobRun, job_thread_name, public_job_id
 

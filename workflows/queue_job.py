@@ -16,7 +16,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from threadline.contracts import SEND_QUEUE_REPLY
-    from threadline.models import (
+    from threadline.models.jobs import (
         JobPayloadError,
         JobStatus,
         QueueJobInput,

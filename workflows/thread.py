@@ -22,8 +22,8 @@ with workflow.unsafe.imports_passed_through():
         run_tool_options,
         tool_summary,
     )
-    from threadline.models import (
-        ErrorType,
+    from threadline.models.limits import ErrorType
+    from threadline.models.thread import (
         Interrupt,
         ModelCallInput,
         ModelStep,

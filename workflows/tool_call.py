@@ -7,7 +7,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from threadline.contracts import RUN_TOOL, run_tool_options, tool_summary
-    from threadline.models import ToolCallInput, ToolOutcome
+    from threadline.models.thread import ToolCallInput, ToolOutcome
 
 
 @workflow.defn(name="ToolCallWorkflow")

@@ -22,7 +22,7 @@ import re
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from threadline.models import ToolkitRegistration, ToolkitState
+    from threadline.models.toolkit import ToolkitRegistration, ToolkitState
     from threadline.workflows.search_attributes import AGENT_ATTRIBUTE
 
 MEMO_KEY = "toolkit"

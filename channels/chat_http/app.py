@@ -31,11 +31,7 @@ from threadline.channels.chat_http.settings import (
 from threadline.channels.chat_http.threads_api import ChatApi
 from threadline.channels.http_auth import BearerAuth
 from threadline.channels.http_auth import json_error as _error  # noqa: I001 - one error body for every API
-from threadline.models import (
-    DEFAULT_HTTP_PORT,
-    AgentSpec,
-    HttpSettings,
-)
+from threadline.models.spec import DEFAULT_HTTP_PORT, AgentSpec, HttpSettings
 
 log = logging.getLogger("threadline.chat_http")
 

@@ -7,11 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from threadline.models import (
-    PayloadTooLarge,
-    Reply,
-    ThreadItem,
-)
+from threadline.models.limits import PayloadTooLarge
+from threadline.models.thread import Reply, ThreadItem
 
 
 class ThreadOut(BaseModel):

@@ -18,10 +18,7 @@ from threadline.channels.delivery import (
     new_turn_id,
     submit_turn,
 )
-from threadline.models import (
-    Reply,
-    Turn,
-)
+from threadline.models.thread import Reply, Turn
 
 
 class OpenAiApi:

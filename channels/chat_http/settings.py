@@ -5,11 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from threadline.channels.http_auth import is_loopback
-from threadline.models import (
-    MAX_TURN_TEXT_BYTES,
-    AgentSpec,
-    HttpSettings,
-)
+from threadline.models.limits import MAX_TURN_TEXT_BYTES
+from threadline.models.spec import AgentSpec, HttpSettings
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 TOKEN_ENV = "THREADLINE_HTTP_TOKEN"

@@ -40,12 +40,8 @@ from threadline.channels.delivery import (
     steer_turn,
     submit_turn,
 )
-from threadline.models import (
-    AgentSpec,
-    Steer,
-    ThreadInfo,
-    Turn,
-)
+from threadline.models.spec import AgentSpec
+from threadline.models.thread import Steer, ThreadInfo, Turn
 
 Result = TypeVar("Result")
 

@@ -18,16 +18,10 @@ from threadline.channels.mail.parsing import ParsedMail, attachments_of, authent
 from threadline.channels.mail.registry import MailStore
 from threadline.channels.mail.replies import FAILURE_NOTICE, build_reply, reply_references, send_recorded
 from threadline.contracts import PREPARE_MAIL_TURN, SEND_MAIL_REPLY
-from threadline.models import (
-    MAX_TURN_TEXT_BYTES,
-    AgentSpec,
-    ErrorType,
-    MailEnvelope,
-    MailJobInput,
-    MailReplyRequest,
-    MailTurnPlan,
-    Turn,
-)
+from threadline.models.jobs import MailEnvelope, MailJobInput, MailReplyRequest, MailTurnPlan
+from threadline.models.limits import MAX_TURN_TEXT_BYTES, ErrorType
+from threadline.models.spec import AgentSpec
+from threadline.models.thread import Turn
 from threadline.workflows.jobs import (
     job_turn_id,
     job_workflow_id,

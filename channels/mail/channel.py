@@ -14,10 +14,7 @@ from threadline.channels.mail.addresses import MailboxError, MailboxNotFound, no
 from threadline.channels.mail.registry import MailStore
 from threadline.channels.mail.smtp_server import MailServer
 from threadline.channels.queue import QueueActivities
-from threadline.models import (
-    AgentSpec,
-    MailSettings,
-)
+from threadline.models.spec import AgentSpec, MailSettings
 from threadline.workflows.jobs import (
     job_task_queue,
 )

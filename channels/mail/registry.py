@@ -19,10 +19,7 @@ from threadline.channels.mail.addresses import (
     default_queue,
     normalize_address,
 )
-from threadline.models import (
-    validate_name,
-    validate_queue_name,
-)
+from threadline.models.limits import validate_name, validate_queue_name
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mailboxes (

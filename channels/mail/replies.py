@@ -18,10 +18,8 @@ from threadline.activities.heartbeat import heartbeating
 from threadline.channels.mail.addresses import MAX_REFERENCES, reply_subject
 from threadline.channels.mail.parsing import ParsedMail, markdown_to_html
 from threadline.channels.mail.registry import MailStore
-from threadline.models import (
-    ErrorType,
-    MailEnvelope,
-)
+from threadline.models.jobs import MailEnvelope
+from threadline.models.limits import ErrorType
 
 FAILURE_NOTICE = (
     "Sorry, I could not complete an answer to your message this time. It has been recorded, and you are welcome "

@@ -23,9 +23,7 @@ from threadline.channels.mail.addresses import MailboxError, normalize_address, 
 from threadline.channels.mail.parsing import markdown_to_html, safe_file_name
 from threadline.channels.mail.registry import MailStore
 from threadline.channels.mail.replies import send_recorded
-from threadline.models import (
-    AgentSpec,
-)
+from threadline.models.spec import AgentSpec
 
 
 def mail_channel_addresses(spec: AgentSpec) -> list[str]:

@@ -16,10 +16,7 @@ from threadline.channels.delivery import start_job
 from threadline.channels.mail.addresses import allowed, mail_job_key
 from threadline.channels.mail.parsing import ParsedMail, parse_mail
 from threadline.channels.mail.registry import MailStore
-from threadline.models import (
-    JobStatus,
-    MailJobInput,
-)
+from threadline.models.jobs import JobStatus, MailJobInput
 from threadline.workflows.jobs import (
     MEMO_KEY,
     job_memo,

@@ -1,0 +1,162 @@
+"""`AgentSpec`: one agent's configuration (identity, model, rules, tools, channels and their settings), from the
+CLI options or a service spec file."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from threadline.models.limits import validate_name
+from threadline.models.thread import AgentRef
+
+
+def validate_storage_url(url: str | None) -> str | None:
+    """`s3://BUCKET[/PREFIX]`, `file:///DIR` or a directory (room storage of every room under it); '' is none."""
+    url = (url or "").strip()
+    if not url:
+        return None
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme == "s3":
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", rest.partition("/")[0]):
+            raise ValueError(f"storage URL {url!r}: expected s3://BUCKET[/PREFIX] with a valid bucket name")
+    elif sep and scheme != "file":
+        raise ValueError(f"storage URL {url!r}: expected s3://BUCKET[/PREFIX], file:///DIR or a directory")
+    return url
+
+
+def validate_thread_store_url(url: str | None) -> str | None:
+    """`postgresql://USER:PASSWORD@HOST:PORT/DB` (or `postgres://`): the shared thread store; '' is none (SQLite)."""
+    url = (url or "").strip()
+    if not url:
+        return None
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres") or not rest:
+        shown = url if "@" not in url else scheme + "://…@" + url.rpartition("@")[2]
+        raise ValueError(f"thread store URL {shown!r}: expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+    return url
+
+
+class AgentSpec(BaseModel):
+    """An agent process's configuration: the worker reads rules, tools and limits from here at every turn."""
+
+    room: str
+    agent_name: str
+    rules: list[str] = Field(default_factory=list)
+    rules_files: list[str] = Field(default_factory=list)
+    model: str = "gpt-4o-mini"
+    model_base_url: str | None = None
+    channels: list[str] = Field(default_factory=list)
+    threading_mode: Literal["none", "default-new"] = "default-new"
+    thread_dir: str = ""
+    storage: bool = False
+    require_storage: bool = False
+    storage_url: str | None = Field(
+        None, description="room storage: s3://BUCKET[/PREFIX] or a directory; none: ~/.threadline/rooms/ROOM/storage"
+    )
+    thread_store_url: str | None = Field(
+        None, description="shared thread store: postgresql://USER:PASSWORD@HOST:PORT/DB; none: the room's SQLite file"
+    )
+    tools: list[str] = Field(default_factory=list)
+    max_steps: int = Field(12, ge=1, le=1000)
+    temporal_address: str | None = None
+    namespace: str = "default"
+    use_toolkits: list[str] = Field(
+        default_factory=list, description="toolkits of the room this agent may call: NAME or NAME?timeout=SECONDS"
+    )
+    mail: MailSettings = Field(default_factory=lambda: MailSettings(), description="the mail channel's settings")
+    http: HttpSettings = Field(default_factory=lambda: HttpSettings(), description="the chat channel's HTTP server")
+    web: WebSettings = Field(default_factory=lambda: WebSettings(), description="--web-fetch and --web-search")
+    mcp: McpSettings = Field(default_factory=lambda: McpSettings(), description="--mcp servers and --mcp-serve-port")
+
+    @field_validator("room")
+    @classmethod
+    def _room(cls, v: str) -> str:
+        return validate_name("room", v)
+
+    @field_validator("agent_name")
+    @classmethod
+    def _agent(cls, v: str) -> str:
+        return validate_name("agent name", v)
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        return validate_storage_url(v)
+
+    @field_validator("thread_store_url")
+    @classmethod
+    def _thread_store_url(cls, v: str | None) -> str | None:
+        return validate_thread_store_url(v)
+
+    @property
+    def ref(self) -> AgentRef:
+        return AgentRef(room=self.room, agent_name=self.agent_name, thread_dir=self.thread_dir)
+
+
+
+
+# The mail channel: inbound SMTP → a mail job on the mailbox's queue → a turn → a reply through an SMTP relay.
+
+DEFAULT_MAX_MAIL_BYTES = 25 * 1024 * 1024
+
+
+class MailSettings(BaseModel):
+    """`--smtp-host`, `--smtp-port` (0: no inbound server in this process), `--smtp-relay`, `--mail-allow`,
+    `--mail-require-auth`, `--max-mail-size`, `--mail-failure-notice`."""
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(2525, ge=0, le=65535)
+    smtp_relay: str | None = Field(None, description="host:port of the relay that sends replies")
+    allow: list[str] = Field(default_factory=list, description="addresses or @domains that may start work")
+    require_auth: str | None = Field(
+        None, description="authserv-id of the receiving server whose Authentication-Results must say pass")
+    max_size: int = Field(DEFAULT_MAX_MAIL_BYTES, ge=1024)
+    failure_notice: bool = True
+
+
+# The chat channel over HTTP (`--channel chat` in `process join`): API, SSE, web page, OpenAI-compatible endpoint.
+
+DEFAULT_HTTP_PORT = 8780
+DEFAULT_HEALTH_HOST = "127.0.0.1"
+CONTAINER_HEALTH_HOST = "0.0.0.0"
+"""In a container the kubelet's and Docker's probes come from outside the container's loopback."""
+
+
+class HttpSettings(BaseModel):
+    """`--http-host`, `--http-port`, `--http-token`, `--temporal-ui-url`."""
+
+    serve: bool = Field(True, description="False: the chat channel runs without its HTTP server (process run)")
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, le=65535,
+                             description="None: the default port, left to another process when it is taken; 0: any")
+    token: str | None = Field(None, repr=False, description="bearer token every API request must carry")
+    temporal_ui_url: str | None = Field(None, description="base URL of the Temporal UI, for links to threads")
+
+
+# Web and MCP tools (activities/web.py, activities/mcp_tools.py).
+
+
+class WebSettings(BaseModel):
+    """`--web-fetch`, `--web-fetch-allow`, `--web-search`, `--web-search-provider`."""
+
+    fetch: bool = False
+    fetch_allow: list[str] = Field(default_factory=list, description="hosts, host:port or CIDRs exempt from the guard")
+    fetch_max_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    fetch_timeout: float = Field(30.0, gt=0, le=600)
+    search: bool = False
+    search_provider: str | None = Field(None, description="searxng | brave | tavily; None: the first configured")
+
+
+class McpSettings(BaseModel):
+    """`--mcp URL[#options]` (repeatable), `--mcp-optional`, `--mcp-serve-host`, `--mcp-serve-port`,
+    `--mcp-serve-token`."""
+
+    servers: list[str] = Field(default_factory=list)
+    optional: bool = False
+    serve_host: str = "127.0.0.1"
+    serve_port: int | None = Field(None, ge=0, le=65535, description="None: no MCP server; 0: any free port")
+    serve_token: str | None = Field(None, description="bearer token MCP clients must send (a secret: never in a spec)")
+
+
+AgentSpec.model_rebuild()

@@ -1,0 +1,222 @@
+"""A thread and its turns: what channels deliver, what the thread workflow keeps, what its activities exchange.
+
+Field names are a durable contract: they end up in Temporal histories, so fields are only ever added (with defaults).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from threadline.models.limits import text_limit, validate_name
+
+ThreadStatus = Literal["idle", "running", "failed"]
+TurnStatus = Literal["completed", "failed", "cancelled"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    model_calls: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+            model_calls=self.model_calls + other.model_calls,
+        )
+
+
+class AgentRef(BaseModel):
+    """Where an agent's threads live in Temporal: enough for any process to address them."""
+
+    room: str
+    agent_name: str
+    thread_dir: str = ""
+
+    @field_validator("room")
+    @classmethod
+    def _room(cls, v: str) -> str:
+        return validate_name("room", v)
+
+    @field_validator("agent_name")
+    @classmethod
+    def _agent(cls, v: str) -> str:
+        return validate_name("agent name", v)
+
+    @property
+    def threads_dir(self) -> str:
+        return (self.thread_dir or f".threads/{self.agent_name}").strip("/")
+
+    @property
+    def task_queue(self) -> str:
+        return f"threadline/{self.room}/{self.agent_name}"
+
+    def thread_id(self, name_or_path: str) -> str:
+        """The workflow id of a thread: `room/thread-dir/name`. Accepts a bare name, a path, or a full id."""
+        value = name_or_path.strip().strip("/")
+        if value.startswith(f"{self.room}/"):
+            return value
+        if "/" in value:
+            return f"{self.room}/{value}"
+        return f"{self.room}/{self.threads_dir}/{value}"
+
+
+class Turn(BaseModel):
+    """One unit of work handed to a thread by a channel."""
+
+    turn_id: str = Field(min_length=1, max_length=200)
+    channel: str = "chat"
+    sender: str = "user"
+    text: Annotated[str, text_limit("the turn text", "save large content to room storage and attach it instead")] = ""
+    attachments: list[str] = Field(default_factory=list, description="room storage paths")
+    model: str | None = None
+    instructions: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict, description="what the channel needs to deliver the reply")
+
+
+class Steer(BaseModel):
+    """Extra input for the running turn, applied at its next model call."""
+
+    text: Annotated[str, Field(min_length=1), text_limit("the steer text", "send large content as a turn with an attachment")]
+    turn_id: str | None = None
+    sender: str = "user"
+
+
+class Interrupt(BaseModel):
+    turn_id: str | None = None
+
+
+class Reply(BaseModel):
+    thread_id: str
+    turn_id: str
+    status: TurnStatus
+    text: str = ""
+    error: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    steps: int = 0
+
+
+class ThreadItem(BaseModel):
+    """One persisted entry of a thread, in the thread store."""
+
+    seq: int
+    turn_id: str
+    type: Literal["user", "assistant", "tool_result", "status", "error"]
+    text: str = ""
+    sender: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    created_at: float = 0.0
+
+
+class ToolCall(BaseModel):
+    call_id: str
+    name: str
+    arguments: str = "{}"
+    timeout_seconds: float = 60.0
+    max_attempts: int = 3
+    calls_agent: bool = Field(False, description="run in a child workflow: a turn of another agent")
+
+
+class ThreadInfo(BaseModel):
+    """What `process threads` lists."""
+
+    thread_id: str
+    room: str
+    agent: str
+    name: str
+    status: ThreadStatus
+    channel: str
+    created_at: float
+    modified_at: float
+    items: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    archived: bool = False
+
+
+class ThreadState(BaseModel):
+    """All of a thread workflow's state, so continue-as-new carries it in one value."""
+
+    thread_id: str
+    room: str
+    agent_name: str
+    channel: str = "chat"
+    next_seq: int = 1
+    queue: list[Turn] = Field(default_factory=list)
+    recent_replies: list[Reply] = Field(default_factory=list)
+    seen_turn_ids: list[str] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    turns_completed: int = 0
+    last_error: str | None = None
+
+
+class ThreadStart(BaseModel):
+    state: ThreadState
+
+
+class ThreadSnapshot(BaseModel):
+    """Answer to the `snapshot` query."""
+
+    thread_id: str
+    status: ThreadStatus
+    running_turn_id: str | None
+    queued_turn_ids: list[str]
+    next_seq: int
+    turns_completed: int
+    usage: Usage
+    last_error: str | None
+    run_updates: int
+    recent_replies: list[Reply] = Field(
+        default_factory=list, description="the last turns' replies, text cut short; every item is in the thread store"
+    )
+
+
+class ModelCallInput(BaseModel):
+    """The model activity gets references, never the transcript: it rebuilds the prompt from the thread store."""
+
+    thread_id: str
+    turn_id: str
+    answer_seq: int = Field(description="where the model's answer goes; new items carry their own seq")
+    new_items: list[ThreadItem] = Field(default_factory=list)
+    model: str | None = None
+    instructions: str | None = None
+    step: int = 0
+
+
+class ModelStep(BaseModel):
+    text: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    model: str
+    max_steps: int = Field(description="from the worker's configuration, so a restarted agent's setting applies")
+
+
+class ToolCallInput(BaseModel):
+    thread_id: str
+    turn_id: str
+    seq: int
+    call: ToolCall
+
+
+class ToolOutcome(BaseModel):
+    call_id: str
+    name: str
+    ok: bool
+    summary: str
+
+
+class OutcomeRecord(BaseModel):
+    """Written when a turn ends without a model answer (failed or cancelled): the input, then the error."""
+
+    thread_id: str
+    turn_id: str
+    items: list[ThreadItem]
+    thread_status: ThreadStatus
+
+
+ThreadItem.model_rebuild()
