@@ -23,7 +23,6 @@ from pathlib import Path
 
 from threadline.activities.storage import threadline_home
 from threadline.cli.errors import CliError
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 7233
@@ -107,6 +106,8 @@ def server_command(
         "--ip", ip, "--port", str(port), "--db-filename", str(db_filename), "--log-level", log_level,
     ]
     command += ["--headless"] if ui_port is None else ["--ui-port", str(ui_port)]
+    from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # the Temporal SDK: not for --help
+
     for key in SEARCH_ATTRIBUTES:
         command += ["--search-attribute", f"{key.name}=Keyword"]
     for namespace in namespaces:

@@ -14,14 +14,9 @@ from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from temporalio.client import Client
-from threadline.channels.delivery import TemporalUnreachable
-from threadline.channels.queue import JobNotFound, check_job, list_jobs, queue_has_consumers, send_job, wait_for_job
-from threadline.channels.queue import job_status as read_job_status
-from threadline.cli.connection import open_temporal
 from threadline.cli.errors import FAILURE, USAGE, CliError, usage_error
 from threadline.cli.options import ConnectionOptions, Namespace, TemporalAddress
 from threadline.cli.output import error_line, warn
@@ -29,6 +24,9 @@ from threadline.cli.output import status as status_line
 from threadline.cli.room_agent import agent_app
 from threadline.models.jobs import JOB_STATES, JobAccepted, JobPayloadError, JobStatus
 from threadline.models.limits import validate_name, validate_queue_name
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 """Until the CLI's embedded-server helper is wired in here."""
 
@@ -66,7 +64,13 @@ def _reports_errors(fn: Callable[..., int | None]) -> Callable[..., None]:
         except JobPayloadError as e:
             error_line(str(e))
             raise typer.Exit(USAGE) from None
-        except (TemporalUnreachable, JobNotFound) as e:
+        except Exception as e:
+            # Imported here: `threadline --help` must not pay for the Temporal client.
+            from threadline.channels.delivery import TemporalUnreachable
+            from threadline.channels.queue import JobNotFound
+
+            if not isinstance(e, (TemporalUnreachable, JobNotFound)):
+                raise
             error_line(str(e))
             raise typer.Exit(FAILURE) from None
         if code:
@@ -118,6 +122,8 @@ def _read_payload(json_text: str | None, file: str | None) -> Any:
 
 async def _connect(address: str | None, namespace: str | None) -> Client:
     """The server at `address`, else the embedded one (started in the background when nothing runs)."""
+    from threadline.cli.connection import open_temporal
+
     temporal = await open_temporal(ConnectionOptions(temporal_address=address, namespace=namespace))
     return temporal.client
 
@@ -200,6 +206,8 @@ def send(
     room_name = _need_room(room)
     queue_name = _need_queue(queue)
     payload = _read_payload(json_payload, file)
+    from threadline.channels.queue import check_job, queue_has_consumers, send_job, wait_for_job
+
     check_job(room_name, queue_name, payload, idempotency_key)
 
     async def go() -> int:
@@ -245,6 +253,7 @@ def status(
     room_name = _need_room(room)
     if not job_id.strip():
         raise usage_error("the job id is empty")
+    from threadline.channels.queue import job_status as read_job_status
 
     async def go() -> int:
         client = await _connect(temporal_address, namespace)
@@ -275,6 +284,7 @@ def list_(
     queue_name = _need_queue(queue)
     if job_status is not None and job_status not in JOB_STATES:
         raise usage_error(f"unknown --status {job_status!r}: use one of {', '.join(JOB_STATES)}")
+    from threadline.channels.queue import list_jobs
 
     async def go() -> int:
         client = await _connect(temporal_address, namespace)
