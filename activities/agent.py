@@ -29,6 +29,7 @@ from threadline.models.thread import (
     ModelStep,
     OutcomeRecord,
     ThreadItem,
+    ThreadStatus,
     ToolCall,
     ToolCallInput,
     ToolOutcome,
@@ -74,6 +75,14 @@ class AgentActivities:
         room, _, _ = thread_id.partition("/")
         await asyncio.to_thread(self.store.append, thread_id, items, room=room, agent=self.spec.agent_name, **kwargs)
 
+    def _write_answer(self, call: ModelCallInput, attempt: int, unpublished: str, answer: ThreadItem,
+                      status: ThreadStatus) -> None:
+        """The answer's last deltas, then the answer: one trip to a thread, in the order the feed reads them."""
+        if unpublished:
+            self.stream.publish(call.thread_id, call.turn_id, attempt, "delta", {"text": unpublished})
+        room, _, _ = call.thread_id.partition("/")
+        self.store.append(call.thread_id, [answer], room=room, agent=self.spec.agent_name, status=status)
+
     def _record_input(self, call: ModelCallInput) -> list[ThreadItem]:
         """Writes the turn's new input and reads the prompt's history: one trip to a thread for both."""
         if call.new_items:
@@ -109,7 +118,7 @@ class AgentActivities:
                     deltas.add(text)
                 else:
                     text, calls, usage = await self._openai_completion(name, base_url, api_key, messages, deltas)
-                await deltas.close()
+                unpublished = await deltas.finish()
             finally:
                 deltas.cancel()
         tool_calls = []
@@ -134,7 +143,8 @@ class AgentActivities:
             tool_calls=tool_calls,
             data={"model": requested, "usage": usage.model_dump()},
         )
-        await self._persist(call.thread_id, [answer], status="running" if tool_calls else "idle")
+        await asyncio.to_thread(self._write_answer, call, attempt, unpublished, answer,
+                                "running" if tool_calls else "idle")
         return ModelStep(
             text=text, tool_calls=tool_calls, usage=usage, model=requested,
             max_steps=self.spec.max_steps,

@@ -67,6 +67,9 @@ class StreamLog:
         if db is None:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
+            # Stream events are a live view kept an hour: no fsync per delta (a crash loses at most the last ones,
+            # and the thread store has the answer).
+            db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
         return db
 
@@ -127,12 +130,16 @@ class DeltaCoalescer:
         if self._writer is None:
             self._writer = asyncio.create_task(self._write())
 
-    async def close(self) -> None:
-        """Publishes what is left and waits until every delta is in the log (before the answer is persisted)."""
+    async def finish(self) -> str:
+        """Stops publishing and returns the text not yet published, which the caller writes to the log together with
+        the answer (one trip to the database, the deltas first)."""
         self._closing.set()
         self._more.set()
         if self._writer is not None:
             await self._writer
+        rest = "".join(self.buffer)
+        self.buffer.clear()
+        return rest
 
     def cancel(self) -> None:
         """The call failed or was cancelled: stop publishing."""
@@ -143,12 +150,12 @@ class DeltaCoalescer:
         while True:
             await self._more.wait()
             self._more.clear()
+            if self._closing.is_set():
+                return
             if self.buffer:
                 text = "".join(self.buffer)
                 self.buffer.clear()
                 await asyncio.to_thread(self.log.publish, self.thread_id, self.turn_id, self.attempt, "delta",
                                         {"text": text})
-            if self._closing.is_set() and not self.buffer:
-                return
-            with contextlib.suppress(TimeoutError):  # the last deltas go at once, not after the pause
+            with contextlib.suppress(TimeoutError):  # the last deltas go with the answer at once, not after a pause
                 await asyncio.wait_for(self._closing.wait(), COALESCE_SECONDS)
