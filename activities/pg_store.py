@@ -107,24 +107,26 @@ class ThreadStoreUnavailable(RuntimeError):
     """The shared thread store cannot be reached; the message names its URL without the password."""
 
 
-class _Connections:
-    """One autocommit connection per Python thread, reopened when it broke (a restarted server, a dropped link)."""
+class Connections:
+    """One autocommit connection per Python thread, reopened when it broke (a restarted server, a dropped link). The
+    first use of a URL in a process creates `schema` (every statement is IF NOT EXISTS), under an advisory lock."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, schema: tuple[str, ...] | list[str] = tuple(_SCHEMA)) -> None:
         self.url = url
         self._local = threading.local()
+        key = f"{url}#{hash(tuple(schema))}"
         with _schema_guard:
-            if url not in _schema_ready:
+            if key not in _schema_ready:
                 try:
                     db = self.get()
                     with db.transaction():
                         db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                        for statement in _SCHEMA:
+                        for statement in schema:
                             db.execute(statement)
                 except psycopg.Error as e:
                     reason = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
                     raise ThreadStoreUnavailable(f"thread store {redact(url)} is not usable: {reason}") from e
-                _schema_ready.add(url)
+                _schema_ready.add(key)
 
     def get(self) -> psycopg.Connection[Any]:
         db = getattr(self._local, "db", None)
@@ -139,7 +141,7 @@ class PgThreadStore:
 
     def __init__(self, url: str, room: str) -> None:
         self.url, self.room = url, room
-        self._db = _Connections(url)
+        self._db = Connections(url)
 
     def _connect(self) -> psycopg.Connection[Any]:
         return self._db.get()
@@ -298,7 +300,7 @@ class PgStreamLog:
 
     def __init__(self, url: str, room: str) -> None:
         self.url, self.room = url, room
-        self._db = _Connections(url)
+        self._db = Connections(url)
 
     def _connect(self) -> psycopg.Connection[Any]:
         return self._db.get()

@@ -73,20 +73,29 @@ def check_deployable(service: ServiceSpec) -> None:
 
 
 def check_shared_state(service: ServiceSpec, state_claim: str | None) -> None:
-    """Replicas must see one thread store: a PostgreSQL one, or one volume that every pod mounts. Mail state
-    (`mail.sqlite3`) lives in THREADLINE_HOME whatever the thread store, so mail needs the shared volume."""
+    """Replicas must share their state: the threads (a PostgreSQL thread store, or one volume every pod mounts) and,
+    for mail, the mail registry (in that PostgreSQL database too) and the stored .eml files (an s3:// room storage),
+    since any pod's SMTP server may receive a mail that another pod's agent answers."""
     if service.replicas <= 1 or state_claim:
         return
     mail = any(c.startswith("mail:") for c in service.agent.channels)
-    if service.env_ref("THREADLINE_THREAD_STORE_URL") is not None and not mail:
+    shared_threads = service.env_ref("THREADLINE_THREAD_STORE_URL") is not None
+    shared_storage = (service.agent.storage_url or "").startswith("s3://")
+    if shared_threads and (not mail or shared_storage):
         return
-    fix = ("--state-claim CLAIM (a volume every pod mounts)" if mail else
-           "--thread-store-url postgresql://… (a shared thread store) or --state-claim CLAIM (a volume every pod "
-           "mounts)")
+    if mail and shared_threads:
+        problem, fix = ("room storage on a local directory, so a mail one pod received is not readable by another",
+                        "--storage-url s3://BUCKET (shared room storage) or --state-claim CLAIM (a volume every pod "
+                        "mounts)")
+    else:
+        own = "mail registry" if mail else "SQLite thread store"
+        problem = f"THREADLINE_HOME on an emptyDir gives every pod its own {own}"
+        with_storage = ", with --storage-url s3://…" if mail else ""
+        fix = f"--thread-store-url postgresql://… (a shared thread store{with_storage}) or --state-claim CLAIM (a " \
+              "volume every pod mounts)"
     raise usage_error(
-        f"--replicas {service.replicas} with THREADLINE_HOME on an emptyDir gives every pod its own "
-        f"{'mail registry' if mail else 'SQLite thread store'}, so a thread's next turn on another pod would not see "
-        f"its history: pass {fix}"
+        f"--replicas {service.replicas} with {problem}, so a thread's next turn on another pod would not see its "
+        f"history: pass {fix}"
     )
 
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import signal
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from threadline.cli.errors import FAILURE, USAGE
@@ -22,6 +22,7 @@ from threadline.cli.options import (
     SmtpHost,
     SmtpPort,
     StorageUrl,
+    ThreadStoreUrl,
     Verbose,
     check_mail_allow,
     with_options,
@@ -36,6 +37,21 @@ mail_app = typer.Typer(help="The inbound SMTP server.", no_args_is_help=True)
 Address = Annotated[str, typer.Option("--address", "-a", help="The mailbox's email address.", show_default=False)]
 
 
+def _registry(thread_store_url: str | None):  # noqa: ANN202 - MailRegistry, imported when a command runs
+    """The mail registry: in the PostgreSQL thread store when one is given, else this machine's SQLite file."""
+    from threadline.channels.mail.registry import open_mail_store
+    from threadline.models.spec import validate_thread_store_url
+
+    try:
+        url = validate_thread_store_url(thread_store_url)
+    except ValueError as e:
+        _fail(f"--thread-store-url: {e}", USAGE)
+    try:
+        return open_mail_store(url)
+    except RuntimeError as e:  # the database is unreachable or refuses us: the message names it without its password
+        _fail(str(e), FAILURE)
+
+
 def _fail(message: str, code: int) -> None:
     error_line(message)
     raise typer.Exit(code)
@@ -48,16 +64,17 @@ def create(
                                              show_default=False)] = None,
     queue: Annotated[str | None, typer.Option("--queue", "-q", help="Queue its mail goes to (default: the address, "
                                               "with @ spelt _at_).", show_default=False)] = None,
+    thread_store_url: ThreadStoreUrl = None,
     verbose: Verbose = False,
 ) -> None:
     """Register a mailbox: mail to ADDRESS becomes jobs on a queue of ROOM, answered by --channel mail:ADDRESS."""
     from threadline.channels.mail.addresses import MailboxError, MailboxExists
-    from threadline.channels.mail.registry import MailStore
 
     if not room or not room.strip():
         _fail("--room is required (or set THREADLINE_ROOM)", USAGE)
+    registry = _registry(thread_store_url)
     try:
-        mailbox = MailStore.default().create_mailbox(address, room.strip(), queue.strip() if queue else None)
+        mailbox = registry.create_mailbox(address, room.strip(), queue.strip() if queue else None)
     except MailboxError as e:
         _fail(str(e), USAGE)
     except MailboxExists as e:
@@ -72,12 +89,11 @@ def list_(
     room: Annotated[str | None, typer.Option("--room", envvar="THREADLINE_ROOM", help="Only this room's mailboxes.",
                                              show_default=False)] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
+    thread_store_url: ThreadStoreUrl = None,
     verbose: Verbose = False,
 ) -> None:
     """List registered mailboxes."""
-    from threadline.channels.mail.registry import MailStore
-
-    boxes = MailStore.default().mailboxes(room)
+    boxes = _registry(thread_store_url).mailboxes(room)
     if output == "json":
         typer.echo(json.dumps([
             {"address": b.address, "room": b.room, "queue": b.queue,
@@ -94,13 +110,13 @@ def list_(
 
 
 @mailbox_app.command("delete")
-def delete(address: Address, verbose: Verbose = False) -> None:
+def delete(address: Address, thread_store_url: ThreadStoreUrl = None, verbose: Verbose = False) -> None:
     """Unregister a mailbox: new mail to it is refused (550); its threads and jobs stay."""
     from threadline.channels.mail.addresses import MailboxNotFound
-    from threadline.channels.mail.registry import MailStore
 
+    registry = _registry(thread_store_url)
     try:
-        MailStore.default().delete_mailbox(address)
+        registry.delete_mailbox(address)
     except MailboxNotFound as e:
         _fail(str(e), FAILURE)
     typer.echo(f"Deleted mailbox: {address.strip().lower()}")
@@ -115,6 +131,7 @@ def serve(
     max_mail_size: MaxMailSize = 25 * 1024 * 1024,
     mail_allow: MailAllow = None,
     storage_url: StorageUrl = None,
+    thread_store_url: ThreadStoreUrl = None,
     verbose: Verbose = False,
 ) -> None:
     """Receive mail for every registered mailbox and hand it to Temporal (agents with --channel mail:ADDRESS
@@ -126,12 +143,12 @@ def serve(
         storage_url = validate_storage_url(storage_url)
     except ValueError as e:
         _fail(f"--storage-url: {e}", USAGE)
-    asyncio.run(_serve(connection, smtp_host, smtp_port or 2525, max_mail_size, allow, storage_url))
+    registry = _registry(thread_store_url)
+    asyncio.run(_serve(connection, registry, smtp_host, smtp_port or 2525, max_mail_size, allow, storage_url))
 
 
-async def _serve(connection: ConnectionOptions, host: str, port: int, max_size: int, allow: list[str],
-                 storage_url: str | None = None) -> None:
-    from threadline.channels.mail.registry import MailStore
+async def _serve(connection: ConnectionOptions, registry: Any, host: str, port: int, max_size: int,
+                 allow: list[str], storage_url: str | None = None) -> None:
     from threadline.channels.mail.smtp_server import MailServer, MailServerError, lazy_client
     from threadline.cli.connection import open_temporal
     from threadline.cli.errors import CliError
@@ -143,13 +160,13 @@ async def _serve(connection: ConnectionOptions, host: str, port: int, max_size: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = MailServer(MailStore.default(), lazy_client(connect), host=host, port=port, max_size=max_size,
+    server = MailServer(registry, lazy_client(connect), host=host, port=port, max_size=max_size,
                         allow=allow, storage_url=storage_url)
     try:
         await server.start()
     except MailServerError as e:
         raise CliError(str(e)) from e
-    status(f"receiving mail on {host}:{server.port} for {len(MailStore.default().mailboxes())} mailbox(es); "
+    status(f"receiving mail on {host}:{server.port} for {len(registry.mailboxes())} mailbox(es); "
            "Ctrl-C stops")
     try:
         await stop.wait()

@@ -176,10 +176,12 @@ def test_every_store_backend_has_the_methods_of_its_protocol() -> None:
     from threadline.activities import pg_store, stores
     from threadline.activities.stream_log import StreamLog
     from threadline.activities.thread_store import ThreadStore
+    from threadline.channels.mail import registry, registry_pg
 
     mismatches = []
     for protocol, backends in ((stores.RoomThreadStore, (ThreadStore, pg_store.PgThreadStore)),
-                               (stores.RoomStreamLog, (StreamLog, pg_store.PgStreamLog))):
+                               (stores.RoomStreamLog, (StreamLog, pg_store.PgStreamLog)),
+                               (registry.MailRegistry, (registry.MailStore, registry_pg.PgMailStore))):
         for name, member in vars(protocol).items():
             if name.startswith("_") or not callable(member):
                 continue

@@ -207,8 +207,13 @@ def test_replicas_need_a_shared_thread_store_or_volume(room: str) -> None:
     shared = run_cli(*base, "--channel", "queue:jobs", "--thread-store-url", "postgresql://u:hunter2@db:5432/t")
     assert shared.returncode == 0, shared.stderr
     assert "hunter2" not in shared.stdout
-    mail = run_cli(*base, "--channel", "mail:bot@example.com", "--thread-store-url", "postgresql://u:p@db/t")
+    mail = run_cli(*base, "--channel", "mail:bot@example.com")
     assert mail.returncode == 2 and "own mail registry" in mail.stderr and "--state-claim" in mail.stderr
+    local_mail = run_cli(*base, "--channel", "mail:bot@example.com", "--thread-store-url", "postgresql://u:p@db/t")
+    assert local_mail.returncode == 2 and "--storage-url s3://" in local_mail.stderr, local_mail.stderr
+    scaled_mail = run_cli(*base, "--channel", "mail:bot@example.com", "--thread-store-url", "postgresql://u:p@db/t",
+                          "--storage-url", "s3://mail-bucket/support")
+    assert scaled_mail.returncode == 0, scaled_mail.stderr
     claimed = run_cli(*base, "--channel", "mail:bot@example.com", "--state-claim", "home")
     assert claimed.returncode == 0, claimed.stderr
 

@@ -31,6 +31,7 @@ from threadline.models.thread import ThreadItem, Turn, Usage
 
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
+from tests.runtime_support import eventually
 
 
 def _free_port() -> int:
@@ -322,3 +323,92 @@ def test_the_chat_feed_reads_either_backend(backend, room: str) -> None:
     assert end == current_cursor(store, log, "th") and read_after(store, log, "th", end) == []
     store.append("th", [_user(2, "again", "t2")], room=room, agent="support")
     assert [e.event for e in read_after(store, log, "th", end)] == ["turn", "item"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def mail_registry(request: pytest.FixtureRequest):  # noqa: ANN201
+    from threadline.channels.mail.registry import open_mail_store
+
+    return open_mail_store(request.getfixturevalue("postgres_url") if request.param == "postgres" else None)
+
+
+def test_the_mail_registry_behaves_alike_on_both_backends(mail_registry, room: str) -> None:
+    from threadline.channels.mail.addresses import MailboxExists, MailboxNotFound
+
+    address = f"desk-{uuid.uuid4().hex[:8]}@example.com"
+    box = mail_registry.create_mailbox(address.upper(), room)
+    assert (box.address, box.room, box.queue) == (address, room, address.replace("@", "_at_"))
+    with pytest.raises(MailboxExists, match=f"already registered \\(room {room}"):
+        mail_registry.create_mailbox(address, room)
+    assert [b.address for b in mail_registry.mailboxes(room)] == [address]
+    found = mail_registry.mailbox(address)
+    assert found is not None and (found.address, found.room, found.queue) == (address, room, box.queue)
+
+    key = f"mail-{uuid.uuid4().hex[:8]}"
+    assert mail_registry.inbound_status(key) is None
+    mail_registry.record_inbound(key, address, "<m1@x>", "alice@example.com", "Order 42", "queued", None, "a.eml")
+    mail_registry.record_inbound(key, address, "<m1@x>", "alice@example.com", "Order 42", "ignored", "bounce")
+    assert mail_registry.inbound_status(key) == "ignored"
+    assert [(i["status"], i["reason"]) for i in mail_registry.inbound(address)] == [("ignored", "bounce")]
+
+    thread_id = f"{room}/.threads/desk/{uuid.uuid4().hex[:6]}"
+    mail_registry.remember(room, "<m1@x>", thread_id, "in")
+    mail_registry.remember(room, "<m1@x>", "someone else's", "in")
+    assert mail_registry.thread_of(room, ["<unknown@x>", "<m1@x>"]) == thread_id
+    assert mail_registry.thread_of("other-room", ["<m1@x>"]) is None
+
+    mail_registry.add_participants(room, thread_id, ["Alice@Example.com", " ", "bob@example.com"])
+    assert mail_registry.is_participant(room, thread_id, "alice@example.com")
+    assert not mail_registry.is_participant(room, thread_id, "mallory@evil.example")
+    assert not mail_registry.was_sent("<r1@x>")
+    mail_registry.mark_sent("<r1@x>", thread_id, ["carol@example.com"])
+    mail_registry.mark_sent("<r1@x>", thread_id, ["carol@example.com"])
+    assert mail_registry.was_sent("<r1@x>") and mail_registry.is_participant(room, thread_id, "carol@example.com")
+
+    mail_registry.delete_mailbox(address)
+    with pytest.raises(MailboxNotFound):
+        mail_registry.delete_mailbox(address)
+    assert mail_registry.mailbox(address) is None
+
+
+async def test_a_mailbox_in_the_shared_registry_is_answered_from_another_machine(
+    postgres_url: str, temporal_server, agent_spec: AgentSpec, fake_model: FakeOpenAI, tmp_path: Path,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Registered from one machine with `--thread-store-url`, answered by a mail agent on another that has no
+    mail.sqlite3 of its own: the registry, the Message-ID index and the sent record are in PostgreSQL."""
+    from tests.test_mail import Sink, mail_agent, mail_spec, new_mail, send
+
+    address = f"parcels-{uuid.uuid4().hex[:8]}@example.com"
+    created = run_cli("mailbox", "create", "--address", address, "--room", agent_spec.room,
+                      "--thread-store-url", postgres_url, env={"THREADLINE_HOME": str(tmp_path / "machine-a")})
+    assert created.returncode == 0, created.stderr
+    listed = run_cli("mailbox", "list", "-o", "json", env={"THREADLINE_HOME": str(tmp_path / "machine-c"),
+                                                            "THREADLINE_THREAD_STORE_URL": postgres_url})
+    assert address in listed.stdout, listed.stderr
+    assert address not in run_cli("mailbox", "list", "-o", "json",
+                                  env={"THREADLINE_HOME": str(tmp_path / "machine-c")}).stdout
+
+    monkeypatch.setenv("THREADLINE_HOME", str(tmp_path / "machine-b"))
+    sink = Sink()
+    sink.controller.start()
+    try:
+        spec = mail_spec(agent_spec, sink).model_copy(update={"thread_store_url": postgres_url})
+        fake_model.enqueue(FakeResponse.text("Your parcel ships today."))
+        async with mail_agent(temporal_server, spec, address) as port:
+            question = new_mail("Where is my parcel?", "Parcel", to=address)
+            assert await send(port, question) == 250
+            await eventually(lambda: sink.messages, 60, what="the reply")
+        reply = sink.messages[0]
+        assert reply["In-Reply-To"] == question["Message-ID"]
+        assert "ships today" in reply.get_body(("plain",)).get_content()
+        assert open_mail_store_for(postgres_url).was_sent(reply["Message-ID"])
+        assert not (tmp_path / "machine-b" / "mail.sqlite3").exists()
+    finally:
+        sink.controller.stop()
+
+
+def open_mail_store_for(url: str):  # noqa: ANN201
+    from threadline.channels.mail.registry import open_mail_store
+
+    return open_mail_store(url)

@@ -15,7 +15,7 @@ from threadline.activities.storage import RoomStorage
 from threadline.activities.stores import open_thread_store
 from threadline.channels.mail.addresses import allowed, reply_message_id, thread_slug
 from threadline.channels.mail.parsing import ParsedMail, attachments_of, authentication_verdict, parse_mail
-from threadline.channels.mail.registry import MailStore
+from threadline.channels.mail.registry import MailRegistry
 from threadline.channels.mail.replies import FAILURE_NOTICE, build_reply, reply_references, send_recorded
 from threadline.contracts import PREPARE_MAIL_TURN, SEND_MAIL_REPLY
 from threadline.models.jobs import MailEnvelope, MailJobInput, MailReplyRequest, MailTurnPlan
@@ -34,7 +34,7 @@ log = logging.getLogger("threadline.mail")
 class MailActivities:
     """The consumer side of a mailbox: the agent, its settings and `?reply-all`."""
 
-    def __init__(self, spec: AgentSpec, address: str, reply_all: bool, store: MailStore) -> None:
+    def __init__(self, spec: AgentSpec, address: str, reply_all: bool, store: MailRegistry) -> None:
         self.spec = spec
         self.address = address
         self.reply_all = reply_all

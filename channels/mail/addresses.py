@@ -5,12 +5,23 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 ADDRESS_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
 MESSAGE_ID_RE = re.compile(r"<[^<>\s]+>")
 AUTO_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
 SYSTEM_SENDERS = {"mailer-daemon", "postmaster"}
 MAX_REFERENCES = 20
+
+@dataclass(frozen=True)
+class Mailbox:
+    """A registered address: its mail becomes jobs on `queue` in `room`."""
+
+    address: str
+    room: str
+    queue: str
+    created_at: float
+
 
 class MailboxError(ValueError):
     """An invalid address, room or queue (usage)."""

@@ -11,7 +11,7 @@ from temporalio.worker import Worker
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.mail.activities import MailActivities
 from threadline.channels.mail.addresses import MailboxError, MailboxNotFound, normalize_address
-from threadline.channels.mail.registry import MailStore
+from threadline.channels.mail.registry import MailRegistry, open_mail_store
 from threadline.channels.mail.smtp_server import MailServer
 from threadline.channels.queue import QueueActivities
 from threadline.models.spec import AgentSpec, MailSettings
@@ -33,7 +33,7 @@ class MailChannel(ChannelAdapter):
         self.reply_all = "reply-all=true" in query.lower()
         self.name = f"mail:{self.address}"
 
-    def _mailbox(self, spec: AgentSpec, store: MailStore) -> Any:
+    def _mailbox(self, spec: AgentSpec, store: MailRegistry) -> Any:
         mailbox = store.mailbox(self.address)
         if mailbox is None:
             raise MailboxNotFound(
@@ -46,7 +46,7 @@ class MailChannel(ChannelAdapter):
         return mailbox
 
     def workers(self, context: ChannelContext) -> list[Worker]:
-        store = MailStore.default()
+        store = open_mail_store(context.spec.thread_store_url)
         mailbox = self._mailbox(context.spec, store)
         if not context.spec.mail.smtp_relay:
             log.warning("mail:%s has no --smtp-relay: replies cannot be sent", self.address)
@@ -69,7 +69,7 @@ class MailChannel(ChannelAdapter):
         async def client() -> Client:
             return context.client
 
-        server = MailServer(MailStore.default(), client, host=settings.smtp_host, port=settings.smtp_port,
+        server = MailServer(open_mail_store(context.spec.thread_store_url), client, host=settings.smtp_host, port=settings.smtp_port,
                             max_size=settings.max_size, allow=settings.allow, storage_url=context.spec.storage_url)
         try:
             await server.serve(stop)

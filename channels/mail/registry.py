@@ -1,5 +1,7 @@
-"""`MailStore`: the mailbox registry (address → room, queue), inbound mail received, the Message-ID → thread
-index and the record of replies sent, in one SQLite file, `THREADLINE_HOME/mail.sqlite3`."""
+"""The mail registry: mailboxes (address → room, queue), inbound mail received, the Message-ID → thread index, who
+takes part in each mail thread and the replies sent. `open_mail_store` picks the backend as the thread store does:
+`MailStore`, one SQLite file `THREADLINE_HOME/mail.sqlite3` shared by the processes of one machine, or, with
+`--thread-store-url postgresql://...`, `PgMailStore` (registry_pg.py) in that database, shared by every machine."""
 
 from __future__ import annotations
 
@@ -7,12 +9,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from threadline.activities.storage import threadline_home
 from threadline.channels.mail.addresses import (
+    Mailbox,
     MailboxError,
     MailboxExists,
     MailboxNotFound,
@@ -42,17 +44,46 @@ CREATE TABLE IF NOT EXISTS thread_participants (
 """
 
 
-@dataclass(frozen=True)
-class Mailbox:
-    address: str
-    room: str
-    queue: str
-    created_at: float
+class MailRegistry(Protocol):
+    """What the SMTP server, the mail activities, the send_email tool and `threadline mailbox` use. Every method
+    blocks: async callers run them in a thread."""
+
+    def create_mailbox(self, address: str, room: str, queue: str | None = None) -> Mailbox: ...
+    def mailbox(self, address: str) -> Mailbox | None: ...
+    def mailboxes(self, room: str | None = None) -> list[Mailbox]: ...
+    def delete_mailbox(self, address: str) -> None: ...
+    def inbound_status(self, job_key: str) -> str | None: ...
+    def record_inbound(self, job_key: str, mailbox: str, message_id: str, sender: str, subject: str, status: str,
+                       reason: str | None = None, eml_path: str | None = None) -> None: ...
+    def inbound(self, mailbox: str | None = None) -> list[dict[str, Any]]: ...
+    def remember(self, room: str, message_id: str, thread_id: str, direction: str) -> None: ...
+    def thread_of(self, room: str, ids: Iterable[str]) -> str | None: ...
+    def add_participants(self, room: str, thread_id: str, addresses: Iterable[str]) -> None: ...
+    def is_participant(self, room: str, thread_id: str, address: str) -> bool: ...
+    def was_sent(self, message_id: str) -> bool: ...
+    def mark_sent(self, message_id: str, thread_id: str, recipients: list[str]) -> None: ...
+
+
+def open_mail_store(url: str | None = None) -> MailRegistry:
+    """The registry beside the thread store: PostgreSQL at `url` (`AgentSpec.thread_store_url`), else this machine's
+    SQLite file."""
+    if not (url and url.strip()):
+        return MailStore.default()
+    # psycopg loads only where PostgreSQL is used.
+    from threadline.channels.mail.registry_pg import PgMailStore
+
+    key = url.strip()
+    if key not in _opened:
+        _opened[key] = PgMailStore(key)
+    return _opened[key]
+
+
+_opened: dict[str, MailRegistry] = {}
 
 
 class MailStore:
-    """SQLite in WAL mode: the SMTP server and the agents of one machine share it. Agents on several machines
-    need one shared THREADLINE_HOME (and one room storage for the .eml files: the same --storage-url)."""
+    """SQLite in WAL mode: the SMTP server and the agents of one machine share it. Agents on several machines share
+    a PostgreSQL registry instead (`--thread-store-url`), and one room storage for the .eml files (`--storage-url`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

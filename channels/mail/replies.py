@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 from threadline.activities.heartbeat import heartbeating
 from threadline.channels.mail.addresses import MAX_REFERENCES, reply_subject
 from threadline.channels.mail.parsing import ParsedMail, markdown_to_html
-from threadline.channels.mail.registry import MailStore
+from threadline.channels.mail.registry import MailRegistry
 from threadline.models.jobs import MailEnvelope
 from threadline.models.limits import ErrorType
 
@@ -84,7 +84,7 @@ def relay_send(relay: str, msg: EmailMessage, sender: str, recipients: list[str]
 
 
 async def send_recorded(
-    store: MailStore, relay: str, msg: EmailMessage, sender: str, recipients: list[str], thread_id: str,
+    store: MailRegistry, relay: str, msg: EmailMessage, sender: str, recipients: list[str], thread_id: str,
     env: dict[str, str],
 ) -> None:
     """Sends `msg` through the relay (heartbeating) and records it as sent, keyed by its Message-ID. Callers check

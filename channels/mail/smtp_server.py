@@ -15,7 +15,7 @@ from threadline.activities.storage import RoomStorage
 from threadline.channels.delivery import start_job
 from threadline.channels.mail.addresses import allowed, mail_job_key
 from threadline.channels.mail.parsing import ParsedMail, parse_mail
-from threadline.channels.mail.registry import MailStore
+from threadline.channels.mail.registry import MailRegistry
 from threadline.models.jobs import JobStatus, MailJobInput
 from threadline.workflows.jobs import (
     MEMO_KEY,
@@ -39,7 +39,7 @@ class MailServer:
 
     def __init__(
         self,
-        store: MailStore,
+        store: MailRegistry,
         client: Callable[[], Awaitable[Client]],
         *,
         host: str = "127.0.0.1",
