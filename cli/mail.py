@@ -25,9 +25,11 @@ from threadline.cli.options import (
     ThreadStoreUrl,
     Verbose,
     check_mail_allow,
+    spec_default,
     with_options,
 )
 from threadline.cli.output import error_line, status
+from threadline.models.spec import MailSettings
 
 mailbox_app = typer.Typer(
     help="Register the email addresses agents answer (--channel mail:ADDRESS).", no_args_is_help=True
@@ -126,9 +128,9 @@ def delete(address: Address, thread_store_url: ThreadStoreUrl = None, verbose: V
 @with_options(connection=ConnectionOptions)
 def serve(
     connection: ConnectionOptions,
-    smtp_host: SmtpHost = "127.0.0.1",
-    smtp_port: SmtpPort = 2525,
-    max_mail_size: MaxMailSize = 25 * 1024 * 1024,
+    smtp_host: SmtpHost = spec_default(MailSettings, "smtp_host"),
+    smtp_port: SmtpPort = spec_default(MailSettings, "smtp_port"),
+    max_mail_size: MaxMailSize = spec_default(MailSettings, "max_size"),
     mail_allow: MailAllow = None,
     storage_url: StorageUrl = None,
     thread_store_url: ThreadStoreUrl = None,
@@ -144,7 +146,8 @@ def serve(
     except ValueError as e:
         _fail(f"--storage-url: {e}", USAGE)
     registry = _registry(thread_store_url)
-    asyncio.run(_serve(connection, registry, smtp_host, smtp_port or 2525, max_mail_size, allow, storage_url))
+    port = smtp_port or spec_default(MailSettings, "smtp_port")
+    asyncio.run(_serve(connection, registry, smtp_host, port, max_mail_size, allow, storage_url))
 
 
 async def _serve(connection: ConnectionOptions, registry: Any, host: str, port: int, max_size: int,

@@ -19,12 +19,12 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from threadline.cli.errors import usage_error
 from threadline.cli.output import set_verbose
 from threadline.cli.temporal_config import temporal_target
 from threadline.models.limits import validate_queue_name
-from threadline.models.spec import DEFAULT_HEALTH_HOST
+from threadline.models.spec import DEFAULT_HEALTH_HOST, AgentSpec, HttpSettings, MailSettings, McpSettings
 
 AGENT_PANEL = "Agent"
 TEMPORAL_PANEL = "Temporal"
@@ -323,32 +323,37 @@ Output = Annotated[
 ]
 
 
+def spec_default(settings: type[BaseModel], name: str) -> Any:
+    """An option's default is the spec field's default: `AgentSpec` (and its settings models) is the one schema."""
+    return settings.model_fields[name].get_default(call_default_factory=True)
+
+
 @dataclass
 class AgentOptions:
     room: Room = None
     agent_name: AgentName = None
     rule: Rules = None
     rules_file: RulesFiles = None
-    model: Model = "gpt-4o-mini"
+    model: Model = spec_default(AgentSpec, "model")
     model_base_url: ModelBaseUrl = None
     channel: Channels = None
     threading_mode: Threading = ThreadingMode.default_new
-    thread_dir: ThreadDir = ""
-    storage: Storage = False
+    thread_dir: ThreadDir = spec_default(AgentSpec, "thread_dir")
+    storage: Storage = spec_default(AgentSpec, "storage")
     storage_url: StorageUrl = None
     thread_store_url: ThreadStoreUrl = None
     tool: Tools = None
-    max_steps: MaxSteps = 12
-    smtp_host: SmtpHost = "127.0.0.1"
-    smtp_port: SmtpPort = 2525
+    max_steps: MaxSteps = spec_default(AgentSpec, "max_steps")
+    smtp_host: SmtpHost = spec_default(MailSettings, "smtp_host")
+    smtp_port: SmtpPort = spec_default(MailSettings, "smtp_port")
     smtp_relay: SmtpRelay = None
     mail_allow: MailAllow = None
     mail_require_auth: MailRequireAuth = None
-    max_mail_size: MaxMailSize = 25 * 1024 * 1024
-    mail_failure_notice: MailFailureNotice = True
+    max_mail_size: MaxMailSize = spec_default(MailSettings, "max_size")
+    mail_failure_notice: MailFailureNotice = spec_default(MailSettings, "failure_notice")
     use_toolkit: UseToolkits = None
-    http_host: HttpHost = "127.0.0.1"
-    http_port: HttpPort = None
+    http_host: HttpHost = spec_default(HttpSettings, "host")
+    http_port: HttpPort = spec_default(HttpSettings, "port")
     http_token: HttpToken = None
     temporal_ui_url: TemporalUiUrl = None
     web_fetch: WebFetch = False
@@ -356,9 +361,9 @@ class AgentOptions:
     web_search: WebSearch = False
     web_search_provider: WebSearchProvider = None
     mcp: Mcp = None
-    mcp_optional: McpOptional = False
+    mcp_optional: McpOptional = spec_default(McpSettings, "optional")
     mcp_serve_port: McpServePort = None
-    mcp_serve_host: McpServeHost = "127.0.0.1"
+    mcp_serve_host: McpServeHost = spec_default(McpSettings, "serve_host")
     mcp_serve_token: McpServeToken = None
     health_port: HealthPort = None
     health_host: HealthHost = DEFAULT_HEALTH_HOST
@@ -473,7 +478,6 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
     """The options → a validated `AgentSpec`: rules files readable, tools importable, the model usable."""
     from threadline.activities.model_provider import ModelConfigError, resolve_model
     from threadline.activities.tools import ToolLoadError, build_toolbox
-    from threadline.models.spec import AgentSpec
     from threadline.worker import RulesFileError, load_rules
 
     room = require(agent.room, "--room", "THREADLINE_ROOM", "NAME")

@@ -506,3 +506,18 @@ def test_use_streams_the_reply_as_it_is_written(join, address: str, room: str, f
     deltas = [e for e in StreamLog.for_room(room).events(thread_id) if e.kind == "delta"]
     assert len(deltas) >= 2, "the reply was published in one piece, not streamed"
     assert "".join(e.data["text"] for e in deltas) == words
+
+
+def test_cli_defaults_are_the_agent_specs_defaults(monkeypatch) -> None:  # noqa: ANN001
+    """One configuration schema: an agent built from the options as the CLI defaults them is the spec's default
+    agent, field for field (a default changed on one side only fails here)."""
+    from threadline.cli.options import AgentOptions, ConnectionOptions, build_spec
+    from threadline.models.spec import AgentSpec
+
+    monkeypatch.delenv("THREADLINE_RULES", raising=False)
+    built = build_spec(AgentOptions(room="r", agent_name="a", model="offline"),
+                       ConnectionOptions(temporal_address="localhost:7233"))
+    default = AgentSpec(room="r", agent_name="a", model="offline", temporal_address="localhost:7233",
+                        namespace=built.namespace)
+    assert built.model_dump() == default.model_dump()
+    assert AgentOptions().model == AgentSpec.model_fields["model"].default
