@@ -476,9 +476,7 @@ def env_rules() -> list[str]:
 
 def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_channels: list[str] | None = None):
     """The options → a validated `AgentSpec`: rules files readable, tools importable, the model usable."""
-    from threadline.activities.model_provider import ModelConfigError, resolve_model
-    from threadline.activities.tools import ToolLoadError, build_toolbox
-    from threadline.worker import RulesFileError, load_rules
+    from threadline.cli.preflight import preflight
 
     room = require(agent.room, "--room", "THREADLINE_ROOM", "NAME")
     agent_name = require(agent.agent_name, "--agent-name", "THREADLINE_AGENT_NAME", "NAME")
@@ -512,37 +510,8 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
         )
     except ValidationError as e:
         raise usage_error(_first_error(e)) from e
-    extra_tools = _toolkit_tools(spec)
-    try:
-        load_rules(spec)
-    except RulesFileError as e:
-        raise usage_error(f"{e}; check the --rules-file path") from e
-    try:
-        build_toolbox(storage=None, tool_references=spec.tools, extra_tools=extra_tools)
-    except ToolLoadError as e:
-        raise usage_error(str(e)) from e
-    try:
-        resolve_model(spec.model, spec.model_base_url, dict(os.environ))
-    except ModelConfigError as e:
-        raise usage_error(str(e)) from e
+    preflight(spec)
     return spec
-
-
-def _toolkit_tools(spec):  # noqa: ANN001, ANN202
-    """`toolkit:NAME` channels and `--use-toolkit` values, checked: names usable as toolkit names."""
-    from threadline.channels.toolkit import toolkit_tools
-    from threadline.models.limits import validate_name
-
-    for channel in spec.channels:
-        if channel.startswith("toolkit:"):
-            try:
-                validate_name("toolkit name", channel.partition(":")[2])
-            except ValueError as e:
-                raise usage_error(f"channel {channel!r}: {e}") from e
-    try:
-        return toolkit_tools(spec)
-    except ValueError as e:
-        raise usage_error(str(e) if "--use-toolkit" in str(e) else f"--use-toolkit: {e}") from e
 
 
 def web_settings(agent: AgentOptions):  # noqa: ANN201

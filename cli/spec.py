@@ -348,22 +348,12 @@ def load_service_spec(path: Path) -> ServiceSpec:
 
 def check_agent_spec(spec: AgentSpec) -> None:
     """What `build_spec` checks after building an AgentSpec, for one read from a spec file."""
-    from threadline.activities.model_provider import ModelConfigError, resolve_model
-    from threadline.activities.tools import ToolLoadError, build_toolbox
-    from threadline.channels.chat_http.settings import HttpConfigError, check_settings
-    from threadline.cli.options import _toolkit_tools, parse_channels
-    from threadline.worker import RulesFileError, load_rules
+    from threadline.cli.options import parse_channels
+    from threadline.cli.preflight import preflight
 
     if parse_channels(spec.channels) != spec.channels:
         raise usage_error(f"the spec's channels {spec.channels} are not in canonical form")
-    try:
-        load_rules(spec)
-        build_toolbox(storage=None, tool_references=spec.tools, extra_tools=_toolkit_tools(spec))
-        resolve_model(spec.model, spec.model_base_url, dict(os.environ))
-        if "chat" in spec.channels:
-            check_settings(spec.http)
-    except (RulesFileError, ToolLoadError, ModelConfigError, HttpConfigError) as e:
-        raise usage_error(f"the spec's agent cannot run: {e}") from e
+    preflight(spec, from_spec_file=True)
 
 
 def from_service_spec(service: ServiceSpec, environ: dict[str, str] | None = None):  # noqa: ANN201
