@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import typer
+from threadline.cli.agent_spec import check_mail_allow
 from threadline.cli.errors import FAILURE, USAGE
 from threadline.cli.options import (
     ConnectionOptions,
@@ -24,7 +25,6 @@ from threadline.cli.options import (
     StorageUrl,
     ThreadStoreUrl,
     Verbose,
-    check_mail_allow,
     spec_default,
     with_options,
 )

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from threadline.cli.agent_spec import build_spec, require
 from threadline.cli.errors import CliError, usage_error
 from threadline.cli.options import (
     AgentName,
@@ -22,8 +23,6 @@ from threadline.cli.options import (
     ThreadDir,
     ThreadStoreUrl,
     Verbose,
-    build_spec,
-    require,
     with_options,
 )
 from threadline.cli.output import err, out, status

@@ -17,8 +17,9 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from threadline.cli.agent_spec import require
 from threadline.cli.errors import FAILURE, USAGE, CliError, usage_error
-from threadline.cli.options import ConnectionOptions, Room, Verbose, require, with_options
+from threadline.cli.options import ConnectionOptions, Room, Verbose, with_options
 from threadline.cli.output import error_line, out, status
 
 agent_app = typer.Typer(

@@ -24,8 +24,9 @@ from urllib.parse import urlsplit
 import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from threadline.cli.agent_spec import build_spec
 from threadline.cli.errors import CliError, usage_error
-from threadline.cli.options import AgentOptions, ConnectionOptions, Verbose, build_spec, with_options
+from threadline.cli.options import AgentOptions, ConnectionOptions, Verbose, with_options
 from threadline.cli.output import warn
 from threadline.models.spec import DEFAULT_HTTP_PORT, AgentSpec, validate_thread_store_url
 
@@ -348,7 +349,7 @@ def load_service_spec(path: Path) -> ServiceSpec:
 
 def check_agent_spec(spec: AgentSpec) -> None:
     """What `build_spec` checks after building an AgentSpec, for one read from a spec file."""
-    from threadline.cli.options import parse_channels
+    from threadline.cli.agent_spec import parse_channels
     from threadline.cli.preflight import preflight
 
     if parse_channels(spec.channels) != spec.channels:
