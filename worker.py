@@ -21,7 +21,7 @@ from threadline.activities.web import web_tools
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.delivery import register_search_attributes
 from threadline.channels.mail.send_tool import send_email_tools
-from threadline.channels.toolkit import toolkit_tools
+from threadline.channels.toolkit.calls import toolkit_tools
 from threadline.models.spec import AgentSpec
 from threadline.workflows.thread import ThreadWorkflow
 from threadline.workflows.tool_call import ToolCallWorkflow

@@ -22,7 +22,8 @@ import uvicorn
 from threadline.activities.mcp_tools import McpConfigError
 from threadline.channels.base import ChannelAdapter, ChannelContext
 from threadline.channels.http_auth import BearerAuth, is_loopback
-from threadline.channels.toolkit import Room, ToolkitError
+from threadline.channels.toolkit.room import Room
+from threadline.channels.toolkit.schema import ToolkitError
 from threadline.models.spec import AgentSpec, McpSettings
 from threadline.workflows.toolkit import tool_name_for
 

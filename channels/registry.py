@@ -7,7 +7,7 @@ from threadline.channels.base import ChannelAdapter
 from threadline.channels.chat_http.app import ChatHttpChannel
 from threadline.channels.mail.channel import MailChannel
 from threadline.channels.queue import QueueChannel
-from threadline.channels.toolkit import ToolkitChannel
+from threadline.channels.toolkit.channel import ToolkitChannel
 
 ADAPTERS = {"queue": QueueChannel, "mail": MailChannel, "chat": ChatHttpChannel}
 

@@ -45,7 +45,7 @@ def preflight(spec: AgentSpec, *, from_spec_file: bool = False) -> None:
 
 def toolkit_tools(spec: AgentSpec) -> list[Any]:
     """`toolkit:NAME` channels and `--use-toolkit` values, checked: names usable as toolkit names."""
-    from threadline.channels.toolkit import toolkit_tools as tools_of
+    from threadline.channels.toolkit.calls import toolkit_tools as tools_of
     from threadline.models.limits import validate_name
 
     for channel in spec.channels:

@@ -64,7 +64,7 @@ def _reports_errors(fn: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         from threadline.channels.delivery import TemporalUnreachable
-        from threadline.channels.toolkit import InvalidArguments, ToolkitError
+        from threadline.channels.toolkit.schema import InvalidArguments, ToolkitError
 
         try:
             fn(*args, **kwargs)
@@ -115,7 +115,7 @@ def list_toolkits(
 
 
 async def _list(connection: ConnectionOptions, room: str):  # noqa: ANN202
-    from threadline.channels.toolkit import Room as ToolkitRoom
+    from threadline.channels.toolkit.room import Room as ToolkitRoom
     from threadline.cli.connection import open_temporal
 
     temporal = await open_temporal(connection)
@@ -142,7 +142,7 @@ def invoke_tool(
     verbose: Verbose = False,
 ) -> None:
     """Run a toolkit's tool: one turn of the agent serving it; prints its reply."""
-    from threadline.channels.toolkit import parse_arguments
+    from threadline.channels.toolkit.schema import parse_arguments
 
     room = require(room, "--room", "THREADLINE_ROOM", "NAME")
     if not toolkit or not toolkit.strip():
@@ -162,7 +162,7 @@ def invoke_tool(
 
 async def _invoke(connection: ConnectionOptions, room: str, toolkit: str, tool: str, arguments: dict[str, Any],
                   timeout: float):  # noqa: ANN202
-    from threadline.channels.toolkit import Room as ToolkitRoom
+    from threadline.channels.toolkit.room import Room as ToolkitRoom
     from threadline.cli.connection import open_temporal
 
     temporal = await open_temporal(connection)

@@ -18,13 +18,8 @@ from threadline import worker
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import connect, new_turn_id, submit_turn, thread_snapshot
 from threadline.channels.registry import adapters_for
-from threadline.channels.toolkit import (
-    InvalidArguments,
-    Room,
-    ToolkitOffline,
-    UnknownTool,
-    UnknownToolkit,
-)
+from threadline.channels.toolkit.room import Room
+from threadline.channels.toolkit.schema import InvalidArguments, ToolkitOffline, UnknownTool, UnknownToolkit
 from threadline.models.limits import MAX_TURN_TEXT_BYTES
 from threadline.models.spec import AgentSpec
 from threadline.models.thread import Turn
