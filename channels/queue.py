@@ -364,7 +364,14 @@ class QueueActivities:
             thread_id = job_thread_id(agent, request.path, request.accepted_at, request.thread_name)
         except JobPayloadError as e:
             raise ApplicationError(str(e), type=ErrorType.JOB_PATH_ERROR, non_retryable=True) from e
-        started = JobStarted(agent=agent.agent_name, thread_id=thread_id, started_at=datetime.now(timezone.utc))
+        mine = JobStarted(agent=agent.agent_name, thread_id=thread_id, started_at=datetime.now(timezone.utc), ref=agent)
+        # Claimed before the turn is submitted: an attempt retried on another agent's worker (the first one's
+        # worker died) submits to the claimant's thread, where the turn id dedupes, instead of running it again.
+        job = self.client.get_workflow_handle(
+            job_workflow_id(request.room, request.queue, request.job_id.partition("/")[2]))
+        started = await job.execute_update("claim", mine, result_type=JobStarted)
+        if started.ref is not None:
+            agent, thread_id = started.ref, started.thread_id
         async with heartbeating(started, at_start=True):
             try:
                 reply = await submit_until_replied(self.client, agent, thread_id, request.turn)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from threadline.models.limits import validate_queue_name
-from threadline.models.thread import Reply, Turn, TurnStatus, Usage
+from threadline.models.thread import AgentRef, Reply, Turn, TurnStatus, Usage
 
 # The queue channel: jobs sent to a room queue, each run as one turn by an agent consuming the queue.
 
@@ -160,11 +160,14 @@ class QueueTurnRequest(BaseModel):
 
 
 class JobStarted(BaseModel):
-    """Signal from `run_queue_turn` to its job: a consumer took it."""
+    """A consumer took the job: `run_queue_turn` claims it with this (the job's `claim` update; the first claim
+    wins) and heartbeats it."""
 
     agent: str
     thread_id: str
     started_at: datetime
+    ref: AgentRef | None = None
+    """The claiming agent, so a retried attempt on another agent's worker runs the turn in the same thread."""
 
 
 class QueueTurnResult(BaseModel):

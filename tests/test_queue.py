@@ -40,7 +40,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import REPO
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
-from tests.runtime_support import record_history
+from tests.runtime_support import eventually, record_history
 
 QUEUE = "jobs"
 
@@ -149,6 +149,44 @@ async def test_consumer_killed_mid_job_the_job_completes_once(temporal_server, t
     items = ThreadStore.for_room(agent_spec.room).items(job.thread_id)
     assert [(i.type, i.text) for i in items] == [("user", "slow job"), ("assistant", "echo: slow job")]
     assert snapshot.turns_completed == 1
+
+
+async def test_a_job_retried_on_another_agents_worker_stays_in_the_first_agents_thread(
+    temporal_server, temporal_client, room, fake_model
+):
+    """worker-a takes a job and dies mid-turn; the job's retry lands on worker-b, which must not run it again in its
+    own thread: the first claim holds, the turn completes once, in worker-a's thread, when worker-a is back."""
+    hold = threading.Event()
+    fake_model.script(
+        lambda req: FakeResponse.block(hold) if "slow job" in req.last_user_text and not hold.is_set() else None)
+    worker_a = AgentSpec(room=room, agent_name="worker-a", model="fake-model")
+    worker_b = AgentSpec(room=room, agent_name="worker-b", model="fake-model")
+    processes: list[ConsumerProcess] = []
+
+    async def retried_on_b() -> bool:
+        description = await temporal_client.get_workflow_handle(accepted.workflow_id).describe()
+        return any(a.activity_type.name == "run_queue_turn" and a.attempt >= 2 and a.last_worker_identity
+                   for a in description.raw_description.pending_activities)
+
+    try:
+        processes.append(await asyncio.to_thread(ConsumerProcess(temporal_server.address, worker_a, QUEUE).start))
+        accepted = await send_job(temporal_client, room, QUEUE, "slow job")
+        await fake_model.wait_for_async(lambda: fake_model.in_flight == 1, timeout=30)
+        processes.append(await asyncio.to_thread(ConsumerProcess(temporal_server.address, worker_b, QUEUE).start))
+        processes[0].kill()
+        hold.set()
+        await eventually(retried_on_b, 60, what="the job's turn retried on worker-b")
+        processes.append(await asyncio.to_thread(ConsumerProcess(temporal_server.address, worker_a, QUEUE).start))
+        job = await finished(temporal_client, room, accepted.job_id, 90)
+        await record_history(temporal_client.get_workflow_handle(accepted.workflow_id), "queue_job_claimed_retry")
+    finally:
+        for process in processes:
+            process.kill()
+    assert job.status == "completed" and job.agent == "worker-a" and job.text == "echo: slow job"
+    assert job.thread_id.startswith(f"{room}/.threads/worker-a/")
+    store = ThreadStore.for_room(room)
+    assert store.threads(agent="worker-b") == []
+    assert [(i.type, i.text) for i in store.items(job.thread_id)] == [("user", "slow job"), ("assistant", "echo: slow job")]
 
 
 async def test_path_continues_one_thread_across_jobs(temporal_client, agent_spec, consumer, fake_model):

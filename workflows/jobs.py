@@ -11,7 +11,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from threadline.contracts import RUN_QUEUE_TURN
-    from threadline.models.jobs import JobStatus, QueueTurnRequest, QueueTurnResult
+    from threadline.models.jobs import JobStarted, JobStatus, QueueTurnRequest, QueueTurnResult
     from threadline.workflows.failures import failure_message
     from threadline.workflows.search_attributes import AGENT_ATTRIBUTE, JOB_STATUS_ATTRIBUTE
 
@@ -54,6 +54,15 @@ class JobRun:
 
     def __init__(self, state: JobStatus) -> None:
         self.state = state
+        self.claimed: JobStarted | None = None
+
+    def claim(self, started: JobStarted) -> JobStarted:
+        """The first consumer to claim the job runs it: a retried attempt on another agent's worker gets this claim
+        back and submits to the same thread, so the job runs in one agent's thread, once."""
+        if self.claimed is None:
+            self.claimed = started
+            self.state.agent, self.state.thread_id = started.agent, started.thread_id
+        return self.claimed
 
     def start(self) -> None:
         self.state.status = "running"

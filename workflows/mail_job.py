@@ -18,7 +18,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from threadline.contracts import PREPARE_MAIL_TURN, SEND_MAIL_REPLY
-    from threadline.models.jobs import JobStatus, MailJobInput, MailReplyRequest, QueueTurnRequest
+    from threadline.models.jobs import JobStarted, JobStatus, MailJobInput, MailReplyRequest, QueueTurnRequest
     from threadline.workflows.failures import failure_message
     from threadline.workflows.jobs import JobRun, job_thread_name, public_job_id
 
@@ -66,3 +66,7 @@ class MailJobWorkflow:
     @workflow.query(name="status")
     def status(self) -> JobStatus:
         return self.job.state
+
+    @workflow.update(name="claim")
+    def claim(self, started: JobStarted) -> JobStarted:
+        return self.job.claim(started)

@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from threadline.contracts import SEND_QUEUE_REPLY
     from threadline.models.jobs import (
         JobPayloadError,
+        JobStarted,
         JobStatus,
         QueueJobInput,
         QueueJobPayload,
@@ -71,3 +72,7 @@ class QueueJobWorkflow:
     @workflow.query(name="status")
     def status(self) -> JobStatus:
         return self.job.state
+
+    @workflow.update(name="claim")
+    def claim(self, started: JobStarted) -> JobStarted:
+        return self.job.claim(started)
