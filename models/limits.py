@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from pydantic import AfterValidator
 
@@ -80,3 +81,8 @@ class ErrorType:
     MAIL_REJECTED = "MailRejected"
     MAIL_UNAVAILABLE = "MailUnavailable"
     MAIL_UNREADABLE = "MailUnreadable"
+
+
+RoomName = Annotated[str, AfterValidator(lambda value: validate_name("room", value))]
+AgentName = Annotated[str, AfterValidator(lambda value: validate_name("agent name", value))]
+"""A room's and an agent's name as fields: one rule wherever they are declared."""

@@ -7,7 +7,7 @@ import re
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
-from threadline.models.limits import validate_name
+from threadline.models.limits import AgentName, RoomName
 from threadline.models.thread import AgentRef
 
 
@@ -40,8 +40,8 @@ def validate_thread_store_url(url: str | None) -> str | None:
 class AgentSpec(BaseModel):
     """An agent process's configuration: the worker reads rules, tools and limits from here at every turn."""
 
-    room: str
-    agent_name: str
+    room: RoomName
+    agent_name: AgentName
     rules: list[str] = Field(default_factory=list)
     rules_files: list[str] = Field(default_factory=list)
     model: str = "gpt-4o-mini"
@@ -68,16 +68,6 @@ class AgentSpec(BaseModel):
     http: HttpSettings = Field(default_factory=lambda: HttpSettings(), description="the chat channel's HTTP server")
     web: WebSettings = Field(default_factory=lambda: WebSettings(), description="--web-fetch and --web-search")
     mcp: McpSettings = Field(default_factory=lambda: McpSettings(), description="--mcp servers and --mcp-serve-port")
-
-    @field_validator("room")
-    @classmethod
-    def _room(cls, v: str) -> str:
-        return validate_name("room", v)
-
-    @field_validator("agent_name")
-    @classmethod
-    def _agent(cls, v: str) -> str:
-        return validate_name("agent name", v)
 
     @field_validator("storage_url")
     @classmethod

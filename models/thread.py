@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
-from threadline.models.limits import text_limit, validate_name
+from pydantic import BaseModel, Field
+from threadline.models.limits import AgentName, RoomName, text_limit
 
 ThreadStatus = Literal["idle", "running", "failed"]
 TurnStatus = Literal["completed", "failed", "cancelled"]
@@ -32,19 +32,9 @@ class Usage(BaseModel):
 class AgentRef(BaseModel):
     """Where an agent's threads live in Temporal: enough for any process to address them."""
 
-    room: str
-    agent_name: str
+    room: RoomName
+    agent_name: AgentName
     thread_dir: str = ""
-
-    @field_validator("room")
-    @classmethod
-    def _room(cls, v: str) -> str:
-        return validate_name("room", v)
-
-    @field_validator("agent_name")
-    @classmethod
-    def _agent(cls, v: str) -> str:
-        return validate_name("agent name", v)
 
     @property
     def threads_dir(self) -> str:

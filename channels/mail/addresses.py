@@ -7,6 +7,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from threadline.models.limits import validate_name, validate_queue_name
+
 ADDRESS_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
 MESSAGE_ID_RE = re.compile(r"<[^<>\s]+>")
 AUTO_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
@@ -89,3 +91,14 @@ def reply_subject(subject: str) -> str:
 def thread_slug(subject: str) -> str:
     words = re.sub(r"[^a-z0-9]+", "-", reply_subject(subject)[4:].lower()).strip("-")
     return words[:40].strip("-") or "mail"
+
+
+def new_mailbox(address: str, room: str, queue: str | None, created_at: float) -> Mailbox:
+    """A mailbox to register, checked: a usable address, room and queue (default: the address, @ spelt _at_)."""
+    address = normalize_address(address)
+    try:
+        validate_name("room", room)
+        queue = validate_queue_name(queue) if queue else default_queue(address)
+    except ValueError as e:
+        raise MailboxError(str(e)) from e
+    return Mailbox(address, room, queue, created_at)

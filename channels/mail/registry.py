@@ -15,13 +15,10 @@ from typing import Any, Protocol
 from threadline.activities.storage import threadline_home
 from threadline.channels.mail.addresses import (
     Mailbox,
-    MailboxError,
     MailboxExists,
     MailboxNotFound,
-    default_queue,
-    normalize_address,
+    new_mailbox,
 )
-from threadline.models.limits import validate_name, validate_queue_name
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mailboxes (
@@ -106,22 +103,17 @@ class MailStore:
     # Mailboxes.
 
     def create_mailbox(self, address: str, room: str, queue: str | None = None) -> Mailbox:
-        address = normalize_address(address)
-        try:
-            validate_name("room", room)
-            queue = validate_queue_name(queue) if queue else default_queue(address)
-        except ValueError as e:
-            raise MailboxError(str(e)) from e
+        box = new_mailbox(address, room, queue, time.time())
         try:
             self._db().execute(
                 "INSERT INTO mailboxes (address, room, queue, created_at) VALUES (?,?,?,?)",
-                (address, room, queue, time.time()),
+                (box.address, box.room, box.queue, box.created_at),
             )
         except sqlite3.IntegrityError:
-            existing = self.mailbox(address)
+            existing = self.mailbox(box.address)
             where = f" (room {existing.room}, queue {existing.queue})" if existing else ""
-            raise MailboxExists(f"mailbox {address} is already registered{where}") from None
-        return Mailbox(address, room, queue, time.time())
+            raise MailboxExists(f"mailbox {box.address} is already registered{where}") from None
+        return box
 
     def mailbox(self, address: str) -> Mailbox | None:
         row = self._db().execute(

@@ -12,13 +12,10 @@ import psycopg
 from threadline.activities.pg_store import Connections
 from threadline.channels.mail.addresses import (
     Mailbox,
-    MailboxError,
     MailboxExists,
     MailboxNotFound,
-    default_queue,
-    normalize_address,
+    new_mailbox,
 )
-from threadline.models.limits import validate_name, validate_queue_name
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS threadline_mailboxes (
@@ -52,22 +49,16 @@ class PgMailStore:
         return self._db.get().execute(query, tuple(args))
 
     def create_mailbox(self, address: str, room: str, queue: str | None = None) -> Mailbox:
-        address = normalize_address(address)
-        try:
-            validate_name("room", room)
-            queue = validate_queue_name(queue) if queue else default_queue(address)
-        except ValueError as e:
-            raise MailboxError(str(e)) from e
-        created = time.time()
+        box = new_mailbox(address, room, queue, time.time())
         inserted = self._execute(
             "INSERT INTO threadline_mailboxes (address, room, queue, created_at) VALUES (%s,%s,%s,%s)"
-            " ON CONFLICT (address) DO NOTHING", (address, room, queue, created),
+            " ON CONFLICT (address) DO NOTHING", (box.address, box.room, box.queue, box.created_at),
         ).rowcount
         if not inserted:
-            existing = self.mailbox(address)
+            existing = self.mailbox(box.address)
             where = f" (room {existing.room}, queue {existing.queue})" if existing else ""
-            raise MailboxExists(f"mailbox {address} is already registered{where}")
-        return Mailbox(address, room, queue, created)
+            raise MailboxExists(f"mailbox {box.address} is already registered{where}")
+        return box
 
     def mailbox(self, address: str) -> Mailbox | None:
         row = self._execute("SELECT address, room, queue, created_at FROM threadline_mailboxes WHERE address=%s",
