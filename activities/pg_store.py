@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from threadline.activities.stream_log import KEEP_SECONDS, StreamEvent
 from threadline.activities.thread_store import display_name
-from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, Usage
+from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, Usage, parse_items
 
 _opened: dict[tuple[type, str, str], Any] = {}
 _opened_guard = threading.Lock()
@@ -248,7 +248,7 @@ class PgThreadStore:
             args.append(limit)
         else:
             query += " ORDER BY seq"
-        return [ThreadItem.model_validate_json(b) for (_, b) in self._connect().execute(query, args)]
+        return parse_items([body for (_, body) in self._connect().execute(query, args)])
 
     def thread(self, thread_id: str) -> ThreadInfo | None:
         found = self.threads(thread_id=thread_id)

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from threadline.activities.storage import room_dir
-from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, Usage
+from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, Usage, parse_items
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS threads (
@@ -181,7 +181,7 @@ class ThreadStore:
             args.append(limit)
         else:
             query += " ORDER BY seq"
-        return [ThreadItem.model_validate_json(b) for (_, b) in self._connect().execute(query, args)]
+        return parse_items([body for (_, body) in self._connect().execute(query, args)])
 
     def thread(self, thread_id: str) -> ThreadInfo | None:
         found = self.threads(thread_id=thread_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 from threadline.models.limits import AgentName, RoomName, text_limit
 
 ThreadStatus = Literal["idle", "running", "failed"]
@@ -210,3 +210,12 @@ class OutcomeRecord(BaseModel):
 
 
 ThreadItem.model_rebuild()
+
+
+_ITEM_LIST = TypeAdapter(list[ThreadItem])
+
+
+def parse_items(bodies: list[str]) -> list[ThreadItem]:
+    """Stored item bodies (JSON) → items, parsed as one JSON array: one pass in pydantic-core instead of one call per
+    item (a history window is up to 400 of them on every model call)."""
+    return _ITEM_LIST.validate_json("[" + ",".join(bodies) + "]") if bodies else []
