@@ -103,6 +103,18 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
+def _changed_threads(db: psycopg.Connection[Any], table: str, column: str, room: str,
+                     after: int | None) -> tuple[int, set[str]]:
+    """The newest `column` value of `table` and the room's threads with rows past `after` (None: just the value):
+    what the chat feed's one poller asks each tick."""
+    if after is None:
+        row = db.execute(f"SELECT COALESCE(MAX({column}), 0) FROM {table}").fetchone()
+        return (row[0] if row else 0), set()
+    rows = db.execute(f"SELECT thread_id, MAX({column}) FROM {table} WHERE {column}>%s AND room=%s GROUP BY thread_id",
+                      (after, room)).fetchall()
+    return max([after, *(r[1] for r in rows)]), {r[0] for r in rows}
+
+
 class ThreadStoreUnavailable(RuntimeError):
     """The shared thread store cannot be reached; the message names its URL without the password."""
 
@@ -222,13 +234,7 @@ class PgThreadStore:
     def changed_threads(self, after: int | None) -> tuple[int, set[str]]:
         """The latest write position and the room's threads with items written after `after` (None: just the
         position), from the global position index."""
-        db = self._connect()
-        if after is None:
-            row = db.execute("SELECT COALESCE(MAX(position), 0) FROM threadline_items").fetchone()
-            return (row[0] if row else 0), set()
-        rows = db.execute("SELECT thread_id, MAX(position) FROM threadline_items WHERE position>%s AND room=%s"
-                          " GROUP BY thread_id", (after, self.room)).fetchall()
-        return max([after, *(r[1] for r in rows)]), {r[0] for r in rows}
+        return _changed_threads(self._connect(), "threadline_items", "position", self.room, after)
 
     def rename(self, thread_id: str, name: str) -> None:
         self._connect().execute(
@@ -338,13 +344,7 @@ class PgStreamLog:
 
     def changed_threads(self, after: int | None) -> tuple[int, set[str]]:
         """The latest event id and the room's threads with events after `after` (None: just the id)."""
-        db = self._connect()
-        if after is None:
-            row = db.execute("SELECT COALESCE(MAX(id), 0) FROM threadline_stream_events").fetchone()
-            return (row[0] if row else 0), set()
-        rows = db.execute("SELECT thread_id, MAX(id) FROM threadline_stream_events WHERE id>%s AND room=%s"
-                          " GROUP BY thread_id", (after, self.room)).fetchall()
-        return max([after, *(r[1] for r in rows)]), {r[0] for r in rows}
+        return _changed_threads(self._connect(), "threadline_stream_events", "id", self.room, after)
 
     def prune(self, older_than: float | None = None) -> None:
         cutoff = time.time() - (KEEP_SECONDS if older_than is None else older_than)

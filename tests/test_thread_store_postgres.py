@@ -412,3 +412,19 @@ def open_mail_store_for(url: str):  # noqa: ANN201
     from threadline.channels.mail.registry import open_mail_store
 
     return open_mail_store(url)
+
+
+def test_changed_threads_names_only_the_threads_written_since(backend, room: str) -> None:
+    """What the chat feed's one poller asks each tick, on each backend."""
+    store, log = backend
+    quiet, busy = f"{room}/.threads/a/quiet", f"{room}/.threads/a/busy"
+    store.append(quiet, [_user(0, "hello")], room=room, agent="a")
+    log.publish(quiet, "t1", 1, "delta", {"text": "hi"})
+    items_mark, streamed_mark = store.changed_threads(None)[0], log.changed_threads(None)[0]
+    assert store.changed_threads(items_mark) == (items_mark, set())
+    store.append(busy, [_user(0, "news")], room=room, agent="a")
+    log.publish(busy, "t1", 1, "delta", {"text": "n"})
+    new_items_mark, written = store.changed_threads(items_mark)
+    new_stream_mark, streamed = log.changed_threads(streamed_mark)
+    assert written == {busy} and new_items_mark > items_mark
+    assert streamed == {busy} and new_stream_mark > streamed_mark
