@@ -25,7 +25,16 @@ from threadline.models.jobs import (
     QueueTurnResult,
 )
 from threadline.models.limits import ErrorType
-from threadline.models.thread import ModelCallInput, ModelStep, OutcomeRecord, ToolCall, ToolCallInput, ToolOutcome
+from threadline.models.thread import (
+    CompactionInput,
+    CompactionResult,
+    ModelCallInput,
+    ModelStep,
+    OutcomeRecord,
+    ToolCall,
+    ToolCallInput,
+    ToolOutcome,
+)
 
 Arg = TypeVar("Arg")
 Result = TypeVar("Result")
@@ -79,6 +88,13 @@ CALL_MODEL = ActivityContract(
     retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
                              maximum_attempts=8),
 )
+COMPACT_THREAD = ActivityContract(
+    "compact_thread", CompactionInput, CompactionResult,
+    # A long thread's first compaction may take several model calls (the summary is built chunk by chunk).
+    start_to_close_timeout=timedelta(minutes=10), heartbeat_timeout=HEARTBEAT_TIMEOUT,
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
+                             maximum_attempts=8),
+)
 RUN_TOOL = ActivityContract(
     "run_tool", ToolCallInput, ToolOutcome,
     # Per call, from the tool's own timeout and attempts: see run_tool_options.
@@ -115,7 +131,8 @@ SEND_MAIL_REPLY = ActivityContract(
     retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5),
                              non_retryable_error_types=[ErrorType.MAIL_REJECTED, ErrorType.MAIL_CONFIG_ERROR]),
 )
-ALL = (CALL_MODEL, RUN_TOOL, RECORD_OUTCOME, RUN_QUEUE_TURN, SEND_QUEUE_REPLY, PREPARE_MAIL_TURN, SEND_MAIL_REPLY)
+ALL = (CALL_MODEL, COMPACT_THREAD, RUN_TOOL, RECORD_OUTCOME, RUN_QUEUE_TURN, SEND_QUEUE_REPLY, PREPARE_MAIL_TURN,
+       SEND_MAIL_REPLY)
 
 TOOL_TIMEOUT_GRACE_SECONDS = 10.0
 

@@ -7,14 +7,17 @@ so an agent restarted with new rules applies them to the next turn.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
+from threadline.activities.compaction import ThreadCompactor, calibrated, compaction_reason
+from threadline.activities.context_window import ContextBudget, estimate_messages, takes_reasoning_effort
 from threadline.activities.heartbeat import heartbeating
-from threadline.activities.model_provider import ModelConfigError, model_error, resolve_model
+from threadline.activities.model_provider import ModelConfigError, error_detail, model_error, resolve_model
 from threadline.activities.offline import offline_completion
 from threadline.activities.prompt import HISTORY_WINDOW, prompt_messages
 from threadline.activities.storage import RoomStorage
@@ -39,6 +42,12 @@ from threadline.models.thread import (
 TOOL_OUTPUT_INLINE_BYTES = 16 * 1024
 """Tool output beyond this goes to room storage; the thread keeps a preview and the path."""
 TRUNCATED_NOTE = "\n\n[the answer was cut off at the model's output limit]"
+CONTEXT_EXCEEDED = re.compile(r"context[_ ](length|window)|maximum context|too many tokens|prompt is too long",
+                              re.IGNORECASE)
+
+
+class ContextExceeded(Exception):
+    """The provider refused the prompt as longer than the model's context window."""
 
 
 class AgentActivities:
@@ -61,6 +70,7 @@ class AgentActivities:
         self.toolbox = toolbox
         self.env = env
         self._clients: dict[tuple[str | None, str | None], openai.AsyncOpenAI] = {}
+        self.compactor = ThreadCompactor(spec, rules=rules, store=store, client_for=self._client, env=env)
 
     def _client(self, base_url: str | None, api_key: str | None) -> openai.AsyncOpenAI:
         key = (base_url, api_key)
@@ -99,8 +109,16 @@ class AgentActivities:
     async def call_model(self, call: ModelCallInput) -> ModelStep:
         """Persists the turn's new input, rebuilds the prompt from the store, calls the model, persists its answer."""
         history = await asyncio.to_thread(self._record_input, call)
-        messages = prompt_messages(self.rules, call.instructions, history)
         requested = call.model or self.spec.model
+        budget = ContextBudget.of(requested, self.spec.context, self.spec.max_output_tokens)
+        auto = self.spec.context.management == "auto"
+        messages = prompt_messages(self.rules, call.instructions, history, budget.item_chars if auto else None)
+        tools = self.toolbox.openai_schemas() if self.toolbox.tools else []
+        estimate = estimate_messages(messages, tools)
+        tokens = calibrated(history, estimate)
+        if auto and not call.after_compaction and (reason := compaction_reason(history, tokens, budget)):
+            return ModelStep(model=requested, max_steps=self.spec.max_steps, compaction_needed=reason,
+                             prompt_tokens=tokens)
         try:
             name, base_url, api_key = resolve_model(requested, self.spec.model_base_url, self.env)
         except ModelConfigError as e:
@@ -117,8 +135,17 @@ class AgentActivities:
                     usage = Usage(model_calls=1)
                     deltas.add(text)
                 else:
-                    text, calls, usage = await self._openai_completion(name, base_url, api_key, messages, deltas)
+                    text, calls, usage = await self._openai_completion(name, base_url, api_key, messages, tools,
+                                                                       deltas)
                 unpublished = await deltas.finish()
+            except ContextExceeded as e:
+                if auto and not call.after_compaction:
+                    return ModelStep(model=requested, max_steps=self.spec.max_steps,
+                                     compaction_needed=f"model {name} answered: {e}", prompt_tokens=tokens)
+                advice = ("set --context-window to the model's real window, or lower --compaction-threshold"
+                          if auto else "use --context-management auto, or start a new thread")
+                raise ApplicationError(f"the thread no longer fits the context window of model {name}: {e}; "
+                                       f"{advice}", type=ErrorType.CONTEXT_WINDOW_EXCEEDED, non_retryable=True) from e
             finally:
                 deltas.cancel()
         tool_calls = []
@@ -141,7 +168,7 @@ class AgentActivities:
             text=text,
             sender=self.spec.agent_name,
             tool_calls=tool_calls,
-            data={"model": requested, "usage": usage.model_dump()},
+            data={"model": requested, "usage": usage.model_dump(), "prompt_estimate": estimate},
         )
         await asyncio.to_thread(self._write_answer, call, attempt, unpublished, answer,
                                 "running" if tool_calls else "idle")
@@ -156,14 +183,20 @@ class AgentActivities:
         base_url: str | None,
         api_key: str | None,
         messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
         deltas: DeltaCoalescer,
     ) -> tuple[str, list[tuple[str | None, str, str]], Usage]:
         """Streams the completion, publishing text deltas as they come; returns the whole answer."""
         kwargs: dict[str, Any] = {
             "model": name, "messages": messages, "stream": True, "stream_options": {"include_usage": True},
         }
-        if self.toolbox.tools:
-            kwargs["tools"] = self.toolbox.openai_schemas()
+        if tools:
+            kwargs["tools"] = tools
+        if self.spec.max_output_tokens:
+            reasoning = takes_reasoning_effort(name)
+            kwargs["max_completion_tokens" if reasoning else "max_tokens"] = self.spec.max_output_tokens
+        if self.spec.reasoning_effort:
+            kwargs["reasoning_effort"] = self.spec.reasoning_effort
         text: list[str] = []
         calls: dict[int, list[str]] = {}
         usage = Usage(model_calls=1)
@@ -199,6 +232,11 @@ class AgentActivities:
                     if call.function is not None:
                         entry[1] += call.function.name or ""
                         entry[2] += call.function.arguments or ""
+        except openai.BadRequestError as e:
+            detail = error_detail(e)
+            if e.code == "context_length_exceeded" or CONTEXT_EXCEEDED.search(detail):
+                raise ContextExceeded(detail) from e
+            raise model_error(e, name) from e
         except openai.OpenAIError as e:
             raise model_error(e, name) from e
         if finish is None:
@@ -266,4 +304,4 @@ class AgentActivities:
         await self._persist(record.thread_id, record.items, status=record.thread_status)
 
     def all(self) -> list[Any]:
-        return [self.call_model, self.run_tool, self.record_outcome]
+        return [self.call_model, self.compactor.compact_thread, self.run_tool, self.record_outcome]

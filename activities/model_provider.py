@@ -82,7 +82,7 @@ def retry_delay(headers: Any) -> timedelta | None:
 def model_error(e: Exception, model: str) -> ApplicationError:
     """openai exceptions → Temporal errors: transient ones retry (honouring Retry-After), the rest end the turn."""
     if isinstance(e, openai.APIStatusError):
-        detail = _error_message(e)
+        detail = error_detail(e)
         message = f"model {model} answered HTTP {e.status_code}: {detail}"
         if e.status_code in RETRYABLE_STATUS or e.status_code >= 500:
             return ApplicationError(message, type=ErrorType.MODEL_UNAVAILABLE, next_retry_delay=retry_delay(e.response.headers))
@@ -94,7 +94,7 @@ def model_error(e: Exception, model: str) -> ApplicationError:
     return ApplicationError(f"model {model} failed: {e}", type=ErrorType.MODEL_FAILED)
 
 
-def _error_message(e: openai.APIStatusError) -> str:
+def error_detail(e: openai.APIStatusError) -> str:
     body = e.body
     if isinstance(body, dict):
         inner = body.get("error", body)

@@ -242,13 +242,17 @@ class PgThreadStore:
             (display_name(name), self.room, thread_id),
         )
 
-    def items(self, thread_id: str, *, before_seq: int | None = None, limit: int | None = None) -> list[ThreadItem]:
-        """Items in order; with `limit`, the last `limit` of them."""
+    def items(self, thread_id: str, *, before_seq: int | None = None, limit: int | None = None,
+              item_type: str | None = None) -> list[ThreadItem]:
+        """Items in order, of one type when `item_type` is given; with `limit`, the last `limit` of them."""
         query = "SELECT seq, body FROM threadline_items WHERE room=%s AND thread_id=%s"
         args: list[object] = [self.room, thread_id]
         if before_seq is not None:
             query += " AND seq<%s"
             args.append(before_seq)
+        if item_type is not None:
+            query += " AND type=%s"
+            args.append(item_type)
         if limit is not None:
             query = f"SELECT seq, body FROM ({query} ORDER BY seq DESC LIMIT %s) AS last_items ORDER BY seq"
             args.append(limit)
@@ -274,7 +278,7 @@ class PgThreadStore:
             "SELECT t.thread_id, t.room, t.agent, t.name, t.status, t.channel, t.created_at, t.modified_at,"
             " (SELECT COUNT(*) FROM threadline_items i WHERE i.room=t.room AND i.thread_id=t.thread_id),"
             " (SELECT json_agg((i.body::json)->'data'->'usage') FROM threadline_items i"
-            "  WHERE i.room=t.room AND i.thread_id=t.thread_id AND i.type='assistant'),"
+            "  WHERE i.room=t.room AND i.thread_id=t.thread_id AND i.type IN ('assistant', 'summary')),"
             " t.archived_at"
             " FROM threadline_threads t WHERE t.room=%s"
         )

@@ -169,13 +169,17 @@ class ThreadStore:
     def rename(self, thread_id: str, name: str) -> None:
         self._connect().execute("UPDATE threads SET name=? WHERE thread_id=?", (display_name(name), thread_id))
 
-    def items(self, thread_id: str, *, before_seq: int | None = None, limit: int | None = None) -> list[ThreadItem]:
-        """Items in order; with `limit`, the last `limit` of them."""
+    def items(self, thread_id: str, *, before_seq: int | None = None, limit: int | None = None,
+              item_type: str | None = None) -> list[ThreadItem]:
+        """Items in order, of one type when `item_type` is given; with `limit`, the last `limit` of them."""
         query = "SELECT seq, body FROM items WHERE thread_id=?"
         args: list[object] = [thread_id]
         if before_seq is not None:
             query += " AND seq<?"
             args.append(before_seq)
+        if item_type is not None:
+            query += " AND type=?"
+            args.append(item_type)
         if limit is not None:
             query = f"SELECT seq, body FROM ({query} ORDER BY seq DESC LIMIT ?) ORDER BY seq"
             args.append(limit)
@@ -201,7 +205,7 @@ class ThreadStore:
             "SELECT t.thread_id, t.room, t.agent, t.name, t.status, t.channel, t.created_at, t.modified_at,"
             " (SELECT COUNT(*) FROM items i WHERE i.thread_id=t.thread_id),"
             " (SELECT json_group_array(json_extract(i.body, '$.data.usage')) FROM items i"
-            "  WHERE i.thread_id=t.thread_id AND i.type='assistant'),"
+            "  WHERE i.thread_id=t.thread_id AND i.type IN ('assistant', 'summary')),"
             " t.archived_at"
             " FROM threads t WHERE 1=1"
         )

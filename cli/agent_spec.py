@@ -109,6 +109,9 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
             thread_store_url=agent.thread_store_url,
             tools=list(agent.tool or []),
             max_steps=agent.max_steps,
+            max_output_tokens=agent.max_output_tokens,
+            reasoning_effort=agent.reasoning_effort.value if agent.reasoning_effort else None,
+            context=context_settings(agent),
             temporal_address=target.address,
             namespace=target.namespace,
             mail=mail_settings(agent),
@@ -121,6 +124,14 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
         raise usage_error(_first_error(e)) from e
     preflight(spec)
     return spec
+
+
+def context_settings(agent: AgentOptions):  # noqa: ANN201
+    from threadline.models.spec import ContextSettings
+
+    model = agent.compaction_model.strip() if agent.compaction_model else None
+    return ContextSettings(management=agent.context_management.value, window=agent.context_window,
+                           threshold=agent.compaction_threshold, compaction_model=model or None)
 
 
 def web_settings(agent: AgentOptions):  # noqa: ANN201
@@ -213,5 +224,7 @@ def _first_error(e: ValidationError) -> str:
     message = str(first.get("msg", e)).removeprefix("Value error, ")
     where = ".".join(str(p) for p in first.get("loc", ()))
     option = {"room": "--room", "agent_name": "--agent-name", "max_steps": "--max-steps",
+              "max_output_tokens": "--max-output-tokens", "context.window": "--context-window",
+              "context.threshold": "--compaction-threshold",
               "storage_url": "--storage-url", "thread_store_url": "--thread-store-url"}.get(where, where)
     return f"{option}: {message}" if option and option not in message else message

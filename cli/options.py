@@ -18,7 +18,14 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 from threadline.cli.output import set_verbose
-from threadline.models.spec import DEFAULT_HEALTH_HOST, AgentSpec, HttpSettings, MailSettings, McpSettings
+from threadline.models.spec import (
+    DEFAULT_HEALTH_HOST,
+    AgentSpec,
+    ContextSettings,
+    HttpSettings,
+    MailSettings,
+    McpSettings,
+)
 
 AGENT_PANEL = "Agent"
 TEMPORAL_PANEL = "Temporal"
@@ -27,6 +34,18 @@ TEMPORAL_PANEL = "Temporal"
 class ThreadingMode(str, Enum):
     none = "none"
     default_new = "default-new"
+
+
+class ContextManagement(str, Enum):
+    auto = "auto"
+    none = "none"
+
+
+class ReasoningEffort(str, Enum):
+    minimal = "minimal"
+    low = "low"
+    medium = "medium"
+    high = "high"
 
 
 class OutputFormat(str, Enum):
@@ -124,6 +143,44 @@ MaxSteps = Annotated[
     int,
     typer.Option("--max-steps", envvar="THREADLINE_MAX_STEPS", min=1, max=1000,
                  help="Most model calls in one turn before it fails.", rich_help_panel=AGENT_PANEL),
+]
+
+MaxOutputTokens = Annotated[
+    int | None,
+    typer.Option("--max-output-tokens", envvar="THREADLINE_MAX_OUTPUT_TOKENS", min=16,
+                 help="Most tokens the model may write in one answer (default: the model's own limit).",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
+ReasoningEffortOption = Annotated[
+    ReasoningEffort | None,
+    typer.Option("--reasoning-effort", envvar="THREADLINE_REASONING_EFFORT", case_sensitive=False,
+                 help="For reasoning models (o-series, gpt-5): how hard the model thinks.",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
+ContextManagementOption = Annotated[
+    ContextManagement,
+    typer.Option("--context-management", envvar="THREADLINE_CONTEXT_MANAGEMENT", case_sensitive=False,
+                 help="auto: before a thread's prompt passes the compaction threshold, its oldest part is summarised "
+                      "(the items stay in the thread); none: never (a thread past the window fails, saying so).",
+                 rich_help_panel=AGENT_PANEL),
+]
+ContextWindow = Annotated[
+    int | None,
+    typer.Option("--context-window", envvar="THREADLINE_CONTEXT_WINDOW", min=1000,
+                 help="The model's context window in tokens (default: known OpenAI models from a built-in table, "
+                      "32768 for others).", rich_help_panel=AGENT_PANEL, show_default=False),
+]
+CompactionThreshold = Annotated[
+    int | None,
+    typer.Option("--compaction-threshold", envvar="THREADLINE_COMPACTION_THRESHOLD", min=500,
+                 help="Prompt tokens past which a thread is compacted first (default: 80% of the window less the "
+                      "output reserve).", rich_help_panel=AGENT_PANEL, show_default=False),
+]
+CompactionModel = Annotated[
+    str | None,
+    typer.Option("--compaction-model", envvar="THREADLINE_COMPACTION_MODEL",
+                 help="Model that writes the summaries (default: the agent's model).",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
 ]
 
 # The mail channel's options (used by agents with --channel mail:ADDRESS, and by `threadline mail serve`).
@@ -338,6 +395,12 @@ class AgentOptions:
     thread_store_url: ThreadStoreUrl = None
     tool: Tools = None
     max_steps: MaxSteps = spec_default(AgentSpec, "max_steps")
+    max_output_tokens: MaxOutputTokens = None
+    reasoning_effort: ReasoningEffortOption = None
+    context_management: ContextManagementOption = ContextManagement(spec_default(ContextSettings, "management"))
+    context_window: ContextWindow = None
+    compaction_threshold: CompactionThreshold = None
+    compaction_model: CompactionModel = None
     smtp_host: SmtpHost = spec_default(MailSettings, "smtp_host")
     smtp_port: SmtpPort = spec_default(MailSettings, "smtp_port")
     smtp_relay: SmtpRelay = None

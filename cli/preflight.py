@@ -32,15 +32,28 @@ def preflight(spec: AgentSpec, *, from_spec_file: bool = False) -> None:
         build_toolbox(storage=None, tool_references=spec.tools, extra_tools=extra_tools)
     except ToolLoadError as e:
         raise refuse(e) from e
-    try:
-        resolve_model(spec.model, spec.model_base_url, dict(os.environ))
-    except ModelConfigError as e:
-        raise refuse(e) from e
+    for model in {spec.model, spec.context.compaction_model or spec.model}:
+        try:
+            resolve_model(model, spec.model_base_url, dict(os.environ))
+        except ModelConfigError as e:
+            raise refuse(e) from e
+    if (problem := model_settings_problem(spec)) is not None:
+        raise refuse(ValueError(problem))
     if "chat" in spec.channels:
         try:
             check_settings(spec.http)
         except HttpConfigError as e:
             raise refuse(e) from e
+
+
+def model_settings_problem(spec: AgentSpec) -> str | None:
+    """--reasoning-effort for a model that cannot take it, or a compaction threshold the window cannot hold."""
+    from threadline.activities.context_window import check_context_settings, takes_reasoning_effort
+
+    if spec.reasoning_effort and takes_reasoning_effort(spec.model) is False:
+        return (f"--reasoning-effort {spec.reasoning_effort}: model {spec.model} does not take a reasoning effort "
+                "(o-series and gpt-5 models do); leave the option out")
+    return check_context_settings(spec.model, spec.context, spec.max_output_tokens)
 
 
 def toolkit_tools(spec: AgentSpec) -> list[Any]:

@@ -76,6 +76,7 @@ class ErrorType:
     MODEL_CONFIG_ERROR = "ModelConfigError"
     MODEL_FAILED = "ModelFailed"
     MODEL_OUTPUT_TRUNCATED = "ModelOutputTruncated"
+    CONTEXT_WINDOW_EXCEEDED = "ContextWindowExceeded"
     JOB_PATH_ERROR = "JobPathError"
     MAIL_CONFIG_ERROR = "MailConfigError"
     MAIL_REJECTED = "MailRejected"

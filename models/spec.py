@@ -59,6 +59,10 @@ class AgentSpec(BaseModel):
     )
     tools: list[str] = Field(default_factory=list)
     max_steps: int = Field(12, ge=1, le=1000)
+    max_output_tokens: int | None = Field(None, ge=16, description="most tokens the model may write in one answer")
+    reasoning_effort: ReasoningEffort | None = Field(None, description="for reasoning models (o-series, gpt-5)")
+    context: ContextSettings = Field(default_factory=lambda: ContextSettings(),
+                                     description="--context-management and compaction")
     temporal_address: str | None = None
     namespace: str = "default"
     use_toolkits: list[str] = Field(
@@ -84,6 +88,22 @@ class AgentSpec(BaseModel):
         return AgentRef(room=self.room, agent_name=self.agent_name, thread_dir=self.thread_dir)
 
 
+
+
+# What the model sees of a long thread (activities/context_window.py).
+
+ReasoningEffort = Literal["minimal", "low", "medium", "high"]
+
+
+class ContextSettings(BaseModel):
+    """`--context-management`, `--context-window`, `--compaction-threshold`, `--compaction-model`."""
+
+    management: Literal["auto", "none"] = Field(
+        "auto", description="auto: summarise the oldest part of a thread before its prompt passes the threshold; "
+                            "none: never (a thread past the model's window fails with a clear error)")
+    window: int | None = Field(None, ge=1000, description="the model's context window in tokens; None: built-in table")
+    threshold: int | None = Field(None, ge=500, description="prompt tokens that trigger compaction; None: from window")
+    compaction_model: str | None = Field(None, description="model that writes summaries; None: the agent's model")
 
 
 # The mail channel: inbound SMTP → a mail job on the mailbox's queue → a turn → a reply through an SMTP relay.

@@ -94,7 +94,7 @@ class ThreadItem(BaseModel):
 
     seq: int
     turn_id: str
-    type: Literal["user", "assistant", "tool_result", "status", "error"]
+    type: Literal["user", "assistant", "tool_result", "status", "error", "summary"]
     text: str = ""
     sender: str = ""
     tool_calls: list[ToolCall] = Field(default_factory=list)
@@ -176,6 +176,7 @@ class ModelCallInput(BaseModel):
     model: str | None = None
     instructions: str | None = None
     step: int = 0
+    after_compaction: bool = Field(False, description="the thread was just compacted for this step: do not ask again")
 
 
 class ModelStep(BaseModel):
@@ -184,6 +185,32 @@ class ModelStep(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     model: str
     max_steps: int = Field(description="from the worker's configuration, so a restarted agent's setting applies")
+    compaction_needed: str | None = Field(
+        None, description="the model was not called: the prompt is over the compaction threshold (why, in words); "
+                          "the workflow compacts the thread and calls again")
+    prompt_tokens: int = Field(0, description="the prompt's estimated tokens, calibrated by the provider's counts")
+
+
+class CompactionInput(BaseModel):
+    """Summarise the thread's items before `before_seq` (those not yet summarised, minus the newest ones kept
+    verbatim) into one `summary` item at `seq`."""
+
+    thread_id: str
+    turn_id: str
+    seq: int
+    before_seq: int
+    model: str | None = None
+    reason: str = ""
+    prompt_tokens: int = Field(0, description="the estimate that asked for this compaction")
+
+
+class CompactionResult(BaseModel):
+    first_seq: int = 0
+    last_seq: int = 0
+    """The range of items the summary covers; 0, 0 when there was nothing to summarise."""
+    tokens_before: int = 0
+    tokens_after: int = 0
+    usage: Usage = Field(default_factory=Usage)
 
 
 class ToolCallInput(BaseModel):

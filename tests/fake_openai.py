@@ -351,6 +351,8 @@ class FakeOpenAI:
         default_delay: float = 0.0,
         api_key: str | None = None,
         record: bool = True,
+        context_window: int | None = None,
+        chars_per_token: float | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -359,6 +361,10 @@ class FakeOpenAI:
         self.default_delay = default_delay  # applied to every chat request
         self.api_key = api_key  # if set, other bearer tokens get a 401
         self.record = record
+        # A model with a context window: a prompt over it by the fake's own count (characters / chars_per_token
+        # when set, else words) is answered 400 context_length_exceeded, as OpenAI does.
+        self.context_window = context_window
+        self.chars_per_token = chars_per_token
 
         self._cond = threading.Condition()
         self._requests: list[FakeRequest] = []
@@ -374,6 +380,20 @@ class FakeOpenAI:
         self._stop_event: asyncio.Event | None = None
         self._stopping = False
         self._conn_tasks: set[asyncio.Task[None]] = set()
+
+    def prompt_tokens(self, req: FakeRequest) -> int:
+        """The fake's own token count of a request's messages (what it reports as usage and enforces)."""
+        total = 0
+        for m in req.messages:
+            if not isinstance(m, dict):
+                continue
+            text = _content_text(m.get("content")) + "".join(
+                (c.get("function") or {}).get("arguments", "") for c in m.get("tool_calls") or [])
+            if self.chars_per_token:
+                total += -(-len(text) // self.chars_per_token) + 4
+            else:
+                total += _count_tokens(text) + 4
+        return int(total)
 
     # ------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 10.0) -> Self:
@@ -548,6 +568,8 @@ class FakeOpenAI:
             self._handler = None
             self._errors.clear()
             self._total = 0
+            self.context_window = None
+            self.chars_per_token = None
             self._cond.notify_all()
 
     # ------------------------------------------------------------ server
@@ -713,6 +735,12 @@ class FakeOpenAI:
                 resp = FakeResponse.error(400, message="We could not parse the JSON body of your request.")
             elif not isinstance(parsed.get("messages"), list) or not parsed["messages"]:
                 resp = FakeResponse.error(400, message="Missing required parameter: 'messages'.")
+            elif self.context_window and (tokens := self.prompt_tokens(req)) > self.context_window:
+                resp = FakeResponse.error(400, body={"error": {
+                    "message": f"This model's maximum context length is {self.context_window} tokens. However, "
+                               f"your messages resulted in {tokens} tokens. Please reduce the length of the messages.",
+                    "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded",
+                }})
             else:
                 if self.default_delay:
                     await asyncio.sleep(self.default_delay)
@@ -798,9 +826,7 @@ class FakeOpenAI:
         if resp.usage is not None:
             prompt_tokens, completion_tokens = resp.usage
         else:
-            prompt_tokens = sum(
-                _count_tokens(_content_text(m.get("content"))) + 4 for m in req.messages if isinstance(m, dict)
-            )
+            prompt_tokens = self.prompt_tokens(req)
             completion_tokens = _count_tokens(content or "") + sum(
                 1 + len(tc["function"]["arguments"]) // 4 for tc in tool_calls
             )

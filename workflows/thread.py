@@ -16,6 +16,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from threadline.contracts import (
         CALL_MODEL,
+        COMPACT_THREAD,
         RECORD_OUTCOME,
         RUN_TOOL,
         ActivityContract,
@@ -24,6 +25,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from threadline.models.limits import ErrorType
     from threadline.models.thread import (
+        CompactionInput,
+        CompactionResult,
         Interrupt,
         ModelCallInput,
         ModelStep,
@@ -256,6 +259,7 @@ class ThreadWorkflow:
         })]
         usage = Usage()
         model_calls = 0
+        compacted = False
         unanswered: list[Steer] = []
         """Steers sent with the model call in flight: applied once it answers."""
         try:
@@ -270,10 +274,16 @@ class ThreadWorkflow:
                     ModelCallInput(
                         thread_id=self.state.thread_id, turn_id=turn.turn_id, answer_seq=answer_seq,
                         new_items=pending, model=turn.model, instructions=turn.instructions, step=model_calls,
+                        after_compaction=compacted,
                     ),
                     summary=f"model {turn.model or 'default'}, step {model_calls + 1}",
                 )
                 pending, unanswered = [], []
+                if step.compaction_needed is not None:
+                    usage += await self._compact(turn, answer_seq, step)
+                    compacted = True
+                    continue
+                compacted = False
                 usage += step.usage
                 model_calls += 1
                 self._raise_if_interrupted(turn)  # the answer came in just as the interrupt did: the interrupt wins
@@ -319,6 +329,19 @@ class ThreadWorkflow:
             if workflow.patched(REQUEUE_STEERS_PATCH):
                 self._requeue_steers(turn, [*unanswered, *self.steers])
             return self._finish(turn, reply)
+
+    async def _compact(self, turn: Turn, before_seq: int, step: ModelStep) -> Usage:
+        """The model activity found the prompt too long: the thread's oldest part becomes a summary item first."""
+        seq = self.state.next_seq
+        self.state.next_seq += 1
+        result: CompactionResult = await self._activity(
+            COMPACT_THREAD,
+            CompactionInput(thread_id=self.state.thread_id, turn_id=turn.turn_id, seq=seq, before_seq=before_seq,
+                            model=turn.model, reason=step.compaction_needed or "",
+                            prompt_tokens=step.prompt_tokens),
+            summary=f"compact {step.compaction_needed}",
+        )
+        return result.usage
 
     def _requeue_steers(self, turn: Turn, steers: list[Steer]) -> None:
         """Steers that no model call answered before the turn ended early run next, ahead of the queue: an
