@@ -27,7 +27,7 @@ from threadline.channels.delivery import (
 )
 from threadline.cli.errors import CliError, usage_error
 from threadline.cli.output import err, out, status, warn
-from threadline.cli.threads import short_id
+from threadline.cli.threads import short_id, summary_heading
 from threadline.models.thread import AgentRef, Reply, Turn
 
 STREAM_POLL_SECONDS = 0.05
@@ -196,6 +196,8 @@ class Chat:
         for item in store.items(self.thread_id):
             if item.turn_id != turn_id:
                 continue
+            if item.type == "summary":
+                lines.append(f"· {summary_heading(item)}")
             lines += [f"· tool {summarize_call(c.name, c.arguments)}" for c in item.tool_calls]
             if item.type == "tool_result" and item.data.get("ok") is False:
                 lines.append(f"· tool {item.tool_name} failed")

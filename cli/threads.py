@@ -78,12 +78,20 @@ def print_threads(threads: list[ThreadInfo], fmt: OutputFormat) -> None:
 def item_from(item: ThreadItem) -> str:
     if item.type == "tool_result":
         return f"tool {item.tool_name or ''}".strip()
+    if item.type == "summary":
+        return "compaction"
     return item.sender or item.type
+
+
+def summary_heading(item: ThreadItem) -> str:
+    return f"earlier messages summarised (items {item.data.get('first_seq', 1)}–{item.data.get('last_seq', 0)})"
 
 
 def item_text(item: ThreadItem) -> str:
     """The item as one block of text: its text, plus its tool calls."""
     parts = [item.text] if item.text else []
+    if item.type == "summary":
+        parts.insert(0, summary_heading(item) + ":")
     parts += [f"→ {summarize_call(c.name, c.arguments)}" for c in item.tool_calls]
     return "\n".join(parts)
 

@@ -126,3 +126,30 @@ async def test_the_page_asks_for_a_token(temporal_client: Client, agent_spec, br
         await page.press("#token-input", "Enter")
         await page.wait_for_function("document.getElementById('agent-name').textContent === 'support'")
         assert await page.is_hidden("#login")
+
+
+async def test_a_compacted_thread_shows_its_summary(temporal_client: Client, agent_spec, fake_model: FakeOpenAI,
+                                                   browser):
+    from threadline.models.spec import ContextSettings
+
+    from tests.test_compaction import FILLER, summarising_model
+
+    spec = agent_spec.model_copy(update={"context": ContextSettings(window=2000, threshold=600)})
+    fake_model.script(summarising_model)
+    fake_model.chars_per_token = 3
+    async with chat_server(temporal_client, spec) as server:
+        page = await browser.new_page(viewport={"width": 1280, "height": 820})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(server.url + "/")
+        for n, text in enumerate(["FACT: the parcel is blue. " + FILLER * 5, "and now? " + FILLER * 5], 1):
+            await page.fill("#input", text)
+            await page.press("#input", "Enter")
+            await page.wait_for_function(f"document.querySelectorAll('.msg.assistant:not(.live)').length === {n}",
+                                         timeout=20000)
+        note = page.locator(".summary-note")
+        await note.locator("summary >> text=Earlier messages summarised (items 1–2)").wait_for(timeout=20000)
+        await note.locator("summary").click()
+        assert "FACT: the parcel is blue" in await note.locator(".summary-text").inner_text()
+        assert await page.locator(".msg.user").count() == 2  # the summarised messages stay on the page
+        assert errors == []

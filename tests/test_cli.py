@@ -238,6 +238,15 @@ def test_messages_and_grep_output_json_and_text(room: str, stored_threads: dict[
     assert [i["seq"] for i in json.loads(grep_json.stdout)] == [1, 2]
     nothing = run_cli("process", "grep", "no such words", "--room", room, "--thread-id", "20261128-100000-aaaaaa")
     assert nothing.returncode == 1 and nothing.stdout.strip() == ""
+    ThreadStore.for_room(room).append(stored_threads["refund"], [ThreadItem(
+        seq=3, turn_id="t3", type="summary", text="Ann asked for a refund of invoice 42; it was started.",
+        data={"first_seq": 1, "last_seq": 2},
+    )], room=room, agent="support")
+    compacted = run_cli("process", "messages", "--room", room, "--thread-id", "20261128-100000-aaaaaa")
+    assert compacted.stdout.strip().splitlines()[-2:] == [
+        "[3] summary (compaction): earlier messages summarised (items 1–2):",
+        "Ann asked for a refund of invoice 42; it was started.",
+    ]
 
 
 # Errors: one red line, the right exit code, no traceback.
@@ -288,6 +297,18 @@ ERROR_CASES = {
     "messages of an unknown thread": (
         ["process", "messages", "--room", "r", "--thread-id", "20200101-000000-nosuch"],
         {}, 2, "error: no thread '20200101-000000-nosuch' in room r: nothing is stored in this room",
+    ),
+    "reasoning effort for a model without it": (
+        ["process", "spec", "--room", "r", "--agent-name", "a", "--channel", "chat", "--model", "gpt-4o",
+         "--reasoning-effort", "high"],
+        {"OPENAI_API_KEY": "k"}, 2, "error: --reasoning-effort high: model gpt-4o does not take a reasoning effort",
+    ),
+    "a compaction threshold past the window": (
+        ["process", "spec", "--room", "r", "--agent-name", "a", "--channel", "chat", "--context-window", "4000",
+         "--compaction-threshold", "3900", "--max-output-tokens", "500"],
+        {"OPENAI_API_KEY": "k"}, 2,
+        "error: --compaction-threshold 3900 plus --max-output-tokens 500 does not fit the context window of "
+        "gpt-4o-mini (4000 tokens)",
     ),
     "unknown option": (
         ["process", "threads", "--room", "r", "--colour"],

@@ -16,7 +16,7 @@ from threadline.models.spec import AgentSpec, ContextSettings
 from threadline.models.thread import Turn
 
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
-from tests.runtime_support import Gate, store_items
+from tests.runtime_support import Gate, record_history, store_items
 
 RULE = "You are the support agent of ACME."
 SUMMARY_MARK = SUMMARY_INSTRUCTIONS.split(",")[0]
@@ -132,6 +132,7 @@ async def test_context_length_exceeded_compacts_once_and_asks_again(
     assert _is_summary_request(fake_model.requests[2])
     assert [i.type for i in store_items(room, thread_id)] == ["user", "assistant", "user", "summary", "assistant"]
     assert "the parcel is blue" in fake_model.requests[3].messages[0]["content"]
+    await record_history(temporal_client.get_workflow_handle(thread_id), "compaction")
 
 
 async def test_without_context_management_a_thread_past_the_window_fails_saying_so(

@@ -77,6 +77,18 @@ def test_spec_is_valid_against_its_schema_and_holds_no_secret_values(room: str, 
     assert data["agent"]["channels"] == ["chat", "queue:jobs", "mail:bot@example.com"]
 
 
+def test_spec_carries_the_context_and_model_settings(room: str, temporal_server) -> None:
+    data = spec_of(*agent_flags(room, temporal_server.address, "--context-window", "8000", "--compaction-threshold",
+                                "5000", "--compaction-model", "gpt-4o-mini", "--max-output-tokens", "800",
+                                "--reasoning-effort", "low"))
+    jsonschema.validate(data, schema())
+    assert data["agent"]["context"] == {"management": "auto", "window": 8000, "threshold": 5000,
+                                        "compaction_model": "gpt-4o-mini"}
+    assert (data["agent"]["max_output_tokens"], data["agent"]["reasoning_effort"]) == (800, "low")
+    off = spec_of(*agent_flags(room, temporal_server.address, "--context-management", "none"))
+    assert off["agent"]["context"]["management"] == "none"
+
+
 def test_spec_inlines_rules_files_and_refuses_bad_options(room: str, tmp_path: Path, temporal_server) -> None:
     rules = tmp_path / "rules.txt"
     rules.write_text("# a comment\nBe kind.\n")

@@ -310,6 +310,10 @@ function renderItem(item, before) {
   } else if (item.type === "tool_result") {
     setToolState(item.tool_call_id, item.data.ok === false ? "failed" : "ok", item.text);
     return;
+  } else if (item.type === "summary") {
+    node = el("details", "note summary-note");
+    const range = `items ${item.data.first_seq || 1}–${item.data.last_seq || 0}`;
+    node.append(el("summary", "", `Earlier messages summarised (${range})`), el("div", "summary-text", item.text));
   } else if (item.type === "error") {
     node = el("div", "note error-note");
     node.append(el("strong", "", "Turn failed: "), document.createTextNode(item.text));
