@@ -25,7 +25,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from threadline.activities.tools import Tool, ToolArgumentsError, ToolLoadError
@@ -114,6 +114,8 @@ async def mcp_session(server: McpServer, env: Mapping[str, str], timeout: float)
 @dataclass(frozen=True)
 class McpTool(Tool):
     """A tool of an MCP server: its schema is the server's, its call a session to the server."""
+
+    source: ClassVar[str] = "mcp"
 
     server: McpServer | None = field(default=None, compare=False)
     remote_name: str = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import fnmatch
 import importlib
 import inspect
 import json
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ConfigDict, ValidationError, create_model
 from threadline.activities.storage import RoomStorage, StoragePathError
@@ -26,6 +27,14 @@ from threadline.models.thread import ToolCallInput
 
 current_call: ContextVar[ToolCallInput] = ContextVar("current_call")
 """The call being run, for tools that need to know their thread and place in it (set by the run_tool activity)."""
+
+
+def idempotency_key() -> str:
+    """The running tool call's idempotency key, `<thread id>:<seq>`: the same on every attempt of one call (a retry
+    after a timeout or a dead worker), different for every other call. A tool with side effects records it with
+    what it did and skips what it finds already done. Outside a tool call: LookupError."""
+    call = current_call.get()
+    return f"{call.thread_id}:{call.seq}"
 
 
 class ToolLoadError(ValueError):
@@ -79,6 +88,10 @@ class Tool:
     max_attempts: int = 3
     calls_agent: bool = False
     """The call is a turn of another agent: the thread runs it in a child workflow, linked in the Temporal UI."""
+    requires_approval: bool = False
+    """A person approves each call first (`fn.requires_approval = True`, or `--require-approval NAME`)."""
+    source: ClassVar[str] = "python"
+    """What `--require-approval SOURCE:*` matches besides the name (`mcp:*` for every MCP tool)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_arguments_model", _arguments_model(self.name, self.fn))
@@ -188,6 +201,7 @@ def load_tool(reference: str) -> Tool:
         fn=fn,
         timeout_seconds=float(getattr(fn, "timeout_seconds", 60.0)),
         max_attempts=int(getattr(fn, "max_attempts", 3)),
+        requires_approval=bool(getattr(fn, "requires_approval", False)),
     )
 
 
@@ -204,6 +218,13 @@ class Toolbox:
 
     def openai_schemas(self) -> list[dict[str, Any]]:
         return [t.openai_schema() for t in self.tools.values()]
+
+    def needs_approval(self, name: str, patterns: Sequence[str]) -> bool:
+        """The tool asks for it, or a `--require-approval` glob matches its name (`mcp:NAME` for MCP tools)."""
+        tool = self.tools.get(name)
+        names = [name, f"{tool.source}:{name}"] if tool is not None else [name]
+        return (tool is not None and tool.requires_approval) or any(
+            fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
 
 
 def build_toolbox(

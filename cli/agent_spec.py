@@ -112,6 +112,7 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
             max_output_tokens=agent.max_output_tokens,
             reasoning_effort=agent.reasoning_effort.value if agent.reasoning_effort else None,
             context=context_settings(agent),
+            approvals=approval_settings(agent),
             temporal_address=target.address,
             namespace=target.namespace,
             mail=mail_settings(agent),
@@ -124,6 +125,13 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
         raise usage_error(_first_error(e)) from e
     preflight(spec)
     return spec
+
+
+def approval_settings(agent: AgentOptions):  # noqa: ANN201
+    from threadline.models.spec import ApprovalSettings
+
+    patterns = [p.strip() for value in agent.require_approval or [] for p in value.split(",") if p.strip()]
+    return ApprovalSettings(require=patterns, timeout_seconds=agent.approval_timeout)
 
 
 def context_settings(agent: AgentOptions):  # noqa: ANN201

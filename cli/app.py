@@ -13,6 +13,7 @@ import sys
 import traceback
 
 import typer
+from threadline.cli import approvals
 from threadline.cli.errors import USAGE, CliError
 from threadline.cli.mail import mail_app, mailbox_app
 from threadline.cli.options import Verbose
@@ -45,6 +46,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+for name, command in (("approvals", approvals.approvals), ("approve", approvals.approve), ("deny", approvals.deny)):
+    process_app.command(name, epilog=approvals.APPROVALS_EPILOG)(command)
 app.add_typer(process_app, name="process")
 app.add_typer(server_app, name="server")
 app.add_typer(room_app, name="room")

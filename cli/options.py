@@ -21,6 +21,7 @@ from threadline.cli.output import set_verbose
 from threadline.models.spec import (
     DEFAULT_HEALTH_HOST,
     AgentSpec,
+    ApprovalSettings,
     ContextSettings,
     HttpSettings,
     MailSettings,
@@ -181,6 +182,19 @@ CompactionModel = Annotated[
     typer.Option("--compaction-model", envvar="THREADLINE_COMPACTION_MODEL",
                  help="Model that writes the summaries (default: the agent's model).",
                  rich_help_panel=AGENT_PANEL, show_default=False),
+]
+
+RequireApproval = Annotated[
+    list[str] | None,
+    typer.Option("--require-approval", envvar="THREADLINE_REQUIRE_APPROVAL",
+                 help="A person approves each call of this tool first (a name or a glob: storage_*, mcp:*, *); "
+                      "repeatable. A --tool function with requires_approval = True always asks.",
+                 rich_help_panel=AGENT_PANEL, show_default=False),
+]
+ApprovalTimeout = Annotated[
+    float,
+    typer.Option("--approval-timeout", envvar="THREADLINE_APPROVAL_TIMEOUT", min=1, max=30 * 24 * 3600,
+                 help="Seconds a call waits for a decision before it is denied.", rich_help_panel=AGENT_PANEL),
 ]
 
 # The mail channel's options (used by agents with --channel mail:ADDRESS, and by `threadline mail serve`).
@@ -401,6 +415,8 @@ class AgentOptions:
     context_window: ContextWindow = None
     compaction_threshold: CompactionThreshold = None
     compaction_model: CompactionModel = None
+    require_approval: RequireApproval = None
+    approval_timeout: ApprovalTimeout = spec_default(ApprovalSettings, "timeout_seconds")
     smtp_host: SmtpHost = spec_default(MailSettings, "smtp_host")
     smtp_port: SmtpPort = spec_default(MailSettings, "smtp_port")
     smtp_relay: SmtpRelay = None

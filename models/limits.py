@@ -77,6 +77,8 @@ class ErrorType:
     MODEL_FAILED = "ModelFailed"
     MODEL_OUTPUT_TRUNCATED = "ModelOutputTruncated"
     CONTEXT_WINDOW_EXCEEDED = "ContextWindowExceeded"
+    NO_SUCH_APPROVAL = "NoSuchApproval"
+    APPROVAL_MISMATCH = "ApprovalMismatch"
     JOB_PATH_ERROR = "JobPathError"
     MAIL_CONFIG_ERROR = "MailConfigError"
     MAIL_REJECTED = "MailRejected"

@@ -63,6 +63,8 @@ class AgentSpec(BaseModel):
     reasoning_effort: ReasoningEffort | None = Field(None, description="for reasoning models (o-series, gpt-5)")
     context: ContextSettings = Field(default_factory=lambda: ContextSettings(),
                                      description="--context-management and compaction")
+    approvals: ApprovalSettings = Field(default_factory=lambda: ApprovalSettings(),
+                                        description="--require-approval and --approval-timeout")
     temporal_address: str | None = None
     namespace: str = "default"
     use_toolkits: list[str] = Field(
@@ -104,6 +106,14 @@ class ContextSettings(BaseModel):
     window: int | None = Field(None, ge=1000, description="the model's context window in tokens; None: built-in table")
     threshold: int | None = Field(None, ge=500, description="prompt tokens that trigger compaction; None: from window")
     compaction_model: str | None = Field(None, description="model that writes summaries; None: the agent's model")
+
+
+class ApprovalSettings(BaseModel):
+    """`--require-approval TOOL` (globs: `storage_*`, `mcp:*`, `*`), `--approval-timeout SECONDS`."""
+
+    require: list[str] = Field(default_factory=list, description="tools whose calls a person approves first")
+    timeout_seconds: float = Field(24 * 3600.0, ge=1, le=30 * 24 * 3600.0,
+                                   description="an unanswered request is denied after this")
 
 
 # The mail channel: inbound SMTP → a mail job on the mailbox's queue → a turn → a reply through an SMTP relay.

@@ -5,12 +5,14 @@ Field names are a durable contract: they end up in Temporal histories, so fields
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 from threadline.models.limits import AgentName, RoomName, text_limit
 
-ThreadStatus = Literal["idle", "running", "failed"]
+ThreadStatus = Literal["idle", "running", "failed", "waiting"]
+"""waiting: a turn waits for a person to approve a tool call."""
 TurnStatus = Literal["completed", "failed", "cancelled"]
 
 
@@ -94,7 +96,7 @@ class ThreadItem(BaseModel):
 
     seq: int
     turn_id: str
-    type: Literal["user", "assistant", "tool_result", "status", "error", "summary"]
+    type: Literal["user", "assistant", "tool_result", "status", "error", "summary", "approval"]
     text: str = ""
     sender: str = ""
     tool_calls: list[ToolCall] = Field(default_factory=list)
@@ -111,6 +113,8 @@ class ToolCall(BaseModel):
     timeout_seconds: float = 60.0
     max_attempts: int = 3
     calls_agent: bool = Field(False, description="run in a child workflow: a turn of another agent")
+    approval_timeout_seconds: float | None = Field(
+        None, description="set: a person approves the call first, within this long (or it is denied)")
 
 
 class ThreadInfo(BaseModel):
@@ -211,6 +215,55 @@ class CompactionResult(BaseModel):
     tokens_before: int = 0
     tokens_after: int = 0
     usage: Usage = Field(default_factory=Usage)
+
+
+ApprovalChannel = Literal["web", "api", "cli", "terminal", "mail", "timeout"]
+
+
+class ApprovalRequest(BaseModel):
+    """A tool call that waits for a person: bound to its thread, its call and a digest of its arguments."""
+
+    approval_id: str = Field(description="`<thread id>:<seq of the call's result>`: names its thread")
+    thread_id: str
+    turn_id: str
+    call_id: str
+    tool: str
+    arguments: str
+    digest: str
+    requested_at: float
+    expires_at: float
+
+
+class ApprovalDecision(BaseModel):
+    approval_id: str = Field(min_length=3, max_length=1000)
+    approve: bool
+    by: str = Field(min_length=1, max_length=200, description="who decides")
+    via: ApprovalChannel
+    reason: str = Field("", max_length=2000)
+    digest: str | None = Field(None, description="when given, must be the request's: the arguments it approves")
+
+
+class ApprovalOutcome(BaseModel):
+    approval_id: str
+    approved: bool
+    by: str
+    via: ApprovalChannel
+    at: float
+    reason: str = ""
+    digest: str = ""
+    already_decided: bool = Field(False, description="an earlier decision stands; this one changed nothing")
+
+    def describe(self) -> str:
+        """`approved by ann (cli) at 2026-12-02 03:10:00 UTC: reason`."""
+        when = datetime.fromtimestamp(self.at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        verdict = "approved" if self.approved else "denied"
+        return f"{verdict} by {self.by} ({self.via}) at {when}" + (f": {self.reason}" if self.reason else "")
+
+
+def thread_of_approval(approval_id: str) -> str:
+    """The thread an approval id belongs to; '' for an id that names none."""
+    thread_id, sep, seq = approval_id.strip().rpartition(":")
+    return thread_id if sep and seq.isdigit() and thread_id.count("/") >= 2 else ""
 
 
 class ToolCallInput(BaseModel):

@@ -73,3 +73,35 @@ async def freezes_the_worker(seconds: float = 8.0) -> str:
 
 freezes_the_worker.timeout_seconds = 30
 freezes_the_worker.max_attempts = 1
+
+
+def ledger_path() -> Path:
+    return Path(os.environ["THREADLINE_HOME"]) / "ledger.txt"
+
+
+def ledger_lines() -> list[str]:
+    path = ledger_path()
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def append_line(line: str, seconds: float = 0.0) -> str:
+    """Appends a line to the ledger (once per call: a retried attempt finds its idempotency key there)."""
+    from threadline.activities.tools import idempotency_key
+
+    key = idempotency_key()
+    if any(entry.startswith(key + " ") for entry in ledger_lines()):
+        return f"already appended {line!r}"
+    time.sleep(seconds)
+    path = ledger_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(f"{key} {line}\n")
+    return f"appended {line!r}"
+
+
+append_line.requires_approval = True  # type: ignore[attr-defined]
+
+
+def note_line(line: str) -> str:
+    """Notes a line (asks for approval only when --require-approval names it)."""
+    return f"noted {line!r}"

@@ -25,6 +25,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from threadline.models.limits import ErrorType
     from threadline.models.thread import (
+        ApprovalDecision,
+        ApprovalOutcome,
+        ApprovalRequest,
         CompactionInput,
         CompactionResult,
         Interrupt,
@@ -43,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         Turn,
         Usage,
     )
+    from threadline.workflows.approvals import ThreadApprovals
     from threadline.workflows.failures import failure_message, tool_failure_result
     from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
     from threadline.workflows.tool_call import ToolCallWorkflow
@@ -100,6 +104,7 @@ class ThreadWorkflow:
         self.run_updates = 0
         self.reply_times: dict[str, float] = {}
         self.status: ThreadStatus = "idle"
+        self.approvals = ThreadApprovals()
 
     @workflow.run
     async def run(self, start: ThreadStart) -> None:
@@ -218,6 +223,21 @@ class ThreadWorkflow:
         self.interrupted_turn_id = self.running.turn_id
         for task in list(self.inflight):
             task.cancel()
+
+    # Approvals.
+
+    @workflow.update(name="decide_approval")
+    def decide_approval(self, decision: ApprovalDecision) -> ApprovalOutcome:
+        self.run_updates += 1
+        return self.approvals.decide(decision, workflow.now().timestamp())
+
+    @decide_approval.validator
+    def _validate_decide_approval(self, decision: ApprovalDecision) -> None:
+        self.approvals.validate(decision)
+
+    @workflow.query(name="pending_approvals")
+    def pending_approvals(self) -> list[ApprovalRequest]:
+        return list(self.approvals.pending.values())
 
     # Queries.
 
@@ -375,6 +395,11 @@ class ThreadWorkflow:
         ))
 
     async def _tool_call(self, request: ToolCallInput) -> ToolOutcome:
+        if request.call.approval_timeout_seconds is not None:
+            outcome = await self._approval(request)
+            if not outcome.approved:
+                return await self._record_tool_result(
+                    request, f"denied by {outcome.by}: {outcome.reason or 'no reason given'}")
         try:
             if not request.call.calls_agent:
                 return await self._activity(RUN_TOOL, request, tool_summary(request.call),
@@ -391,13 +416,46 @@ class ThreadWorkflow:
                 raise
             # Past its last attempt a tool that timed out or lost its worker answers the model with the error,
             # like a tool that raised: the turn goes on.
-            call = request.call
-            text = tool_failure_result(call.name, call.timeout_seconds, e)
-            await self._record_items([ThreadItem(
-                seq=request.seq, turn_id=request.turn_id, type="tool_result", text=text, tool_call_id=call.call_id,
-                tool_name=call.name, data={"ok": False}, created_at=workflow.now().timestamp(),
-            )], "running")
-            return ToolOutcome(call_id=call.call_id, name=call.name, ok=False, summary=text[:200])
+            return await self._record_tool_result(
+                request, tool_failure_result(request.call.name, request.call.timeout_seconds, e))
+
+    async def _record_tool_result(self, request: ToolCallInput, text: str) -> ToolOutcome:
+        """A call that did not run, or did not answer: the model gets `text` as its failed result."""
+        call = request.call
+        await self._record_items([ThreadItem(
+            seq=request.seq, turn_id=request.turn_id, type="tool_result", text=text, tool_call_id=call.call_id,
+            tool_name=call.name, data={"ok": False}, created_at=workflow.now().timestamp(),
+        )], "waiting" if self.approvals.pending else "running")
+        return ToolOutcome(call_id=call.call_id, name=call.name, ok=False, summary=text[:200])
+
+    async def _approval(self, call: ToolCallInput) -> ApprovalOutcome:
+        """Waits, in this workflow (no activity running, no worker slot held), for a person's decision on `call`;
+        the request and the decision are items of the thread."""
+        now = workflow.now().timestamp()
+        request = self.approvals.request(call, now, call.call.approval_timeout_seconds or 0.0)
+        self._set_status("waiting")
+        await self._record_items([self._approval_item(request, {
+            "state": "pending", "expires_at": request.expires_at,
+        }, f"approval needed: {tool_summary(call.call)}")], "waiting")
+        outcome = await self._interruptible(asyncio.ensure_future(self.approvals.wait(request)))
+        verdict = "approved" if outcome.approved else "denied"
+        await self._record_items([self._approval_item(request, {
+            "state": verdict, **outcome.model_dump(include={"by", "via", "at", "reason"}),
+        }, f"{verdict} by {outcome.by} ({outcome.via})" + (f": {outcome.reason}" if outcome.reason else ""))],
+            "waiting" if self.approvals.pending else "running")
+        if not self.approvals.pending:
+            self._set_status("running")
+        return outcome
+
+    def _approval_item(self, request: ApprovalRequest, data: dict[str, Any], text: str) -> ThreadItem:
+        item = ThreadItem(
+            seq=self.state.next_seq, turn_id=request.turn_id, type="approval", text=text, tool_call_id=request.call_id,
+            tool_name=request.tool, created_at=workflow.now().timestamp(),
+            data={"approval_id": request.approval_id, "arguments": request.arguments, "digest": request.digest,
+                  **data},
+        )
+        self.state.next_seq += 1
+        return item
 
     async def _interruptible(self, task: asyncio.Future[Any]) -> Any:
         self.inflight[task] = None

@@ -64,6 +64,8 @@ def build_app(client: Client, spec: AgentSpec, closing: asyncio.Event) -> Any:
         Route(tid + "/turns", guarded(api.post_turn), methods=["POST"]),
         Route(tid + "/steer", guarded(api.steer), methods=["POST"]),
         Route(tid + "/interrupt", guarded(api.interrupt), methods=["POST"]),
+        Route(tid + "/approvals", guarded(api.approvals), methods=["GET"]),
+        Route("/api/approvals/{aid:path}", guarded(api.decide), methods=["POST"]),
         Route(tid, guarded(api.get_thread), methods=["GET"]),
         Route(tid, guarded(api.rename_thread), methods=["PATCH"]),
         Route(tid, guarded(api.archive_thread), methods=["DELETE"]),

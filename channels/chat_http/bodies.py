@@ -65,6 +65,13 @@ class SteerIn(BaseModel):
     sender: str = "user"
 
 
+class DecisionIn(BaseModel):
+    decision: Literal["approve", "deny"]
+    reason: str = Field("", max_length=2000)
+    by: str = Field("web user", min_length=1, max_length=200)
+    digest: str | None = None
+
+
 class InterruptIn(BaseModel):
     turn_id: str | None = None
 

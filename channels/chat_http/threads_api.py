@@ -14,11 +14,13 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from threadline.activities.stores import open_stream_log, open_thread_store
+from threadline.channels.approvals import ApprovalError, decide_approval, thread_approvals
 from threadline.channels.chat_feed import Cursor, RoomFeed, StatusWatcher, follow
 from threadline.channels.chat_http.bodies import (
     ApiError,
     ConfigOut,
     CreateThread,
+    DecisionIn,
     InterruptIn,
     ItemsPage,
     PostTurn,
@@ -41,7 +43,7 @@ from threadline.channels.delivery import (
     submit_turn,
 )
 from threadline.models.spec import AgentSpec
-from threadline.models.thread import Steer, ThreadInfo, Turn
+from threadline.models.thread import ApprovalDecision, Steer, ThreadInfo, Turn, thread_of_approval
 
 Result = TypeVar("Result")
 
@@ -216,6 +218,31 @@ class ChatApi:
             mode = "turn"
         self.watcher.poke(thread_id)
         return JSONResponse({"thread_id": thread_id, "delivered_as": mode}, status_code=202)
+
+    async def approvals(self, request: Request) -> Response:
+        thread_id = await self.thread_id(request.path_params["tid"])
+        pending = await thread_approvals(self.client, thread_id)
+        return JSONResponse({"thread_id": thread_id, "approvals": [p.model_dump(mode="json") for p in pending]})
+
+    async def decide(self, request: Request) -> Response:
+        """Approve or deny: the first decision stands; a later one is answered 409 with the one that stands."""
+        approval_id = request.path_params["aid"]
+        thread_id = await self.thread_id(thread_of_approval(approval_id) or "/")
+        body: DecisionIn = await read_body(request, DecisionIn)
+        via = "web" if request.headers.get("x-threadline-client") == "web" else "api"
+        try:
+            outcome = await decide_approval(self.client, ApprovalDecision(
+                approval_id=approval_id, approve=body.decision == "approve", by=body.by, via=via,
+                reason=body.reason, digest=body.digest))
+        except ApprovalError as e:
+            raise ApiError(409 if e.mismatch else 404, str(e), "mismatch" if e.mismatch else "not_found") from e
+        self.feed.poke()
+        self.watcher.poke(thread_id)
+        if outcome.already_decided:
+            return JSONResponse({"error": {"message": f"already decided: {outcome.describe()}",
+                                           "code": "already_decided"},
+                                 "approval": outcome.model_dump(mode="json")}, status_code=409)
+        return JSONResponse(outcome.model_dump(mode="json"))
 
     async def interrupt(self, request: Request) -> Response:
         thread_id = await self.thread_id(request.path_params["tid"])

@@ -1,0 +1,67 @@
+"""Deciding approvals from any channel (web, HTTP API, CLI): one way to find what waits, one way to decide.
+
+An approval id names its thread (`<thread id>:<seq>`), so a decision goes straight to that thread's workflow as its
+`decide_approval` update; the workflow answers with the decision that stands (the first one).
+"""
+
+from __future__ import annotations
+
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+from threadline.models.limits import ErrorType
+from threadline.models.thread import ApprovalDecision, ApprovalOutcome, ApprovalRequest, thread_of_approval
+from threadline.workflows.search_attributes import AGENT_ATTRIBUTE, ROOM_ATTRIBUTE, STATUS_ATTRIBUTE
+from threadline.workflows.thread import ThreadWorkflow
+
+
+class ApprovalError(LookupError):
+    """No such approval waits (a mistyped id, a thread that does not exist), or the decision does not fit it
+    (`mismatch`: other arguments than the request's)."""
+
+    def __init__(self, message: str, *, mismatch: bool = False) -> None:
+        super().__init__(message)
+        self.mismatch = mismatch
+
+
+async def decide_approval(client: Client, decision: ApprovalDecision) -> ApprovalOutcome:
+    thread_id = thread_of_approval(decision.approval_id)
+    if not thread_id:
+        raise ApprovalError(f"{decision.approval_id!r} is not an approval id (they look like "
+                            "ROOM/.threads/AGENT/THREAD:SEQ, as `process approvals` lists them)")
+    try:
+        return await client.get_workflow_handle(thread_id).execute_update(ThreadWorkflow.decide_approval, decision)
+    except WorkflowUpdateFailedError as e:
+        cause = e.cause
+        if isinstance(cause, ApplicationError) and cause.type in (ErrorType.NO_SUCH_APPROVAL,
+                                                                   ErrorType.APPROVAL_MISMATCH):
+            raise ApprovalError(cause.message, mismatch=cause.type == ErrorType.APPROVAL_MISMATCH) from e
+        raise
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise ApprovalError(f"no approval {decision.approval_id} is waiting: thread {thread_id} is not "
+                                "running") from e
+        raise
+
+
+async def thread_approvals(client: Client, thread_id: str) -> list[ApprovalRequest]:
+    try:
+        return await client.get_workflow_handle(thread_id).query(ThreadWorkflow.pending_approvals)
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            return []
+        raise
+
+
+async def waiting_approvals(client: Client, room: str | None = None, agent: str | None = None,
+                            limit: int = 200) -> list[ApprovalRequest]:
+    """Every request waiting in the threads whose status is `waiting`, oldest first."""
+    query = f'{STATUS_ATTRIBUTE.name} = "waiting" AND ExecutionStatus = "Running"'
+    if room is not None:
+        query += f' AND {ROOM_ATTRIBUTE.name} = "{room}"'
+    if agent is not None:
+        query += f' AND {AGENT_ATTRIBUTE.name} = "{agent}"'
+    found: list[ApprovalRequest] = []
+    async for execution in client.list_workflows(query, limit=limit):
+        found += await thread_approvals(client, execution.id)
+    return sorted(found, key=lambda r: r.requested_at)

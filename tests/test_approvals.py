@@ -1,0 +1,160 @@
+"""A person approves dangerous tool calls: the turn waits in its thread's workflow (status `waiting`, no activity
+running), the first decision wins, an approved call runs once (a ledger file counts its lines), a denial is the
+tool's result for the model. Decided through the HTTP API, the CLI, and a timeout; workers killed while waiting
+and right after the decision."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+from temporalio.client import Client
+from threadline.activities.thread_store import ThreadStore
+from threadline.channels.approvals import decide_approval, thread_approvals, waiting_approvals
+from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn, thread_snapshot
+from threadline.models.spec import AgentSpec, ApprovalSettings
+from threadline.models.thread import ApprovalDecision, Turn
+from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
+
+from tests.chat_http_support import chat_server
+from tests.cli_helpers import run_cli
+from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
+from tests.runtime_support import eventually, record_history, store_items
+from tests.tools_for_tests import ledger_lines
+
+TOOLS = ["tests.tools_for_tests:append_line", "tests.tools_for_tests:note_line"]
+
+
+def tools_done(request: FakeRequest) -> FakeResponse | None:
+    """After tool results, the model says what they were."""
+    if request.messages[-1]["role"] != "tool":
+        return None
+    return FakeResponse.text("tools done: " + " | ".join(r["content"] for r in request.tool_results))
+
+
+def _spec(room: str, **approvals: object) -> AgentSpec:
+    return AgentSpec(room=room, agent_name="support", model="fake-model", tools=TOOLS,
+                     approvals=ApprovalSettings(**approvals))
+
+
+async def _pending(client: Client, thread_id: str, count: int = 1):  # noqa: ANN202
+    return await eventually(lambda: _at_least(client, thread_id, count), timeout=30, what=f"{count} approvals")
+
+
+async def _at_least(client: Client, thread_id: str, count: int):  # noqa: ANN202
+    pending = await thread_approvals(client, thread_id)
+    return pending if len(pending) >= count else None
+
+
+async def test_approve_over_http_runs_the_call_once_and_a_second_decision_changes_nothing(
+        temporal_client: Client, room: str, fake_model: FakeOpenAI):
+    spec = _spec(room)
+    fake_model.script(tools_done)
+    fake_model.enqueue(FakeResponse.tool_calls([("append_line", {"line": "refund 40 EUR"})]))
+    async with chat_server(temporal_client, spec) as server:
+        thread_id = spec.ref.thread_id(new_thread_name())
+        turn = asyncio.create_task(submit_turn(temporal_client, spec.ref, thread_id,
+                                               Turn(turn_id=new_turn_id(), text="refund please")))
+        [request] = await _pending(temporal_client, thread_id)
+        assert (request.tool, json.loads(request.arguments)) == ("append_line", {"line": "refund 40 EUR"})
+        # Waiting costs nothing: no activity runs, the status says why, for the UI and the store.
+        assert (await thread_snapshot(temporal_client, thread_id)).status == "waiting"
+        described = await temporal_client.get_workflow_handle(thread_id).describe()
+        assert described.raw_description.pending_activities == []
+        assert described.typed_search_attributes.get(STATUS_ATTRIBUTE) == "waiting"
+        assert ThreadStore.for_room(room).thread(thread_id).status == "waiting"
+        assert [r.approval_id for r in await waiting_approvals(temporal_client, room)] == [request.approval_id]
+        assert ledger_lines() == []
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            listed = (await http.get(f"/api/threads/{thread_id}/approvals")).json()
+            assert [a["approval_id"] for a in listed["approvals"]] == [request.approval_id]
+            wrong = await http.post(f"/api/approvals/{request.approval_id}",
+                                    json={"decision": "approve", "by": "ann", "digest": "0" * 16})
+            assert wrong.status_code == 409 and wrong.json()["error"]["code"] == "mismatch"
+            ok = await http.post(f"/api/approvals/{request.approval_id}",
+                                 json={"decision": "approve", "by": "ann", "digest": request.digest})
+            assert ok.status_code == 200, ok.text
+            assert (ok.json()["approved"], ok.json()["by"], ok.json()["via"]) == (True, "ann", "api")
+            again = await http.post(f"/api/approvals/{request.approval_id}", json={"decision": "deny", "by": "bob"})
+            assert again.status_code == 409
+            assert again.json()["error"]["message"].startswith("already decided: approved by ann (api) at ")
+            unknown = await http.post(f"/api/approvals/{thread_id}:999", json={"decision": "approve"})
+            assert unknown.status_code == 404
+        reply = await asyncio.wait_for(turn, 30)
+    assert reply.status == "completed" and reply.text == "tools done: appended 'refund 40 EUR'"
+    assert [line.split(" ", 1)[1] for line in ledger_lines()] == ["refund 40 EUR"]
+    approvals = [i for i in store_items(room, thread_id) if i.type == "approval"]
+    assert [i.data["state"] for i in approvals] == ["pending", "approved"]
+    assert {k: approvals[1].data[k] for k in ("by", "via", "digest", "approval_id")} == {
+        "by": "ann", "via": "api", "digest": request.digest, "approval_id": request.approval_id}
+    assert ThreadStore.for_room(room).thread(thread_id).status == "idle"
+    messages = run_cli("process", "messages", "--room", room, "--thread-id", thread_id)
+    assert "approved by ann (api)" in messages.stdout
+    await record_history(temporal_client.get_workflow_handle(thread_id), "approval")
+
+
+async def test_parallel_calls_wait_for_their_own_decisions_from_the_cli(
+        temporal_client: Client, temporal_server, room: str, agent_worker, fake_model: FakeOpenAI):
+    spec = _spec(room, require=["note_*"])
+    await agent_worker(spec)
+    thread_id = spec.ref.thread_id(new_thread_name())
+    fake_model.script(tools_done)
+    fake_model.enqueue(FakeResponse.tool_calls([("append_line", {"line": "ship it"}), ("note_line", {"line": "x"})]))
+    turn = asyncio.create_task(submit_turn(temporal_client, spec.ref, thread_id,
+                                           Turn(turn_id=new_turn_id(), text="do both")))
+    pending = await _pending(temporal_client, thread_id, 2)
+    by_tool = {p.tool: p.approval_id for p in pending}
+    address = ["--temporal-address", temporal_server.address]
+    listed = await asyncio.to_thread(run_cli, "process", "approvals", "--room", room, "-o", "json", *address)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(a["tool"] for a in json.loads(listed.stdout)) == ["append_line", "note_line"]
+    denied = await asyncio.to_thread(run_cli, "process", "deny", by_tool["note_line"], "--reason", "not today", "--by", "bob", *address)
+    assert denied.returncode == 0, denied.stderr
+    assert denied.stdout.startswith("denied by bob (cli) at ")
+    assert (await thread_snapshot(temporal_client, thread_id)).status == "waiting"  # the other still waits
+    approved = await asyncio.to_thread(run_cli, "process", "approve", by_tool["append_line"], "--by", "ann", *address)
+    assert approved.returncode == 0, approved.stderr
+    twice = await asyncio.to_thread(run_cli, "process", "approve", by_tool["append_line"], *address)
+    assert twice.returncode == 1 and "already decided: approved by ann (cli)" in twice.stderr
+    reply = await asyncio.wait_for(turn, 30)
+    assert reply.text == "tools done: appended 'ship it' | denied by bob: not today"
+    assert len(ledger_lines()) == 1
+    bad = await asyncio.to_thread(run_cli, "process", "approve", f"{thread_id}:12345", *address)
+    assert bad.returncode == 2 and f"no approval {thread_id}:12345 is waiting" in bad.stderr
+
+
+async def test_an_unanswered_request_is_denied_at_the_timeout(temporal_client: Client, room: str, agent_worker,
+                                                              fake_model: FakeOpenAI):
+    spec = _spec(room, timeout_seconds=2)
+    await agent_worker(spec)
+    thread_id = spec.ref.thread_id(new_thread_name())
+    fake_model.script(tools_done)
+    fake_model.enqueue(FakeResponse.tool_calls([("append_line", {"line": "late"})]))
+    reply = await submit_turn(temporal_client, spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="go"))
+    assert reply.text == "tools done: denied by timeout: no decision within 2 s"
+    assert ledger_lines() == []
+    assert [i.data["state"] for i in store_items(room, thread_id) if i.type == "approval"] == ["pending", "denied"]
+
+
+async def test_workers_killed_while_waiting_and_after_the_decision_run_the_call_once(
+        temporal_client: Client, room: str, agent_process, fake_model: FakeOpenAI):
+    spec = _spec(room)
+    fake_model.script(tools_done)
+    fake_model.enqueue(FakeResponse.tool_calls([("append_line", {"line": "exactly once", "seconds": 1.0})]))
+    first = agent_process(spec)
+    thread_id = spec.ref.thread_id(new_thread_name())
+    turn = asyncio.create_task(submit_turn(temporal_client, spec.ref, thread_id,
+                                           Turn(turn_id=new_turn_id(), text="once")))
+    [request] = await _pending(temporal_client, thread_id)
+    first.kill()
+    second = agent_process(spec)
+    outcome = await decide_approval(temporal_client, ApprovalDecision(
+        approval_id=request.approval_id, approve=True, by="ann", via="api"))
+    assert outcome.approved and not outcome.already_decided
+    second.kill()  # right after the decision: the call is scheduled, perhaps started (it takes 1 s)
+    agent_process(spec)
+    reply = await asyncio.wait_for(turn, 90)
+    assert reply.status == "completed" and reply.text.startswith("tools done: ")
+    assert [line.split(" ", 1)[1] for line in ledger_lines()] == ["exactly once"]
+    assert [i.data["state"] for i in store_items(room, thread_id) if i.type == "approval"] == ["pending", "approved"]
