@@ -153,3 +153,41 @@ async def test_a_compacted_thread_shows_its_summary(temporal_client: Client, age
         assert "FACT: the parcel is blue" in await note.locator(".summary-text").inner_text()
         assert await page.locator(".msg.user").count() == 2  # the summarised messages stay on the page
         assert errors == []
+
+
+async def test_a_tool_call_is_approved_and_another_denied_on_the_page(temporal_client: Client, agent_spec,
+                                                                      fake_model: FakeOpenAI, browser):
+    from tests.test_approvals import TOOLS, tools_done
+    from tests.tools_for_tests import ledger_lines
+
+    spec = agent_spec.model_copy(update={"tools": TOOLS})
+    fake_model.script(tools_done)
+    fake_model.enqueue(FakeResponse.tool_calls([("append_line", {"line": "from the page"})]),
+                       FakeResponse.text("first done"),
+                       FakeResponse.tool_calls([("append_line", {"line": "never"})]))
+    async with chat_server(temporal_client, spec) as server:
+        page = await browser.new_page(viewport={"width": 1280, "height": 820})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(server.url + "/")
+        await page.fill("#input", "append it")
+        await page.press("#input", "Enter")
+        card = page.locator(".approval-card").first
+        await card.locator("text=Approval needed: append_line").wait_for(timeout=20000)
+        assert "from the page" in await card.locator(".approval-args").inner_text()
+        await card.locator("button.approve").click()
+        await card.locator(".approval-verdict >> text=approved by web user (web)").wait_for(timeout=20000)
+        await page.wait_for_selector(".msg.assistant .md >> text=first done", timeout=20000)
+        assert [line.split(" ", 1)[1] for line in ledger_lines()] == ["from the page"]
+
+        await page.fill("#input", "again")
+        await page.press("#input", "Enter")
+        second = page.locator(".approval-card").nth(1)
+        await second.locator("button.deny").wait_for(timeout=20000)
+        await second.locator(".approval-reason").fill("once is enough")
+        await second.locator("button.deny").click()
+        await page.wait_for_selector(".msg.assistant .md >> text=tools done: denied by web user: once is enough",
+                                     timeout=20000)
+        assert await second.locator(".approval-actions").count() == 0
+        assert len(ledger_lines()) == 1
+        assert errors == []

@@ -310,6 +310,8 @@ function renderItem(item, before) {
   } else if (item.type === "tool_result") {
     setToolState(item.tool_call_id, item.data.ok === false ? "failed" : "ok", item.text);
     return;
+  } else if (item.type === "approval") {
+    node = approvalNode(item);
   } else if (item.type === "summary") {
     node = el("details", "note summary-note");
     const range = `items ${item.data.first_seq || 1}–${item.data.last_seq || 0}`;
@@ -323,6 +325,56 @@ function renderItem(item, before) {
   node.dataset.seq = item.seq;
   node.dataset.turnId = item.turn_id;
   place(node, before);
+}
+
+function approvalCard(approvalId) {
+  return [...$("messages").querySelectorAll(".approval-card")].find((n) => n.dataset.approvalId === approvalId);
+}
+
+function approvalNode(item) {
+  const id = item.data.approval_id;
+  if (item.data.state !== "pending") {
+    const card = approvalCard(id);
+    if (card) {
+      card.querySelector(".approval-actions")?.remove();
+      card.classList.add(item.data.state);
+      card.append(el("div", "approval-verdict", item.text));
+    }
+    return el("div", "note approval-note", item.text);
+  }
+  const card = el("div", "approval-card");
+  card.dataset.approvalId = id;
+  card.append(el("div", "approval-title", "Approval needed: " + item.tool_name), el("pre", "approval-args",
+    item.data.arguments));
+  const actions = el("div", "approval-actions");
+  const reason = el("input", "approval-reason");
+  reason.placeholder = "Reason (optional)";
+  const decide = async (decision) => {
+    for (const b of actions.querySelectorAll("button")) b.disabled = true;
+    try {
+      await approvalDecision(id, { decision, reason: reason.value, digest: item.data.digest });
+    } catch (e) {
+      actions.append(el("div", "approval-error", e.message));
+      for (const b of actions.querySelectorAll("button")) b.disabled = false;
+    }
+  };
+  const approve = el("button", "approve", "Approve");
+  const deny = el("button", "deny", "Deny");
+  approve.onclick = () => decide("approve");
+  deny.onclick = () => decide("deny");
+  actions.append(reason, approve, deny);
+  card.append(actions);
+  return card;
+}
+
+async function approvalDecision(approvalId, body) {
+  const path = "/api/approvals/" + approvalId.split("/").map(encodeURIComponent).join("/");
+  const headers = { ...authHeaders(), "Content-Type": "application/json", "X-Threadline-Client": "web" };
+  const res = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
+  if (res.status === 401) { showLogin("That token was not accepted."); throw new Unauthorized("unauthorized"); }
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error((data.error && data.error.message) || res.statusText);
+  return data;
 }
 
 function ensureLive(turnId) {
