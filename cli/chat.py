@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import os
 import signal
 import threading
@@ -16,6 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from threadline.activities.stores import RoomStreamLog, RoomThreadStore
 from threadline.activities.stream_log import StreamEvent
 from threadline.activities.tools import summarize_call
+from threadline.channels.approvals import ApprovalError, decide_approval, thread_approvals
 from threadline.channels.delivery import (
     agent_is_online,
     deliver_turn,
@@ -28,9 +30,10 @@ from threadline.channels.delivery import (
 from threadline.cli.errors import CliError, usage_error
 from threadline.cli.output import err, out, status, warn
 from threadline.cli.threads import short_id, summary_heading
-from threadline.models.thread import AgentRef, Reply, Turn
+from threadline.models.thread import AgentRef, ApprovalDecision, Reply, Turn
 
 STREAM_POLL_SECONDS = 0.05
+APPROVAL_POLL_SECONDS = 0.5
 HELP = (
     "type a message; /new starts a thread, /threads lists them, /use ID switches, /help; Ctrl-D leaves "
     "(any other line, /tool ... included, goes to the agent)"
@@ -298,8 +301,10 @@ async def interactive(chat: Chat, store: RoomThreadStore | None, *, label: str) 
         loop_state["interrupting"] = False
         asking = asyncio.ensure_future(chat.ask(text))
         leaving = asyncio.ensure_future(interrupts.leave.wait())
+        approving = asyncio.ensure_future(_answer_approvals(chat, reader, interrupts.leave))
         await asyncio.wait([asking, leaving], return_when=asyncio.FIRST_COMPLETED)
         leaving.cancel()
+        approving.cancel()
         if not asking.done():
             asking.cancel()
             warn("left before the reply; the turn goes on in Temporal (see it with: threadline process messages "
@@ -315,6 +320,33 @@ async def interactive(chat: Chat, store: RoomThreadStore | None, *, label: str) 
             continue
         print_reply(chat, reply, store, label)
     status(thread_hint(chat.thread_id))
+
+
+async def _answer_approvals(chat: Chat, reader: _LineReader, leave: asyncio.Event) -> None:
+    """While a turn runs, asks here about each of its tool calls that waits for approval (others may decide it
+    too, on the web page or with `process approve`: the first decision stands)."""
+    asked: set[str] = set()
+    while True:
+        await asyncio.sleep(APPROVAL_POLL_SECONDS)
+        with contextlib.suppress(RPCError):
+            for request in await thread_approvals(chat.client, chat.thread_id):
+                if request.approval_id in asked:
+                    continue
+                asked.add(request.approval_id)
+                status(f"· approval needed: {summarize_call(request.tool, request.arguments)}")
+                line = await reader.read("approve? [y = approve, n or a reason = deny] ", leave)
+                if line is None:
+                    return
+                answer = line.strip()
+                approve = answer.lower() in ("y", "yes")
+                try:
+                    outcome = await decide_approval(chat.client, ApprovalDecision(
+                        approval_id=request.approval_id, approve=approve, by=getpass.getuser(), via="terminal",
+                        reason="" if approve or answer.lower() in ("", "n", "no") else answer))
+                except ApprovalError as e:
+                    warn(str(e))
+                    continue
+                status(f"· {'already decided: ' if outcome.already_decided else ''}{outcome.describe()}")
 
 
 async def _command(chat: Chat, store: RoomThreadStore | None, text: str) -> None:

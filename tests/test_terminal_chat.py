@@ -172,3 +172,25 @@ def test_reply_streams_and_ctrl_c_interrupts_the_running_turn(terminal, fake_mod
     chat.wait_for(r"you> ", after=mark)
     assert chat.leave() == 0
     assert "turn failed" not in chat.screen and "Traceback" not in chat.screen, chat.screen
+
+
+def test_the_chat_asks_before_a_tool_that_needs_approval(terminal) -> None:  # noqa: ANN001
+    from tests.tools_for_tests import ledger_lines
+
+    chat = terminal("--model", "offline", "--tool", "tests.tools_for_tests:append_line")
+    mark = chat.type_line('/tool append_line {"line": "typed yes"}')
+    chat.wait_for(r"· approval needed: append_line", after=mark)
+    chat.wait_for(r"approve\? \[y = approve, n or a reason = deny\] ", after=mark)
+    assert ledger_lines() == []
+    chat.type_line("y")
+    chat.wait_for(r"· approved by \S+ \(terminal\) at ", after=mark)
+    chat.wait_for(r"- append_line: appended 'typed yes'", after=mark)
+    chat.wait_for(r"you> ", after=mark)
+    mark = chat.type_line('/tool append_line {"line": "never"}')
+    chat.wait_for(r"approve\? ", after=mark)
+    chat.type_line("not in the ledger")
+    chat.wait_for(r"- append_line: denied by \S+: not in the ledger", after=mark)
+    chat.wait_for(r"you> ", after=mark)
+    assert chat.leave() == 0
+    assert [line.split(" ", 1)[1] for line in ledger_lines()] == ["typed yes"]
+    assert "Traceback" not in chat.screen
