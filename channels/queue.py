@@ -35,6 +35,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from threadline.activities.heartbeat import heartbeating
+from threadline.channels.approvals import thread_approvals
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.delivery import DuplicateTurn, start_job, submit_until_replied
 from threadline.contracts import RUN_QUEUE_TURN, SEND_QUEUE_REPLY
@@ -58,6 +59,7 @@ from threadline.workflows.jobs import (
     job_memo,
     job_task_queue,
     job_thread_name,
+    job_turn_id,
     job_workflow_id,
     public_job_id,
 )
@@ -289,7 +291,12 @@ async def job_status(client: Client, room: str, job_id: str, *, queue: str | Non
     )
     if description.status == WorkflowExecutionStatus.RUNNING:
         if status.status == "running" and (details := await _running_details(client, description)):
-            status = status.model_copy(update={"agent": details.agent, "thread_id": details.thread_id})
+            turn_id = job_turn_id(handle.id)
+            waiting = [a.approval_id for a in await thread_approvals(client, details.thread_id)
+                       if a.turn_id == turn_id]
+            status = status.model_copy(update={"agent": details.agent, "thread_id": details.thread_id,
+                                               "waiting_for": waiting,
+                                               "status": "waiting_approval" if waiting else "running"})
         return status
     state = description.status.name.lower() if description.status else "closed"
     return status.model_copy(update={

@@ -163,6 +163,7 @@ def _print_status(job: JobStatus) -> None:
         ("started", _when(job.started_at) + (f" (waited {w})" if (w := _seconds(job.accepted_at, job.started_at)) else "")),
         ("finished", _when(job.finished_at) + (f" (ran {r})" if (r := _seconds(job.started_at, job.finished_at)) else "")),
     ]
+    rows += [("approval", f"{a} (threadline process approve|deny ID)") for a in job.waiting_for]
     if job.reply_job_id:
         rows.append(("reply job", job.reply_job_id))
     if job.error:

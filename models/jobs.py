@@ -12,7 +12,8 @@ from threadline.models.thread import AgentRef, Reply, Turn, TurnStatus, Usage
 
 # The queue channel: jobs sent to a room queue, each run as one turn by an agent consuming the queue.
 
-JobState = Literal["queued", "running", "completed", "failed"]
+JobState = Literal["queued", "running", "waiting_approval", "completed", "failed"]
+"""waiting_approval: running, its turn waits for a person to approve a tool call (`waiting_for`)."""
 JOB_STATES: tuple[str, ...] = ("queued", "running", "completed", "failed")
 _JOB_KNOWN_KEYS = {
     "prompt", "content", "path", "model", "instructions", "sender_name", "from", "attachments", "reply_to",
@@ -200,6 +201,7 @@ class JobStatus(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     usage: Usage | None = None
+    waiting_for: list[str] = Field(default_factory=list, description="approval ids the job's turn waits for")
     reply_job_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 

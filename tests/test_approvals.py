@@ -15,6 +15,7 @@ from threadline.channels.approvals import decide_approval, thread_approvals, wai
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn, thread_snapshot
 from threadline.models.spec import AgentSpec, ApprovalSettings
 from threadline.models.thread import ApprovalDecision, Turn
+from threadline.models.thread import thread_of_approval as thread_of  # noqa: I001
 from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
 
 from tests.chat_http_support import chat_server
@@ -158,3 +159,51 @@ async def test_workers_killed_while_waiting_and_after_the_decision_run_the_call_
     assert reply.status == "completed" and reply.text.startswith("tools done: ")
     assert [line.split(" ", 1)[1] for line in ledger_lines()] == ["exactly once"]
     assert [i.data["state"] for i in store_items(room, thread_id) if i.type == "approval"] == ["pending", "approved"]
+
+
+async def test_a_queue_job_shows_what_it_waits_for(temporal_client: Client, room: str, agent_worker,
+                                                   fake_model: FakeOpenAI):
+    from threadline.channels.queue import QueueChannel, job_status, send_job, wait_for_job
+
+    spec = _spec(room)
+    fake_model.script(tools_done)
+    fake_model.enqueue(FakeResponse.tool_calls([("append_line", {"line": "nightly"})]))
+    await agent_worker(spec, [QueueChannel("jobs")], own_client=True)
+    accepted = await send_job(temporal_client, room, "jobs", {"prompt": "run the nightly entry"})
+    waiting = await eventually(lambda: _job_waiting(temporal_client, room, accepted.job_id), timeout=30,
+                               what="the job waits for an approval")
+    [approval_id] = waiting.waiting_for
+    assert waiting.thread_id == thread_of(approval_id)
+    await decide_approval(temporal_client, ApprovalDecision(approval_id=approval_id, approve=True, by="ops",
+                                                            via="api"))
+    job = await asyncio.wait_for(wait_for_job(temporal_client, room, accepted.job_id), 30)
+    assert (job.status, job.text) == ("completed", "tools done: appended 'nightly'")
+    assert (await job_status(temporal_client, room, accepted.job_id)).waiting_for == []
+
+
+async def _job_waiting(client: Client, room: str, job_id: str):  # noqa: ANN202
+    from threadline.channels.queue import job_status
+
+    status = await job_status(client, room, job_id)
+    return status if status.status == "waiting_approval" else None
+
+
+async def test_a_waiting_turn_survives_a_temporal_server_restart(temporal_server, temporal_client: Client, room: str,
+                                                                agent_worker, fake_model: FakeOpenAI):
+    from threadline.channels.delivery import deliver_turn, wait_for_reply
+
+    spec = _spec(room)
+    fake_model.script(tools_done)
+    fake_model.enqueue(FakeResponse.tool_calls([("append_line", {"line": "after the restart"})]))
+    await agent_worker(spec)
+    thread_id = spec.ref.thread_id(new_thread_name())
+    turn = Turn(turn_id=new_turn_id(), text="go")
+    await deliver_turn(temporal_client, spec.ref, thread_id, turn)
+    [request] = await _pending(temporal_client, thread_id)
+    await temporal_server.arestart()
+    [still] = await _pending(temporal_client, thread_id)
+    assert still == request
+    await decide_approval(temporal_client, ApprovalDecision(approval_id=request.approval_id, approve=True, by="ann",
+                                                            via="api"))
+    reply = await asyncio.wait_for(wait_for_reply(temporal_client, thread_id, turn.turn_id), 60)
+    assert reply.text == "tools done: appended 'after the restart'" and len(ledger_lines()) == 1

@@ -448,3 +448,27 @@ async def test_arguments_over_the_limit_are_refused_before_sending(temporal_clie
     assert "invalid arguments for run_helper_task: the arguments JSON is" in str(refused.value)
     assert f"over the {MAX_TURN_TEXT_BYTES:,} byte limit: put large content in room storage" in str(refused.value)
     assert fake_model.count() == 0
+
+
+async def test_an_invoker_is_told_which_approval_the_task_waits_for(temporal_client: Client, room: str, agent,
+                                                                   fake_model: FakeOpenAI):
+    from threadline.channels.approvals import decide_approval
+    from threadline.models.thread import ApprovalDecision
+
+    from tests.test_approvals import TOOLS, tools_done
+
+    await agent(spec(room, "bee", serves="helper").model_copy(update={"tools": TOOLS}))
+    fake_model.script(tools_done)
+    fake_model.enqueue(FakeResponse.tool_calls([("append_line", {"line": "for the caller"})]))
+    told: list[str] = []
+    call = asyncio.create_task(Room(temporal_client, room).invoke_tool(
+        "helper", "run_helper_task", {"prompt": "append"}, timeout=30, on_wait=told.append))
+    def approval_told() -> list[str]:
+        return [m for m in told if m.startswith("the task waits for a person to approve append_line ")]
+
+    await wait_until(approval_told, 30, "the invoker is told about the approval")
+    approval_id = approval_told()[0].rsplit(" ", 1)[1].rstrip(")")
+    await decide_approval(temporal_client, ApprovalDecision(approval_id=approval_id, approve=True, by="ops",
+                                                            via="api"))
+    result = await asyncio.wait_for(call, 30)
+    assert result.text == "tools done: appended 'for the caller'" and len(approval_told()) == 1

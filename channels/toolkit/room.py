@@ -13,6 +13,7 @@ from temporalio.client import (
     WorkflowExecutionStatus,
 )
 from temporalio.service import RPCError, RPCStatusCode
+from threadline.channels.approvals import thread_approvals
 from threadline.channels.delivery import (
     DuplicateTurn,
     new_thread_name,
@@ -42,6 +43,8 @@ from threadline.workflows.search_attributes import ROOM_ATTRIBUTE
 from threadline.workflows.toolkit import MEMO_KEY, toolkit_workflow_id
 
 # Invoking.
+
+APPROVAL_POLL_SECONDS = 1.0
 
 
 async def run_turn(client: Client, agent: AgentRef, thread_id: str, turn: Turn) -> Reply:
@@ -161,7 +164,15 @@ class Room:
             instructions=args.get("instructions"),
             metadata={"toolkit": toolkit, "tool": tool, DEPTH_KEY: 1, **(metadata or {})},
         )
-        reply = await run_turn(self.client, agent, thread_id, turn)
+        running = asyncio.ensure_future(run_turn(self.client, agent, thread_id, turn))
+        told: set[str] = set()
+        while on_wait is not None and not (await asyncio.wait([running], timeout=APPROVAL_POLL_SECONDS))[0]:
+            for request in await thread_approvals(self.client, thread_id):
+                if request.turn_id == turn.turn_id and request.approval_id not in told:
+                    told.add(request.approval_id)
+                    on_wait(f"the task waits for a person to approve {request.tool} {request.arguments} "
+                            f"(threadline process approve|deny {request.approval_id})")
+        reply = await running
         if reply.status != "completed":
             raise ToolTurnFailed(
                 f"{listing.agent} did not complete the task ({reply.status}): {reply.error or 'no error given'} "
