@@ -7,7 +7,7 @@ import asyncio
 
 import httpx
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
 from threadline.activities.model_provider import MAX_RETRY_AFTER_SECONDS, retry_delay
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import (
@@ -19,11 +19,12 @@ from threadline.channels.delivery import (
     thread_snapshot,
     wait_for_reply,
 )
+from threadline.models.limits import ErrorType
 from threadline.models.spec import AgentSpec
 from threadline.models.thread import Turn
 from threadline.worker import run_agent
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
-from threadline.workflows.thread import CUT_AT_ROLLOVER
+from threadline.workflows.thread import CUT_AT_ROLLOVER, UPDATES_PER_RUN, ThreadWorkflow
 
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.runtime_support import (
@@ -286,6 +287,45 @@ async def test_signal_queued_turn_survives_continue_as_new(rollover: Client, age
                                                      ("user", "second")]
     assert [i.type for i in store_items(agent_spec.room, thread_id)] == ["user", "assistant"] * 2
     assert fake_model.count() == 2
+
+
+async def test_a_flood_of_updates_rolls_the_thread_over_and_loses_no_turn(temporal_client: Client, agent_spec,
+                                                                          agent_worker, fake_model):
+    """Updates keep a run alive (the run waits for its handlers before it rolls over), so once a rollover is due,
+    by Temporal's suggestion (4,096 history events on the dev server) or at UPDATES_PER_RUN, the thread turns new
+    updates away to the signal path; the next turn, delivered that way, rolls the thread over and gets its reply."""
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    first = Turn(turn_id=new_turn_id(), text="first")
+    reply = await submit_turn(temporal_client, agent_spec.ref, thread_id, first)
+    handle = temporal_client.get_workflow_handle(thread_id)
+    refused = 0
+
+    async def resend(worker: int, times: int) -> None:
+        # The same turn under new update ids (Temporal dedupes an update id): each is one update, answered from
+        # the kept reply without a model call, until the thread turns them away.
+        nonlocal refused
+        for n in range(times):
+            try:
+                assert await handle.execute_update(ThreadWorkflow.submit_turn, first, id=f"{worker}-{n}") == reply
+            except WorkflowUpdateFailedError as e:
+                assert e.cause.type == ErrorType.THREAD_ROLLING_OVER
+                refused += 1
+
+    await asyncio.gather(*(resend(w, UPDATES_PER_RUN // 6 + 5) for w in range(6)))
+    assert refused > 0
+    after = await asyncio.wait_for(
+        submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="after")), 60)
+    assert after.status == "completed" and after.text == "echo: after"
+    runs = await runs_of(temporal_client, thread_id)
+    assert len(runs) == 2
+    history = await temporal_client.get_workflow_handle(thread_id, run_id=runs[0]).fetch_history()
+    assert event_types(history)[-1] == CONTINUED_AS_NEW
+    accepted = sum(1 for e in history.events if e.HasField("workflow_execution_update_accepted_event_attributes"))
+    assert accepted + refused == 1 + 6 * (UPDATES_PER_RUN // 6 + 5) and accepted <= UPDATES_PER_RUN
+    assert fake_model.count() == 2
+    again = await submit_turn(temporal_client, agent_spec.ref, thread_id, first)  # the id crossed the rollover
+    assert again == reply and fake_model.count() == 2
 
 
 async def _queued(client: Client, thread_id: str) -> bool:
