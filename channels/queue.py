@@ -16,12 +16,13 @@ JSON value) runs with its whole JSON as the text. Unknown keys are kept as the j
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -53,7 +54,7 @@ from threadline.models.jobs import (
 )
 from threadline.models.limits import ErrorType, PayloadTooLarge, check_size, validate_name, validate_queue_name
 from threadline.models.spec import AgentSpec
-from threadline.models.thread import AgentRef
+from threadline.models.thread import AgentRef, ApprovalRequest, Reply, Turn
 from threadline.workflows.jobs import (
     MEMO_KEY,
     job_memo,
@@ -70,6 +71,9 @@ from threadline.workflows.search_attributes import (
     ROOM_ATTRIBUTE,
     start_attributes,
 )
+
+APPROVAL_POLL_SECONDS = 1.0
+Announce = Callable[[ApprovalRequest, Turn], Awaitable[None]]
 
 DATE_TOKENS = {"YYYY": "%Y", "MM": "%m", "DD": "%d", "HH": "%H", "mm": "%M", "SS": "%S"}
 _TOKEN_RE = re.compile(r"\{([^{}]*)\}")
@@ -360,9 +364,11 @@ async def _running_details(client: Client, description: WorkflowExecutionDescrip
 class QueueActivities:
     """The consumer side of a job: knows the agent (its thread dir and name) and holds the Temporal client."""
 
-    def __init__(self, client: Client, spec: AgentSpec) -> None:
+    def __init__(self, client: Client, spec: AgentSpec, announce: Announce | None = None) -> None:
+        """`announce`: told once of each approval the job's turn waits for (the mail channel mails approvers)."""
         self.client = client
         self.spec = spec
+        self.announce = announce
 
     @RUN_QUEUE_TURN.defn
     async def run_queue_turn(self, request: QueueTurnRequest) -> QueueTurnResult:
@@ -381,10 +387,23 @@ class QueueActivities:
             agent, thread_id = started.ref, started.thread_id
         async with heartbeating(started, at_start=True):
             try:
-                reply = await submit_until_replied(self.client, agent, thread_id, request.turn)
+                reply = await self._until_replied(agent, thread_id, request.turn)
             except DuplicateTurn as e:
                 raise ApplicationError(str(e), type=ErrorType.DUPLICATE_TURN, non_retryable=True) from e
         return QueueTurnResult(agent=agent.agent_name, thread_id=thread_id, reply=reply)
+
+    async def _until_replied(self, agent: AgentRef, thread_id: str, turn: Turn) -> Reply:
+        running = asyncio.ensure_future(submit_until_replied(self.client, agent, thread_id, turn))
+        announced: set[str] = set()
+        try:
+            while self.announce is not None and not (await asyncio.wait([running], timeout=APPROVAL_POLL_SECONDS))[0]:
+                for waiting in await thread_approvals(self.client, thread_id):
+                    if waiting.turn_id == turn.turn_id and waiting.approval_id not in announced:
+                        await self.announce(waiting, turn)
+                        announced.add(waiting.approval_id)
+            return await running
+        finally:
+            running.cancel()
 
     @SEND_QUEUE_REPLY.defn
     async def send_queue_reply(self, request: QueueReplyRequest) -> str:

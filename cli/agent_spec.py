@@ -131,7 +131,11 @@ def approval_settings(agent: AgentOptions):  # noqa: ANN201
     from threadline.models.spec import ApprovalSettings
 
     patterns = [p.strip() for value in agent.require_approval or [] for p in value.split(",") if p.strip()]
-    return ApprovalSettings(require=patterns, timeout_seconds=agent.approval_timeout)
+    approvers = check_mail_allow(agent.approver, "--approver")
+    for approver in approvers:
+        if approver.startswith("@"):
+            raise usage_error(f"--approver {approver!r}: name an address, not a domain")
+    return ApprovalSettings(require=patterns, timeout_seconds=agent.approval_timeout, approvers=approvers)
 
 
 def context_settings(agent: AgentOptions):  # noqa: ANN201
@@ -190,12 +194,12 @@ def check_relay(relay: str | None) -> str | None:
     return relay.strip()
 
 
-def check_mail_allow(values: list[str] | None) -> list[str]:
+def check_mail_allow(values: list[str] | None, option: str = "--mail-allow") -> list[str]:
     """Addresses or @domains; commas also separate entries (for THREADLINE_MAIL_ALLOW)."""
     entries = [v.strip().lower() for value in values or [] for v in value.split(",") if v.strip()]
     for entry in entries:
         if not _ADDRESS.match(f"x{entry}" if entry.startswith("@") else entry):
-            raise usage_error(f"--mail-allow {entry!r} is neither an address nor @domain")
+            raise usage_error(f"{option} {entry!r} is neither an address nor @domain")
     return entries
 
 

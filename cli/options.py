@@ -191,6 +191,12 @@ RequireApproval = Annotated[
                       "repeatable. A --tool function with requires_approval = True always asks.",
                  rich_help_panel=AGENT_PANEL, show_default=False),
 ]
+Approvers = Annotated[
+    list[str] | None,
+    typer.Option("--approver", envvar="THREADLINE_APPROVERS",
+                 help="An address that gets the approval requests of mail threads and decides by answering "
+                      "'approve' or 'deny REASON'; repeatable.", rich_help_panel=AGENT_PANEL, show_default=False),
+]
 ApprovalTimeout = Annotated[
     float,
     typer.Option("--approval-timeout", envvar="THREADLINE_APPROVAL_TIMEOUT", min=1, max=30 * 24 * 3600,
@@ -417,6 +423,7 @@ class AgentOptions:
     compaction_model: CompactionModel = None
     require_approval: RequireApproval = None
     approval_timeout: ApprovalTimeout = spec_default(ApprovalSettings, "timeout_seconds")
+    approver: Approvers = None
     smtp_host: SmtpHost = spec_default(MailSettings, "smtp_host")
     smtp_port: SmtpPort = spec_default(MailSettings, "smtp_port")
     smtp_relay: SmtpRelay = None

@@ -114,6 +114,9 @@ class ApprovalSettings(BaseModel):
     require: list[str] = Field(default_factory=list, description="tools whose calls a person approves first")
     timeout_seconds: float = Field(24 * 3600.0, ge=1, le=30 * 24 * 3600.0,
                                    description="an unanswered request is denied after this")
+    approvers: list[str] = Field(default_factory=list,
+                                 description="--approver: addresses that get a mail thread's requests and decide by "
+                                             "answering")
 
 
 # The mail channel: inbound SMTP → a mail job on the mailbox's queue → a turn → a reply through an SMTP relay.

@@ -519,3 +519,49 @@ async def test_a_reply_recorded_as_sent_is_not_sent_again(agent_spec, mailbox, s
     assert first == again == reply_message_id("turn-1", ADDRESS)
     assert len(sink.messages) == 1
     assert "<strong>Hi</strong>" in sink.messages[0].get_body(("html",)).get_content()
+
+
+async def test_an_approver_decides_by_mail_and_a_stranger_cannot(
+    temporal_server, temporal_client, agent_spec, mailbox, sink, fake_model
+):
+    from threadline.models.spec import ApprovalSettings
+
+    from tests.test_approvals import TOOLS, tools_done
+    from tests.tools_for_tests import ledger_lines
+
+    spec = mail_spec(agent_spec, sink).model_copy(update={
+        "tools": TOOLS, "approvals": ApprovalSettings(approvers=["boss@example.com"])})
+    fake_model.script(tools_done)
+    fake_model.enqueue(FakeResponse.tool_calls([("append_line", {"line": "refund order 42"})]))
+    async with mail_agent(temporal_server, spec) as port:
+        first = new_mail("Please refund order 42")
+        assert await send(port, first) == 250
+        request = await eventually(lambda: next((m for m in sink.messages if m["To"] == "boss@example.com"), None),
+                                   30, what="the approval request mail")
+        assert request["Subject"] == "Approval needed: append_line (Re: Order 42)"
+        assert '"line": "refund order 42"' in request.get_body().get_content()
+        assert ledger_lines() == []
+
+        stranger = new_mail("approve", "Re: Approval needed", sender="mallory@evil.example",
+                            In_Reply_To=request["Message-ID"])
+        assert await send(port, stranger) == 250
+        ignored = await job_done(temporal_client, spec, stranger["Message-ID"])
+        assert "mallory@evil.example, who is not an --approver: it decides nothing" in ignored.metadata["mail"]["ignored"]
+        chatty = new_mail("Looks fine to me, I guess?", "Re: Approval needed", sender="boss@example.com",
+                          In_Reply_To=request["Message-ID"])
+        assert await send(port, chatty) == 250
+        unclear = await job_done(temporal_client, spec, chatty["Message-ID"])
+        assert "neither 'approve' nor 'deny REASON'" in unclear.metadata["mail"]["ignored"]
+        assert ledger_lines() == []
+
+        answer = new_mail("Approve\n\n> The agent wants to call the tool append_line", "Re: Approval needed",
+                          sender="Boss <boss@example.com>", In_Reply_To=request["Message-ID"])
+        assert await send(port, answer) == 250
+        decided = await job_done(temporal_client, spec, answer["Message-ID"])
+        assert decided.metadata["mail"]["ignored"].startswith("approved by boss@example.com (mail) at ")
+        job = await job_done(temporal_client, spec, first["Message-ID"])
+        assert job.status == "completed" and job.text == "tools done: appended 'refund order 42'"
+        assert [line.split(" ", 1)[1] for line in ledger_lines()] == ["refund order 42"]
+        replies = [m for m in sink.messages if m["To"] == "alice@example.com"]
+        assert len(replies) == 1 and "appended 'refund order 42'" in replies[0].get_body(("plain",)).get_content()
+        assert len([m for m in sink.messages if m["To"] == "boss@example.com"]) == 1

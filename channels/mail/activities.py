@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 from threadline.activities.storage import RoomStorage
 from threadline.activities.stores import open_thread_store
 from threadline.channels.mail.addresses import allowed, reply_message_id, thread_slug
+from threadline.channels.mail.approvals import MailApprovals
 from threadline.channels.mail.parsing import ParsedMail, attachments_of, authentication_verdict, parse_mail
 from threadline.channels.mail.registry import MailRegistry
 from threadline.channels.mail.replies import FAILURE_NOTICE, build_reply, reply_references, send_recorded
@@ -34,11 +35,13 @@ log = logging.getLogger("threadline.mail")
 class MailActivities:
     """The consumer side of a mailbox: the agent, its settings and `?reply-all`."""
 
-    def __init__(self, spec: AgentSpec, address: str, reply_all: bool, store: MailRegistry) -> None:
+    def __init__(self, spec: AgentSpec, address: str, reply_all: bool, store: MailRegistry,
+                 approvals: MailApprovals | None = None) -> None:
         self.spec = spec
         self.address = address
         self.reply_all = reply_all
         self.store = store
+        self.approvals = approvals
         self.storage = RoomStorage.for_spec(spec)
         self.env = dict(os.environ)
 
@@ -53,16 +56,18 @@ class MailActivities:
                 type=ErrorType.MAIL_UNREADABLE, non_retryable=activity.info().attempt >= 5,
             ) from e
         mail = parse_mail(raw)
+        if self.approvals is not None and not mail.automatic() and self._authentic(mail)[0] and (
+                decided := await self.approvals.decide_from(mail)) is not None:
+            return MailTurnPlan(thread_id=decided[0], subject=mail.subject, skipped=decided[1])
         thread_id, new_thread = await asyncio.to_thread(self._thread_for, job, mail)
         if not allowed(mail.from_address, self.spec.mail.allow):
             return MailTurnPlan(thread_id=thread_id, subject=mail.subject,
                                 skipped=f"{mail.from_address} is not in --mail-allow")
-        if self.spec.mail.require_auth:
-            authentic, said = authentication_verdict(mail.message, self.spec.mail.require_auth)
-            if not authentic:
-                return MailTurnPlan(thread_id=thread_id, subject=mail.subject,
-                                    skipped=f"not authenticated by {self.spec.mail.require_auth} ({said}): "
-                                            "--mail-require-auth")
+        authentic, said = self._authentic(mail)
+        if not authentic:
+            return MailTurnPlan(thread_id=thread_id, subject=mail.subject,
+                                skipped=f"not authenticated by {self.spec.mail.require_auth} ({said}): "
+                                        "--mail-require-auth")
         if reason := mail.automatic():
             return MailTurnPlan(thread_id=thread_id, subject=mail.subject, skipped=reason)
 
@@ -94,6 +99,11 @@ class MailActivities:
         )
         return MailTurnPlan(thread_id=thread_id, new_thread=new_thread, subject=mail.subject, turn=turn,
                             envelope=envelope)
+
+    def _authentic(self, mail: ParsedMail) -> tuple[bool, str]:
+        if not self.spec.mail.require_auth:
+            return True, ""
+        return authentication_verdict(mail.message, self.spec.mail.require_auth)
 
     def _thread_for(self, job: MailJobInput, mail: ParsedMail) -> tuple[str, bool]:
         """The mail's thread (and whether it is new), recorded with its Message-ID and participants. Blocking

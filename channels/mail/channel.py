@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.mail.activities import MailActivities
+from threadline.channels.mail.approvals import MailApprovals
 from threadline.channels.mail.addresses import MailboxError, MailboxNotFound, normalize_address
 from threadline.channels.mail.registry import MailRegistry, open_mail_store
 from threadline.channels.mail.smtp_server import MailServer
@@ -50,8 +52,9 @@ class MailChannel(ChannelAdapter):
         mailbox = self._mailbox(context.spec, store)
         if not context.spec.mail.smtp_relay:
             log.warning("mail:%s has no --smtp-relay: replies cannot be sent", self.address)
-        mail = MailActivities(context.spec, self.address, self.reply_all, store)
-        queue = QueueActivities(context.client, context.spec)
+        approvals = MailApprovals(context.spec, self.address, store, context.client, dict(os.environ))
+        mail = MailActivities(context.spec, self.address, self.reply_all, store, approvals)
+        queue = QueueActivities(context.client, context.spec, announce=approvals.announce)
         return [
             temporal_worker(context.client, job_task_queue(context.spec.room, mailbox.queue), [MailJobWorkflow],
                             [mail.prepare_mail_turn, queue.run_queue_turn, mail.send_mail_reply]),
