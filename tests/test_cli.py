@@ -310,6 +310,13 @@ ERROR_CASES = {
         "error: --compaction-threshold 3900 plus --max-output-tokens 500 does not fit the context window of "
         "gpt-4o-mini (4000 tokens)",
     ),
+    "an approver that is a domain": (
+        ["process", "spec", "--room", "r", "--agent-name", "a", "--channel", "chat", "--approver", "@example.com"],
+        {"OPENAI_API_KEY": "k"}, 2, "error: --approver '@example.com': name an address, not a domain",
+    ),
+    "not an approval id": (
+        ["process", "approve", "nonsense"], {}, 2, "error: 'nonsense' is not an approval id",
+    ),
     "unknown option": (
         ["process", "threads", "--room", "r", "--colour"],
         {}, 2, "error: No such option: --colour",

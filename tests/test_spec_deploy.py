@@ -87,6 +87,11 @@ def test_spec_carries_the_context_and_model_settings(room: str, temporal_server)
     assert (data["agent"]["max_output_tokens"], data["agent"]["reasoning_effort"]) == (800, "low")
     off = spec_of(*agent_flags(room, temporal_server.address, "--context-management", "none"))
     assert off["agent"]["context"]["management"] == "none"
+    approvals = spec_of(*agent_flags(room, temporal_server.address, "--require-approval", "storage_*",
+                                     "--require-approval", "mcp:*", "--approval-timeout", "600",
+                                     "--approver", "Boss@Example.com"))
+    assert approvals["agent"]["approvals"] == {"require": ["storage_*", "mcp:*"], "timeout_seconds": 600.0,
+                                               "approvers": ["boss@example.com"]}
 
 
 def test_spec_inlines_rules_files_and_refuses_bad_options(room: str, tmp_path: Path, temporal_server) -> None:
