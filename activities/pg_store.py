@@ -72,6 +72,15 @@ _SCHEMA = [
         PRIMARY KEY (room, thread_id, seq)
     )""",
     "CREATE INDEX IF NOT EXISTS threadline_items_position ON threadline_items (room, thread_id, position)",
+    """CREATE TABLE IF NOT EXISTS threadline_conversations (
+        room TEXT NOT NULL,
+        key TEXT NOT NULL,
+        thread_id TEXT NOT NULL,
+        position BIGINT NOT NULL DEFAULT nextval('threadline_item_position'),
+        PRIMARY KEY (room, key)
+    )""",
+    "CREATE INDEX IF NOT EXISTS threadline_conversations_thread ON threadline_conversations (room, thread_id, "
+    "position)",
     "CREATE INDEX IF NOT EXISTS threadline_items_global_position ON threadline_items (position)",
     """CREATE TABLE IF NOT EXISTS threadline_stream_events (
         id BIGSERIAL PRIMARY KEY,
@@ -241,6 +250,23 @@ class PgThreadStore:
             "UPDATE threadline_threads SET name=%s WHERE room=%s AND thread_id=%s",
             (display_name(name), self.room, thread_id),
         )
+
+    def remember_conversation(self, key: str, thread_id: str) -> None:
+        self._connect().execute(
+            "INSERT INTO threadline_conversations (room, key, thread_id) VALUES (%s, %s, %s) ON CONFLICT (room, key) "
+            "DO UPDATE SET thread_id=EXCLUDED.thread_id, position=nextval('threadline_item_position')",
+            (self.room, key, thread_id),
+        )
+
+    def conversation(self, key: str) -> tuple[str, bool] | None:
+        db = self._connect()
+        row = db.execute("SELECT thread_id FROM threadline_conversations WHERE room=%s AND key=%s",
+                         (self.room, key)).fetchone()
+        if row is None:
+            return None
+        (head,) = db.execute("SELECT key FROM threadline_conversations WHERE room=%s AND thread_id=%s ORDER BY "
+                             "position DESC LIMIT 1", (self.room, row[0])).fetchone()
+        return row[0], head == key
 
     def items(self, thread_id: str, *, before_seq: int | None = None, limit: int | None = None,
               item_type: str | None = None) -> list[ThreadItem]:

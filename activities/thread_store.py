@@ -40,6 +40,12 @@ CREATE TABLE IF NOT EXISTS items (
     created_at REAL NOT NULL,
     PRIMARY KEY (thread_id, seq)
 );
+CREATE TABLE IF NOT EXISTS conversations (
+    key TEXT PRIMARY KEY,
+    thread_id TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conversations_thread ON conversations (thread_id, created_at);
 """
 
 _NAME_LIMIT = 60
@@ -168,6 +174,19 @@ class ThreadStore:
 
     def rename(self, thread_id: str, name: str) -> None:
         self._connect().execute("UPDATE threads SET name=? WHERE thread_id=?", (display_name(name), thread_id))
+
+    def remember_conversation(self, key: str, thread_id: str) -> None:
+        self._connect().execute("INSERT OR REPLACE INTO conversations (key, thread_id, created_at) VALUES (?,?,?)",
+                                (key, thread_id, time.time()))
+
+    def conversation(self, key: str) -> tuple[str, bool] | None:
+        db = self._connect()
+        row = db.execute("SELECT thread_id FROM conversations WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        (head,) = db.execute("SELECT key FROM conversations WHERE thread_id=? ORDER BY created_at DESC, rowid DESC "
+                             "LIMIT 1", (row[0],)).fetchone()
+        return row[0], head == key
 
     def items(self, thread_id: str, *, before_seq: int | None = None, limit: int | None = None,
               item_type: str | None = None) -> list[ThreadItem]:

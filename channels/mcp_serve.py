@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
 from threadline.activities.mcp_tools import McpConfigError
@@ -25,6 +24,7 @@ from threadline.channels.http_auth import BearerAuth, is_loopback
 from threadline.channels.toolkit.room import Room
 from threadline.channels.toolkit.schema import ToolkitError
 from threadline.models.spec import AgentSpec, McpSettings
+from threadline.models.toolkit import ToolResult
 from threadline.workflows.toolkit import tool_name_for
 
 ONLINE_WAIT = 30.0
@@ -57,27 +57,33 @@ def build_mcp_server(context: ChannelContext) -> Any:
         server.add_tool(
             _task_tool(room, name), name=tool_name_for(name),
             description=f"Send a task to {spec.agent_name} (toolkit {name} of room {spec.room}) and return its "
-                        "reply as JSON {text, thread_id}; pass thread_id again to continue that conversation.",
-            structured_output=False,
+                        "reply (structured: text, thread_id, turn_id); pass thread_id again to continue that "
+                        "conversation.",
+            structured_output=True,
         )
     return server
 
 
 def _task_tool(room: Room, toolkit: str) -> Any:
     from mcp.server.mcpserver.exceptions import ToolError
+    from mcp_types import CallToolResult, TextContent
 
     tool = tool_name_for(toolkit)
 
     async def run_task(prompt: str, path: str | None = None, thread_id: str | None = None,
-                       model: str | None = None, instructions: str | None = None) -> str:
+                       model: str | None = None, instructions: str | None = None) -> Any:
+        """The reply as structured content (its schema: `ToolResult`) and, for clients that read only text, as
+        the text itself; a failed turn or an unknown thread is an error result (`isError`) that says why."""
         arguments = {k: v for k, v in {"prompt": prompt, "path": path, "thread_id": thread_id, "model": model,
                                        "instructions": instructions}.items() if v is not None}
         try:
             result = await room.invoke_tool(toolkit, tool, arguments, timeout=ONLINE_WAIT, sender="mcp")
         except ToolkitError as e:
             raise ToolError(str(e)) from e
-        return json.dumps({"text": result.text, "thread_id": result.thread_id}, ensure_ascii=False)
+        return CallToolResult(content=[TextContent(type="text", text=result.text)],
+                              structured_content=result.model_dump(mode="json"))
 
+    run_task.__annotations__["return"] = Annotated[CallToolResult, ToolResult]
     return run_task
 
 

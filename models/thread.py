@@ -56,6 +56,13 @@ class AgentRef(BaseModel):
         return f"{self.room}/{self.threads_dir}/{value}"
 
 
+class PriorMessage(BaseModel):
+    """A message of a conversation the thread has not seen (a client's history): recorded before the turn."""
+
+    role: Literal["user", "assistant"]
+    text: str = ""
+
+
 class Turn(BaseModel):
     """One unit of work handed to a thread by a channel."""
 
@@ -67,6 +74,8 @@ class Turn(BaseModel):
     model: str | None = None
     instructions: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict, description="what the channel needs to deliver the reply")
+    prior: list[PriorMessage] = Field(
+        default_factory=list, description="earlier messages of the conversation, recorded in the thread first")
 
 
 class Steer(BaseModel):

@@ -15,7 +15,7 @@ from threadline.channels.approvals import decide_approval, thread_approvals, wai
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn, thread_snapshot
 from threadline.models.spec import AgentSpec, ApprovalSettings
 from threadline.models.thread import ApprovalDecision, Turn
-from threadline.models.thread import thread_of_approval as thread_of  # noqa: I001
+from threadline.models.thread import thread_of_approval as thread_of
 from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
 
 from tests.chat_http_support import chat_server
@@ -39,11 +39,11 @@ def _spec(room: str, **approvals: object) -> AgentSpec:
                      approvals=ApprovalSettings(**approvals))
 
 
-async def _pending(client: Client, thread_id: str, count: int = 1):  # noqa: ANN202
+async def _pending(client: Client, thread_id: str, count: int = 1):
     return await eventually(lambda: _at_least(client, thread_id, count), timeout=30, what=f"{count} approvals")
 
 
-async def _at_least(client: Client, thread_id: str, count: int):  # noqa: ANN202
+async def _at_least(client: Client, thread_id: str, count: int):
     pending = await thread_approvals(client, thread_id)
     return pending if len(pending) >= count else None
 
@@ -181,7 +181,7 @@ async def test_a_queue_job_shows_what_it_waits_for(temporal_client: Client, room
     assert (await job_status(temporal_client, room, accepted.job_id)).waiting_for == []
 
 
-async def _job_waiting(client: Client, room: str, job_id: str):  # noqa: ANN202
+async def _job_waiting(client: Client, room: str, job_id: str):
     from threadline.channels.queue import job_status
 
     status = await job_status(client, room, job_id)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import jsonschema
 import pytest
 import uvicorn
 from mcp import Client
@@ -60,7 +60,7 @@ async def sdk_server() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
     app = server.streamable_http_app()
     seen: list[dict[str, str]] = []
 
-    async def recording(scope, receive, send):  # noqa: ANN001, ANN202
+    async def recording(scope, receive, send):
         if scope["type"] == "http":
             seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
         await app(scope, receive, send)
@@ -140,14 +140,16 @@ async def test_toolkit_tools_are_served_over_mcp(temporal_client: TemporalClient
             assert tool.name == "run_helper_task"
             assert tool.input_schema["required"] == ["prompt"]
             assert {"prompt", "thread_id", "path"} <= set(tool.input_schema["properties"])
+            assert set(tool.output_schema["properties"]) == {"text", "thread_id", "turn_id"}
             result = await asyncio.wait_for(client.call_tool("run_helper_task", {"prompt": "hello there"}), 60)
             assert not result.is_error
-            answer = json.loads(result.content[0].text)
-            assert answer["text"] == "echo: hello there"
+            answer = result.structured_content
+            jsonschema.validate(answer, tool.output_schema)
+            assert answer["text"] == "echo: hello there" == result.content[0].text  # text for text-only clients
             # The thread id continues the conversation.
             again = await asyncio.wait_for(
                 client.call_tool("run_helper_task", {"prompt": "and again", "thread_id": answer["thread_id"]}), 60)
-            assert json.loads(again.content[0].text)["thread_id"] == answer["thread_id"]
+            assert again.structured_content["thread_id"] == answer["thread_id"]
             texts = [i.text for i in items_of_turn(spec.room, answer["thread_id"], _last_turn(spec, answer))]
             assert "and again" in texts
             bad = await client.call_tool("run_helper_task", {"prompt": "x", "path": "a", "thread_id": "b"})
@@ -157,7 +159,7 @@ async def test_toolkit_tools_are_served_over_mcp(temporal_client: TemporalClient
         await asyncio.wait_for(task, 30)
 
 
-def _last_turn(spec, answer) -> str:  # noqa: ANN001
+def _last_turn(spec, answer) -> str:
     from threadline.activities.thread_store import ThreadStore
 
     return ThreadStore.for_room(spec.room).items(answer["thread_id"])[-1].turn_id
@@ -192,7 +194,7 @@ async def test_the_mcp_server_checks_its_token(temporal_client: TemporalClient, 
         http = create_mcp_http_client(headers={"Authorization": "Bearer s3cret"})
         async with http, Client(streamable_http_client(url, http_client=http)) as client:
             result = await asyncio.wait_for(client.call_tool("run_helper_task", {"prompt": "hi"}), 60)
-            assert json.loads(result.content[0].text)["text"] == "echo: hi"
+            assert result.structured_content["text"] == "echo: hi"
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

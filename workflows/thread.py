@@ -274,9 +274,11 @@ class ThreadWorkflow:
         self.running = turn
         self.interrupted_turn_id = None
         self._set_status("running")
-        pending = [self._item("user", turn, text=turn.text, sender=turn.sender, data={
+        pending = [self._item(m.role, turn, text=m.text, sender=turn.sender if m.role == "user" else "",
+                              data={"imported": True}) for m in turn.prior]
+        pending.append(self._item("user", turn, text=turn.text, sender=turn.sender, data={
             "channel": turn.channel, "attachments": turn.attachments, "metadata": turn.metadata,
-        })]
+        }))
         usage = Usage()
         model_calls = 0
         compacted = False

@@ -1,11 +1,21 @@
-"""The OpenAI-compatible endpoint: a chat completion is a turn on a thread (from / in the X-Thread-Id header)."""
+"""The OpenAI-compatible endpoint: a chat completion is a turn on a thread.
+
+Which thread: the `X-Thread-Id` header when a client sends one; else a `conversation` id (or
+`metadata.conversation_id`); else the message history itself. Every standard client (the openai SDK with a growing
+`messages` list, chat UIs, the Agents SDK) resends the whole conversation each time, so after each reply the
+conversation so far is recorded as a key (a digest of the caller's scope and the messages) → its thread, and the
+next request's earlier messages find it. A history that leads nowhere known (a client that started elsewhere, an
+edited or regenerated message) starts a new thread with those messages recorded first: a fork, never a mix.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,7 +28,31 @@ from threadline.channels.delivery import (
     new_turn_id,
     submit_turn,
 )
-from threadline.models.thread import Reply, Turn
+from threadline.models.thread import PriorMessage, Reply, Turn
+
+MAX_PRIOR_BYTES = 256 * 1024
+"""Of a client's history the thread has not seen, the newest messages up to this are recorded (the model sees them
+within its context window; compaction does the rest)."""
+
+
+@dataclass
+class Conversation:
+    """A chat completion request read as a conversation: its earlier messages, the new one, the caller's scope."""
+
+    history: list[tuple[str, str]]
+    text: str
+    scope: str
+    instructions: str | None = None
+    explicit: str | None = None
+    prior: list[PriorMessage] = field(default_factory=list)
+
+    def key(self, messages: list[tuple[str, str]] | None = None) -> str:
+        value = ["conversation", self.explicit] if self.explicit else (self.history if messages is None else messages)
+        return hashlib.sha256(json.dumps([self.scope, value], ensure_ascii=False).encode()).hexdigest()
+
+    def after(self, answer: str) -> str:
+        """The key the client's next request will look for once it has this answer."""
+        return self.key([*self.history, ("user", self.text), ("assistant", answer)])
 
 
 class OpenAiApi:
@@ -44,17 +78,17 @@ class OpenAiApi:
         if model != self.api.ref.agent_name:
             return openai_error(404, f"The model `{model}` does not exist: this server has `{self.api.ref.agent_name}`",
                                  "invalid_request_error", "model_not_found")
-        text = _last_user_text(body.get("messages"))
-        if not text:
+        conversation = self._conversation(request, body)
+        if not conversation.text:
             return openai_error(400, "messages has no user message with text", "invalid_request_error")
         header = request.headers.get("x-thread-id")
         try:
-            thread_id = await self.api.thread_id(header) if header else self.api.new_thread_id(None)
+            thread_id = await self.api.thread_id(header) if header else await self._thread_of(conversation)
         except ApiError as e:
             return openai_error(404, e.message, "invalid_request_error", "thread_not_found")
         try:
             turn = Turn(turn_id=new_turn_id(), channel="chat", sender=str(body.get("user") or "openai-client"),
-                        text=text)
+                        text=conversation.text, instructions=conversation.instructions, prior=conversation.prior)
         except ValidationError as e:
             problem = invalid(e)
             return openai_error(problem.status if problem.status == 413 else 400, problem.message,
@@ -65,6 +99,7 @@ class OpenAiApi:
         created = int(time.time())
         if not body.get("stream"):
             reply = await submit_turn(self.api.client, self.api.ref, thread_id, turn)
+            await self._remember(conversation, reply, thread_id)
             if reply.status == "failed":
                 return openai_error(502, f"the turn failed: {reply.error}", "server_error", "turn_failed")
             return JSONResponse({
@@ -74,12 +109,54 @@ class OpenAiApi:
                 "usage": _usage(reply),
             }, headers=headers)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        stream = self._completion_stream(thread_id, turn, completion_id, created, include_usage)
+        stream = self._completion_stream(thread_id, turn, completion_id, created, include_usage, conversation)
         return StreamingResponse(stream, media_type="text/event-stream",
                                  headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    def _conversation(self, request: Request, body: dict[str, Any]) -> Conversation:
+        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        said = [(m.get("role"), _text(m.get("content"))) for m in messages if isinstance(m, dict)]
+        last = max((n for n, (role, _) in enumerate(said) if role == "user"), default=-1)
+        system = [text for role, text in said if role in ("system", "developer") and text]
+        token = request.headers.get("authorization", "")
+        metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        explicit = body.get("conversation") or metadata.get("conversation_id")
+        return Conversation(
+            history=[(role, text) for role, text in said[:max(last, 0)] if role in ("user", "assistant")],
+            text=said[last][1] if last >= 0 else "",
+            # The caller: its credentials and its `user`, so the same history from another caller is another thread.
+            scope=hashlib.sha256(f"{self.api.ref.room}/{self.api.ref.agent_name}|{token}|{body.get('user') or ''}"
+                                 .encode()).hexdigest(),
+            instructions="\n".join(system) or None,
+            explicit=str(explicit) if isinstance(explicit, (str, int)) and str(explicit) else None,
+        )
+
+    async def _thread_of(self, conversation: Conversation) -> str:
+        """The conversation's thread: the one its key leads to when the thread is still there, else a new one
+        with the conversation's earlier messages (they are recorded before the turn)."""
+        found = await self.api.store_call(self.api.store.conversation, conversation.key()) \
+            if conversation.history or conversation.explicit else None
+        if found is not None and (found[1] or conversation.explicit):
+            return found[0]
+        thread_id = self.api.new_thread_id(None)
+        prior, size = [], 0
+        for role, text in reversed(conversation.history):
+            size += len(text.encode())
+            if size > MAX_PRIOR_BYTES:
+                break
+            prior.insert(0, PriorMessage(role=role, text=text))  # type: ignore[arg-type]
+        conversation.prior = prior
+        if conversation.explicit:
+            await self.api.store_call(self.api.store.remember_conversation, conversation.key(), thread_id)
+        return thread_id
+
+    async def _remember(self, conversation: Conversation, reply: Reply, thread_id: str) -> None:
+        if reply.status == "completed" and not conversation.explicit:
+            await self.api.store_call(self.api.store.remember_conversation, conversation.after(reply.text), thread_id)
+
     async def _completion_stream(
-        self, thread_id: str, turn: Turn, completion_id: str, created: int, include_usage: bool
+        self, thread_id: str, turn: Turn, completion_id: str, created: int, include_usage: bool,
+        conversation: Conversation,
     ) -> AsyncIterator[str]:
         def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> str:
             payload: dict[str, Any] = {
@@ -113,6 +190,7 @@ class OpenAiApi:
                 if text := live.apply(event):
                     yield chunk({"content": text})
             reply = replying.result()
+            await self._remember(conversation, reply, thread_id)
             sent = live.step_text or live.final_sent
             if reply.status == "completed" and reply.text.startswith(sent) and reply.text != sent:
                 yield chunk({"content": reply.text[len(sent):]})  # deltas the stream log no longer had
@@ -170,15 +248,9 @@ def _usage(reply: Reply) -> dict[str, int]:
             "total_tokens": reply.usage.total_tokens}
 
 
-def _last_user_text(messages: Any) -> str:
-    if not isinstance(messages, list):
-        return ""
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-            return ""
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     return ""
