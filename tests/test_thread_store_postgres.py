@@ -428,3 +428,19 @@ def test_changed_threads_names_only_the_threads_written_since(backend, room: str
     new_stream_mark, streamed = log.changed_threads(streamed_mark)
     assert written == {busy} and new_items_mark > items_mark
     assert streamed == {busy} and new_stream_mark > streamed_mark
+
+
+def test_conversation_keys_and_item_types_behave_alike(backend, room: str) -> None:
+    store, _ = backend
+    assert store.conversation("k1") is None
+    store.remember_conversation("k1", "thread-a")
+    assert store.conversation("k1") == ("thread-a", True)
+    store.remember_conversation("k2", "thread-a")  # the thread went on: k1 is no longer its newest key
+    assert (store.conversation("k1"), store.conversation("k2")) == (("thread-a", False), ("thread-a", True))
+    store.remember_conversation("k1", "thread-b")  # the same history answered again, in another thread
+    assert (store.conversation("k1"), store.conversation("k2")) == (("thread-b", True), ("thread-a", True))
+    store.append("th", [_user(1, "hi"), ThreadItem(seq=2, turn_id="t1", type="summary", text="s1"),
+                        _user(3, "again"), ThreadItem(seq=4, turn_id="t1", type="summary", text="s2")],
+                 room=room, agent="support")
+    assert [i.text for i in store.items("th", item_type="summary")] == ["s1", "s2"]
+    assert [i.text for i in store.items("th", before_seq=4, limit=1, item_type="summary")] == ["s1"]
