@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 from threadline.activities.agent import AgentActivities
 from threadline.activities.mcp_tools import load_mcp_tools
 from threadline.activities.storage import RoomStorage
+from threadline.activities.shell import shell_tools
 from threadline.activities.stores import RoomStreamLog, open_stream_log, open_thread_store
 from threadline.activities.tools import Tool, build_toolbox
 from threadline.activities.web import web_tools
@@ -84,7 +85,7 @@ def build_activities(
         toolbox=build_toolbox(
             storage=storage if spec.storage else None, tool_references=spec.tools,
             extra_tools=[*toolkit_tools(spec), *send_email_tools(spec, storage, env), *web_tools(spec.web, env),
-                         *extra_tools],
+                         *shell_tools(spec, storage, env), *extra_tools],
         ),
         env=env,
     )

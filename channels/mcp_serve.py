@@ -66,7 +66,7 @@ def build_mcp_server(context: ChannelContext) -> Any:
 
 def _task_tool(room: Room, toolkit: str) -> Any:
     from mcp.server.mcpserver.exceptions import ToolError
-    from mcp_types import CallToolResult, TextContent
+    from mcp.types import CallToolResult, TextContent
 
     tool = tool_name_for(toolkit)
 

@@ -113,6 +113,7 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
             reasoning_effort=agent.reasoning_effort.value if agent.reasoning_effort else None,
             context=context_settings(agent),
             approvals=approval_settings(agent),
+            shell=shell_settings(agent),
             temporal_address=target.address,
             namespace=target.namespace,
             mail=mail_settings(agent),
@@ -125,6 +126,29 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
         raise usage_error(_first_error(e)) from e
     preflight(spec)
     return spec
+
+
+def shell_settings(agent: AgentOptions):  # noqa: ANN201
+    from threadline.activities.shell import ShellConfigError, check_shell
+    from threadline.models.spec import ShellSettings
+
+    set_env = {}
+    for pair in agent.shell_set_env or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise usage_error(f"--shell-set-env {pair!r}: expected NAME=VALUE")
+        set_env[name.strip()] = value
+    settings = ShellSettings(
+        enabled=agent.shell, apply_patch=agent.apply_patch, working_dir=agent.working_dir or None,
+        network=agent.shell_network, copy_env=[n.strip() for n in agent.shell_copy_env or [] if n.strip()],
+        set_env=set_env, image=(agent.shell_image or "").strip() or None, unsafe=agent.shell_unsafe,
+        timeout_seconds=agent.shell_timeout, cpu_seconds=agent.shell_cpu_seconds, memory_mb=agent.shell_memory_mb,
+    )
+    try:
+        check_shell(settings)
+    except ShellConfigError as e:
+        raise usage_error(str(e)) from e
+    return settings
 
 
 def approval_settings(agent: AgentOptions):  # noqa: ANN201

@@ -26,6 +26,7 @@ from threadline.models.spec import (
     HttpSettings,
     MailSettings,
     McpSettings,
+    ShellSettings,
 )
 
 AGENT_PANEL = "Agent"
@@ -202,6 +203,40 @@ ApprovalTimeout = Annotated[
     typer.Option("--approval-timeout", envvar="THREADLINE_APPROVAL_TIMEOUT", min=1, max=30 * 24 * 3600,
                  help="Seconds a call waits for a decision before it is denied.", rich_help_panel=AGENT_PANEL),
 ]
+
+SHELL_PANEL = "Shell and files"
+ShellOption = Annotated[bool, typer.Option("--shell", envvar="THREADLINE_SHELL",
+                                           help="Give the agent a shell tool, sandboxed (bubblewrap by default).",
+                                           rich_help_panel=SHELL_PANEL)]
+ApplyPatch = Annotated[bool, typer.Option("--apply-patch", envvar="THREADLINE_APPLY_PATCH",
+                                          help="Give the agent an apply_patch tool (unified diff or V4A patches).",
+                                          rich_help_panel=SHELL_PANEL)]
+WorkingDir = Annotated[str | None, typer.Option(
+    "--working-dir", envvar="THREADLINE_WORKING_DIR",
+    help="The shell's and apply_patch's directory, shared by every thread (default: one per thread, in room "
+         "storage).", rich_help_panel=SHELL_PANEL, show_default=False)]
+ShellNetwork = Annotated[bool, typer.Option("--shell-network", envvar="THREADLINE_SHELL_NETWORK",
+                                            help="Let shell commands use the network.", rich_help_panel=SHELL_PANEL)]
+ShellCopyEnv = Annotated[list[str] | None, typer.Option(
+    "--shell-copy-env", envvar="THREADLINE_SHELL_COPY_ENV", help="An environment variable of the agent that shell "
+    "commands see (none do by default); repeatable.", rich_help_panel=SHELL_PANEL, show_default=False)]
+ShellSetEnv = Annotated[list[str] | None, typer.Option(
+    "--shell-set-env", envvar="THREADLINE_SHELL_SET_ENV", help="NAME=VALUE set for shell commands; repeatable.",
+    rich_help_panel=SHELL_PANEL, show_default=False)]
+ShellImage = Annotated[str | None, typer.Option(
+    "--shell-image", envvar="THREADLINE_SHELL_IMAGE", help="Run commands in this container image (docker or "
+    "podman) instead of bubblewrap; 'none': a plain local process (needs --shell-unsafe).",
+    rich_help_panel=SHELL_PANEL, show_default=False)]
+ShellUnsafe = Annotated[bool, typer.Option("--shell-unsafe", help="Confirms --shell-image none.",
+                                           rich_help_panel=SHELL_PANEL)]
+ShellTimeout = Annotated[float, typer.Option("--shell-timeout", envvar="THREADLINE_SHELL_TIMEOUT", min=1, max=3600,
+                                             help="Wall-clock seconds a command may run.",
+                                             rich_help_panel=SHELL_PANEL)]
+ShellCpu = Annotated[int, typer.Option("--shell-cpu-seconds", min=1, max=3600, help="CPU seconds a command may use.",
+                                       rich_help_panel=SHELL_PANEL)]
+ShellMemory = Annotated[int, typer.Option("--shell-memory-mb", min=64, max=65536,
+                                          help="Address space a command may use, in MiB.",
+                                          rich_help_panel=SHELL_PANEL)]
 
 # The mail channel's options (used by agents with --channel mail:ADDRESS, and by `threadline mail serve`).
 
@@ -424,6 +459,17 @@ class AgentOptions:
     require_approval: RequireApproval = None
     approval_timeout: ApprovalTimeout = spec_default(ApprovalSettings, "timeout_seconds")
     approver: Approvers = None
+    shell: ShellOption = False
+    apply_patch: ApplyPatch = False
+    working_dir: WorkingDir = None
+    shell_network: ShellNetwork = False
+    shell_copy_env: ShellCopyEnv = None
+    shell_set_env: ShellSetEnv = None
+    shell_image: ShellImage = None
+    shell_unsafe: ShellUnsafe = False
+    shell_timeout: ShellTimeout = spec_default(ShellSettings, "timeout_seconds")
+    shell_cpu_seconds: ShellCpu = spec_default(ShellSettings, "cpu_seconds")
+    shell_memory_mb: ShellMemory = spec_default(ShellSettings, "memory_mb")
     smtp_host: SmtpHost = spec_default(MailSettings, "smtp_host")
     smtp_port: SmtpPort = spec_default(MailSettings, "smtp_port")
     smtp_relay: SmtpRelay = None

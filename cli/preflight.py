@@ -14,6 +14,7 @@ from threadline.models.spec import AgentSpec
 
 def preflight(spec: AgentSpec, *, from_spec_file: bool = False) -> None:
     from threadline.activities.model_provider import ModelConfigError, resolve_model
+    from threadline.activities.shell import ShellConfigError, check_shell
     from threadline.activities.tools import ToolLoadError, build_toolbox
     from threadline.channels.chat_http.settings import HttpConfigError, check_settings
     from threadline.worker import RulesFileError, load_rules
@@ -39,6 +40,10 @@ def preflight(spec: AgentSpec, *, from_spec_file: bool = False) -> None:
             raise refuse(e) from e
     if (problem := model_settings_problem(spec)) is not None:
         raise refuse(ValueError(problem))
+    try:
+        check_shell(spec.shell)
+    except ShellConfigError as e:
+        raise refuse(e) from e
     if "chat" in spec.channels:
         try:
             check_settings(spec.http)

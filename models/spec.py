@@ -65,6 +65,8 @@ class AgentSpec(BaseModel):
                                      description="--context-management and compaction")
     approvals: ApprovalSettings = Field(default_factory=lambda: ApprovalSettings(),
                                         description="--require-approval and --approval-timeout")
+    shell: ShellSettings = Field(default_factory=lambda: ShellSettings(),
+                                 description="--shell, --apply-patch and --working-dir")
     temporal_address: str | None = None
     namespace: str = "default"
     use_toolkits: list[str] = Field(
@@ -117,6 +119,22 @@ class ApprovalSettings(BaseModel):
     approvers: list[str] = Field(default_factory=list,
                                  description="--approver: addresses that get a mail thread's requests and decide by "
                                              "answering")
+
+
+class ShellSettings(BaseModel):
+    """`--shell` (a sandboxed shell tool), `--apply-patch`, `--working-dir` and the sandbox's limits."""
+
+    enabled: bool = False
+    apply_patch: bool = False
+    working_dir: str | None = Field(None, description="a folder every thread shares; None: one per thread")
+    network: bool = False
+    copy_env: list[str] = Field(default_factory=list, description="the agent's variables the command may see")
+    set_env: dict[str, str] = Field(default_factory=dict)
+    image: str | None = Field(None, description="a container image to run in; 'none': a plain local process")
+    unsafe: bool = Field(False, description="confirms --shell-image none")
+    cpu_seconds: int = Field(60, ge=1, le=3600)
+    memory_mb: int = Field(1024, ge=64, le=65536)
+    timeout_seconds: float = Field(120.0, gt=0, le=3600)
 
 
 # The mail channel: inbound SMTP → a mail job on the mailbox's queue → a turn → a reply through an SMTP relay.
