@@ -3,6 +3,7 @@ tool, and what the tool returned is what the model sees next."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import threading
@@ -125,3 +126,30 @@ def test_an_unsandboxed_shell_needs_confirming() -> None:
     shell = yaml.safe_load(ok.stdout)["agent"]["shell"]
     assert (shell["enabled"], shell["apply_patch"], shell["network"], shell["copy_env"]) == (True, True, True,
                                                                                             ["LANG"])
+
+
+async def test_a_worker_killed_mid_command_reruns_it_in_the_same_directory(
+        temporal_client: Client, agent_spec: AgentSpec, agent_process, fake_model: FakeOpenAI):
+    from tests.runtime_support import eventually
+
+    spec = agent_spec.model_copy(update={"shell": ShellSettings(enabled=True)})
+    fake_model.script(tool_result)
+    fake_model.enqueue(FakeResponse.tool_calls([("shell", {"command": "echo run >> runs.txt; sleep 3; cat runs.txt"})]))
+    first = agent_process(spec)
+    thread_id = spec.ref.thread_id(new_thread_name())
+    turn = asyncio.ensure_future(submit_turn(temporal_client, spec.ref, thread_id,
+                                             Turn(turn_id=new_turn_id(), text="run it")))
+    runs = working_dir_of(spec, thread_id) / "runs.txt"
+    await eventually(runs.exists, 30, what="the command started")
+    first.kill()
+    agent_process(spec)
+    reply = await asyncio.wait_for(turn, 90)
+    assert reply.status == "completed"
+    assert reply.text.startswith("exit code 0\n--- stdout ---\nrun\nrun\n")  # the retry saw the first attempt's file
+    assert fake_model.count() == 2
+
+
+def working_dir_of(spec: AgentSpec, thread_id: str):  # noqa: ANN201
+    from threadline.activities.storage import RoomStorage
+
+    return RoomStorage.for_spec(spec).root / thread_id.partition("/")[2] / "work"
