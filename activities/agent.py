@@ -93,14 +93,26 @@ class AgentActivities:
         room, _, _ = call.thread_id.partition("/")
         self.store.append(call.thread_id, [answer], room=room, agent=self.spec.agent_name, status=status)
 
-    def _record_input(self, call: ModelCallInput) -> list[ThreadItem]:
-        """Writes the turn's new input and reads the prompt's history: one trip to a thread for both."""
+    def _answered_before(self, call: ModelCallInput) -> ThreadItem | None:
+        """The final answer of this turn id from an earlier delivery that the thread no longer remembers (it keeps
+        the last SEEN_TURN_IDS): the thread store is the durable record, so the turn is not run twice."""
+        if call.step or not call.new_items:
+            return None
+        earlier = self.store.items(call.thread_id, before_seq=call.new_items[0].seq, limit=1, item_type="assistant",
+                                   turn_id=call.turn_id)
+        return earlier[0] if earlier and not earlier[0].tool_calls else None
+
+    def _record_input(self, call: ModelCallInput) -> tuple[list[ThreadItem], ThreadItem | None]:
+        """Writes the turn's new input and reads the prompt's history: one trip to a thread for both. When the turn
+        was answered before, returns that answer instead and writes nothing."""
+        if (answered := self._answered_before(call)) is not None:
+            return [], answered
         if call.new_items:
             channel = next((i.data.get("channel") for i in call.new_items if i.data.get("channel")), "chat")
             room, _, _ = call.thread_id.partition("/")
             self.store.append(call.thread_id, call.new_items, room=room, agent=self.spec.agent_name,
                               channel=channel, status="running")
-        return self.store.items(call.thread_id, before_seq=call.answer_seq, limit=HISTORY_WINDOW)
+        return self.store.items(call.thread_id, before_seq=call.answer_seq, limit=HISTORY_WINDOW), None
 
     async def _publish(self, thread_id: str, turn_id: str, attempt: int, kind: EventKind, data: dict[str, Any]) -> None:
         await asyncio.to_thread(self.stream.publish, thread_id, turn_id, attempt, kind, data)
@@ -108,8 +120,10 @@ class AgentActivities:
     @CALL_MODEL.defn
     async def call_model(self, call: ModelCallInput) -> ModelStep:
         """Persists the turn's new input, rebuilds the prompt from the store, calls the model, persists its answer."""
-        history = await asyncio.to_thread(self._record_input, call)
         requested = call.model or self.spec.model
+        history, answered = await asyncio.to_thread(self._record_input, call)
+        if answered is not None:
+            return ModelStep(text=answered.text, model=requested, max_steps=self.spec.max_steps)
         budget = ContextBudget.of(requested, self.spec.context, self.spec.max_output_tokens)
         auto = self.spec.context.management == "auto"
         messages = prompt_messages(self.rules, call.instructions, history, budget.item_chars if auto else None)

@@ -72,6 +72,7 @@ _SCHEMA = [
         PRIMARY KEY (room, thread_id, seq)
     )""",
     "CREATE INDEX IF NOT EXISTS threadline_items_position ON threadline_items (room, thread_id, position)",
+    "CREATE INDEX IF NOT EXISTS threadline_items_turn ON threadline_items (room, thread_id, turn_id)",
     """CREATE TABLE IF NOT EXISTS threadline_conversations (
         room TEXT NOT NULL,
         key TEXT NOT NULL,
@@ -269,8 +270,8 @@ class PgThreadStore:
         return row[0], head == key
 
     def items(self, thread_id: str, *, before_seq: int | None = None, limit: int | None = None,
-              item_type: str | None = None) -> list[ThreadItem]:
-        """Items in order, of one type when `item_type` is given; with `limit`, the last `limit` of them."""
+              item_type: str | None = None, turn_id: str | None = None) -> list[ThreadItem]:
+        """Items in order, of one type and one turn when given; with `limit`, the last `limit` of them."""
         query = "SELECT seq, body FROM threadline_items WHERE room=%s AND thread_id=%s"
         args: list[object] = [self.room, thread_id]
         if before_seq is not None:
@@ -279,6 +280,9 @@ class PgThreadStore:
         if item_type is not None:
             query += " AND type=%s"
             args.append(item_type)
+        if turn_id is not None:
+            query += " AND turn_id=%s"
+            args.append(turn_id)
         if limit is not None:
             query = f"SELECT seq, body FROM ({query} ORDER BY seq DESC LIMIT %s) AS last_items ORDER BY seq"
             args.append(limit)

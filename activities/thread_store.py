@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS conversations_thread ON conversations (thread_id, created_at);
+CREATE INDEX IF NOT EXISTS items_turn ON items (thread_id, turn_id);
 """
 
 _NAME_LIMIT = 60
@@ -189,8 +190,8 @@ class ThreadStore:
         return row[0], head == key
 
     def items(self, thread_id: str, *, before_seq: int | None = None, limit: int | None = None,
-              item_type: str | None = None) -> list[ThreadItem]:
-        """Items in order, of one type when `item_type` is given; with `limit`, the last `limit` of them."""
+              item_type: str | None = None, turn_id: str | None = None) -> list[ThreadItem]:
+        """Items in order, of one type and one turn when given; with `limit`, the last `limit` of them."""
         query = "SELECT seq, body FROM items WHERE thread_id=?"
         args: list[object] = [thread_id]
         if before_seq is not None:
@@ -199,6 +200,9 @@ class ThreadStore:
         if item_type is not None:
             query += " AND type=?"
             args.append(item_type)
+        if turn_id is not None:
+            query += " AND turn_id=?"
+            args.append(turn_id)
         if limit is not None:
             query = f"SELECT seq, body FROM ({query} ORDER BY seq DESC LIMIT ?) ORDER BY seq"
             args.append(limit)

@@ -228,3 +228,27 @@ async def test_status_search_attributes_and_snapshot(temporal_client: Client, ag
     assert info is not None and info.status == "idle" and info.name == "first"
 
 
+
+
+async def test_a_turn_id_the_thread_forgot_is_answered_from_the_thread_store(
+        temporal_client: Client, agent_spec, agent_worker, fake_model: FakeOpenAI, monkeypatch):
+    """A thread remembers its last SEEN_TURN_IDS turn ids; a redelivery older than that (a mail server's, a
+    toolkit caller's) finds the turn's answer in the thread store, the durable record, and is not run again."""
+    from threadline.workflows import thread as thread_workflow
+
+    monkeypatch.setattr(thread_workflow, "SEEN_TURN_IDS", 2)
+    monkeypatch.setattr(thread_workflow, "RECENT_REPLIES", 1)
+    monkeypatch.setattr(thread_workflow, "REPLY_RETENTION_SECONDS", 0.0)
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    first = Turn(turn_id=new_turn_id(), text="pay invoice 42")
+    reply = await submit_turn(temporal_client, agent_spec.ref, thread_id, first)
+    for n in range(3):
+        await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text=f"later {n}"))
+    snapshot = await thread_snapshot(temporal_client, thread_id)
+    assert first.turn_id not in [r.turn_id for r in snapshot.recent_replies]
+    again = await submit_turn(temporal_client, agent_spec.ref, thread_id, first)
+    assert (again.status, again.text) == ("completed", "echo: pay invoice 42") and again.text == reply.text
+    assert fake_model.count() == 4
+    items = store_items(agent_spec.room, thread_id)
+    assert [i.type for i in items if i.turn_id == first.turn_id] == ["user", "assistant"]
