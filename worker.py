@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 from threadline.activities.agent import AgentActivities
 from threadline.activities.mcp_tools import load_mcp_tools
 from threadline.activities.storage import RoomStorage
+from threadline.activities.rules import AgentRules, load_skills, skill_tools
 from threadline.activities.shell import shell_tools
 from threadline.activities.stores import RoomStreamLog, open_stream_log, open_thread_store
 from threadline.activities.tools import Tool, build_toolbox
@@ -76,19 +77,34 @@ def build_activities(
     storage = RoomStorage.for_spec(spec, env)
     if spec.require_storage:
         storage.check_writable()
+    skills = load_skills(spec.skill_dirs)
+    if spec.log_llm_requests:
+        show_llm_log()
     return AgentActivities(
         spec,
-        rules=load_rules(spec),
+        rules=AgentRules(spec, load_rules(spec), storage, skills),
         store=open_thread_store(spec.room, spec.thread_store_url),
         stream=open_stream_log(spec.room, spec.thread_store_url),
         storage=storage,
         toolbox=build_toolbox(
             storage=storage if spec.storage else None, tool_references=spec.tools,
             extra_tools=[*toolkit_tools(spec), *send_email_tools(spec, storage, env), *web_tools(spec.web, env),
-                         *shell_tools(spec, storage, env), *extra_tools],
+                         *shell_tools(spec, storage, env), *skill_tools(skills), *extra_tools],
+            time_tool=spec.time_tool, uuid_tool=spec.uuid_tool, read_only_storage=spec.read_only_storage,
         ),
         env=env,
     )
+
+
+def show_llm_log() -> None:
+    """`--log-llm-requests`: the model requests and answers go to stderr whatever the log level of the rest."""
+    logger = logging.getLogger("threadline.llm")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 async def load_extra_tools(spec: AgentSpec, env: Mapping[str, str] | None = None) -> list[Tool]:

@@ -7,6 +7,8 @@ so an agent restarted with new rules applies them to the next turn.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import re
 from typing import Any
 
@@ -20,6 +22,7 @@ from threadline.activities.heartbeat import heartbeating
 from threadline.activities.model_provider import ModelConfigError, error_detail, model_error, resolve_model
 from threadline.activities.offline import offline_completion
 from threadline.activities.prompt import HISTORY_WINDOW, prompt_messages
+from threadline.activities.rules import AgentRules
 from threadline.activities.storage import RoomStorage
 from threadline.activities.stores import RoomStreamLog, RoomThreadStore
 from threadline.activities.stream_log import DeltaCoalescer, EventKind
@@ -46,6 +49,19 @@ CONTEXT_EXCEEDED = re.compile(r"context[_ ](length|window)|maximum context|too m
                               re.IGNORECASE)
 
 
+SECRET = re.compile(r"\b(sk-[A-Za-z0-9_-]{8,}|Bearer\s+\S+|(?:api[_-]?key|token|password|secret)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)",
+                    re.IGNORECASE)
+llm_log = logging.getLogger("threadline.llm")
+
+
+def scrubbed(text: str, env: dict[str, str]) -> str:
+    """`text` without API keys: the environment's secret values and anything shaped like a key or a token."""
+    for name, value in env.items():
+        if len(value) >= 8 and any(word in name.upper() for word in ("KEY", "TOKEN", "SECRET", "PASSWORD")):
+            text = text.replace(value, "***")
+    return SECRET.sub("***", text)
+
+
 class ContextExceeded(Exception):
     """The provider refused the prompt as longer than the model's context window."""
 
@@ -55,7 +71,7 @@ class AgentActivities:
         self,
         spec: AgentSpec,
         *,
-        rules: list[str],
+        rules: AgentRules,
         store: RoomThreadStore,
         stream: RoomStreamLog,
         storage: RoomStorage,
@@ -70,7 +86,7 @@ class AgentActivities:
         self.toolbox = toolbox
         self.env = env
         self._clients: dict[tuple[str | None, str | None], openai.AsyncOpenAI] = {}
-        self.compactor = ThreadCompactor(spec, rules=rules, store=store, client_for=self._client, env=env)
+        self.compactor = ThreadCompactor(spec, store=store, client_for=self._client, env=env)
 
     def _client(self, base_url: str | None, api_key: str | None) -> openai.AsyncOpenAI:
         key = (base_url, api_key)
@@ -102,17 +118,18 @@ class AgentActivities:
                                    turn_id=call.turn_id)
         return earlier[0] if earlier and not earlier[0].tool_calls else None
 
-    def _record_input(self, call: ModelCallInput) -> tuple[list[ThreadItem], ThreadItem | None]:
-        """Writes the turn's new input and reads the prompt's history: one trip to a thread for both. When the turn
-        was answered before, returns that answer instead and writes nothing."""
+    def _record_input(self, call: ModelCallInput) -> tuple[list[ThreadItem], list[str], ThreadItem | None]:
+        """Writes the turn's new input, reads the prompt's history and the rules (some live in room storage): one
+        trip to a thread for all. When the turn was answered before, returns that answer instead, writing nothing."""
         if (answered := self._answered_before(call)) is not None:
-            return [], answered
+            return [], [], answered
         if call.new_items:
             channel = next((i.data.get("channel") for i in call.new_items if i.data.get("channel")), "chat")
             room, _, _ = call.thread_id.partition("/")
             self.store.append(call.thread_id, call.new_items, room=room, agent=self.spec.agent_name,
                               channel=channel, status="running")
-        return self.store.items(call.thread_id, before_seq=call.answer_seq, limit=HISTORY_WINDOW), None
+        history = self.store.items(call.thread_id, before_seq=call.answer_seq, limit=HISTORY_WINDOW)
+        return history, self.rules.current(), None
 
     async def _publish(self, thread_id: str, turn_id: str, attempt: int, kind: EventKind, data: dict[str, Any]) -> None:
         await asyncio.to_thread(self.stream.publish, thread_id, turn_id, attempt, kind, data)
@@ -121,12 +138,12 @@ class AgentActivities:
     async def call_model(self, call: ModelCallInput) -> ModelStep:
         """Persists the turn's new input, rebuilds the prompt from the store, calls the model, persists its answer."""
         requested = call.model or self.spec.model
-        history, answered = await asyncio.to_thread(self._record_input, call)
+        history, rules, answered = await asyncio.to_thread(self._record_input, call)
         if answered is not None:
             return ModelStep(text=answered.text, model=requested, max_steps=self.spec.max_steps)
         budget = ContextBudget.of(requested, self.spec.context, self.spec.max_output_tokens)
         auto = self.spec.context.management == "auto"
-        messages = prompt_messages(self.rules, call.instructions, history, budget.item_chars if auto else None)
+        messages = prompt_messages(rules, call.instructions, history, budget.item_chars if auto else None)
         tools = self.toolbox.openai_schemas() if self.toolbox.tools else []
         estimate = estimate_messages(messages, tools)
         tokens = calibrated(history, estimate)
@@ -213,6 +230,8 @@ class AgentActivities:
             kwargs["max_completion_tokens" if reasoning else "max_tokens"] = self.spec.max_output_tokens
         if self.spec.reasoning_effort:
             kwargs["reasoning_effort"] = self.spec.reasoning_effort
+        if self.spec.log_llm_requests:
+            llm_log.info("model request: %s", scrubbed(json.dumps(kwargs, ensure_ascii=False), self.env))
         text: list[str] = []
         calls: dict[int, list[str]] = {}
         usage = Usage(model_calls=1)
@@ -260,6 +279,9 @@ class AgentActivities:
             raise ApplicationError(f"model {name} ended its answer without a finish reason (cut off); asking again",
                                    type=ErrorType.MODEL_UNAVAILABLE)
         answer = "".join(text)
+        if self.spec.log_llm_requests:
+            llm_log.info("model answer (%s): %s %s", finish, scrubbed(answer, self.env),
+                         scrubbed(json.dumps(calls, ensure_ascii=False), self.env) if calls else "")
         if finish == "length":
             if calls:
                 raise ApplicationError(

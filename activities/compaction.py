@@ -62,10 +62,9 @@ def compaction_reason(window: list[ThreadItem], tokens: int, budget: ContextBudg
 
 
 class ThreadCompactor:
-    def __init__(self, spec: AgentSpec, *, rules: list[str], store: RoomThreadStore, client_for: ClientFor,
+    def __init__(self, spec: AgentSpec, *, store: RoomThreadStore, client_for: ClientFor,
                  env: dict[str, str]) -> None:
         self.spec = spec
-        self.rules = rules
         self.store = store
         self.client_for = client_for
         self.env = env

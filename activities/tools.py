@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -153,7 +154,7 @@ def current_time() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def storage_tools(storage: RoomStorage) -> list[Tool]:
+def storage_tools(storage: RoomStorage, *, read_only: bool = False) -> list[Tool]:
     # Off the event loop: the storage may be object storage across the network. A bad path or a missing file is
     # the model's mistake: it gets the error at once instead of after retries.
     async def storage_write(path: str, content: str) -> str:
@@ -175,8 +176,10 @@ def storage_tools(storage: RoomStorage) -> list[Tool]:
         except StoragePathError as e:
             return f"error: {e}"
 
+    writes = [] if read_only else [
+        Tool("storage_write", "Write a text file to the room's shared storage (path relative to the room).", storage_write)]
     return [
-        Tool("storage_write", "Write a text file to the room's shared storage (path relative to the room).", storage_write),
+        *writes,
         Tool("storage_read", "Read a text file from the room's shared storage.", storage_read),
         Tool("storage_list", "List files in a folder of the room's shared storage ('' for the top).", storage_list),
     ]
@@ -227,13 +230,22 @@ class Toolbox:
             fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
 
 
+def new_uuid() -> str:
+    """Returns a new random UUID (version 4)."""
+    return str(uuid.uuid4())
+
+
 def build_toolbox(
-    *, storage: RoomStorage | None, tool_references: list[str], extra_tools: Sequence[Tool] = ()
+    *, storage: RoomStorage | None, tool_references: list[str], extra_tools: Sequence[Tool] = (),
+    time_tool: bool = True, uuid_tool: bool = False, read_only_storage: bool = False,
 ) -> Toolbox:
     """Built-ins, storage tools, `--tool` functions, then `extra_tools` (e.g. `--use-toolkit` calls)."""
-    tools = [Tool("current_time", "Returns the current date and time (ISO 8601, UTC).", current_time, 10.0)]
+    tools = [Tool("current_time", "Returns the current date and time (ISO 8601, UTC).", current_time, 10.0)] \
+        if time_tool else []
+    if uuid_tool:
+        tools.append(Tool("new_uuid", "Returns a new random UUID.", new_uuid, 10.0))
     if storage is not None:
-        tools += storage_tools(storage)
+        tools += storage_tools(storage, read_only=read_only_storage)
     tools += [load_tool(ref) for ref in tool_references]
     tools += list(extra_tools)
     return Toolbox(tools)

@@ -136,7 +136,7 @@ Tools = Annotated[
 ]
 UseToolkits = Annotated[
     list[str] | None,
-    typer.Option("--use-toolkit", envvar="THREADLINE_USE_TOOLKITS",
+    typer.Option("--use-toolkit", "--require-toolkit", envvar="THREADLINE_USE_TOOLKITS",
                  help="Give the agent the tool run_NAME_task of room toolkit NAME (another agent); repeatable. "
                       "NAME?timeout=SECONDS (default 300) bounds each call, &max-depth=N (default 4) nested calls.",
                  rich_help_panel=AGENT_PANEL, show_default=False),
@@ -203,6 +203,28 @@ ApprovalTimeout = Annotated[
     typer.Option("--approval-timeout", envvar="THREADLINE_APPROVAL_TIMEOUT", min=1, max=30 * 24 * 3600,
                  help="Seconds a call waits for a decision before it is denied.", rich_help_panel=AGENT_PANEL),
 ]
+
+Instructions = Annotated[list[str] | None, typer.Option(
+    "--instructions", envvar="THREADLINE_INSTRUCTIONS", help="A rules file in room storage, read at every model call "
+    "(edit it to change the agent without a restart); repeatable.", rich_help_panel=AGENT_PANEL, show_default=False)]
+RoomRules = Annotated[list[str] | None, typer.Option(
+    "--room-rules", envvar="THREADLINE_ROOM_RULES", help="Like --instructions, after them; repeatable.",
+    rich_help_panel=AGENT_PANEL, show_default=False)]
+SkillDirs = Annotated[list[str] | None, typer.Option(
+    "--skill-dir", envvar="THREADLINE_SKILL_DIRS", help="A folder of skills (each a folder with a SKILL.md whose front "
+    "matter has name: and description:); the agent sees the list and reads one with read_skill; repeatable.",
+    rich_help_panel=AGENT_PANEL, show_default=False)]
+PreambleRule = Annotated[bool, typer.Option(
+    "--preamble-rule/--no-preamble-rule", help="With no rules given: tell the model to say what it will do before it "
+    "calls tools.", rich_help_panel=AGENT_PANEL)]
+TimeTool = Annotated[bool, typer.Option("--time/--no-time", help="The current_time tool.",
+                                        rich_help_panel=AGENT_PANEL)]
+UuidTool = Annotated[bool, typer.Option("--uuid", help="A new_uuid tool.", rich_help_panel=AGENT_PANEL)]
+ReadOnlyStorage = Annotated[bool, typer.Option(
+    "--read-only-storage", help="The storage tools without storage_write.", rich_help_panel=AGENT_PANEL)]
+LogLlmRequests = Annotated[bool, typer.Option(
+    "--log-llm-requests", envvar="THREADLINE_LOG_LLM_REQUESTS", help="Log each model request and answer to stderr, "
+    "API keys and tokens scrubbed.", rich_help_panel=AGENT_PANEL)]
 
 SHELL_PANEL = "Shell and files"
 ShellOption = Annotated[bool, typer.Option("--shell", envvar="THREADLINE_SHELL",
@@ -459,6 +481,14 @@ class AgentOptions:
     require_approval: RequireApproval = None
     approval_timeout: ApprovalTimeout = spec_default(ApprovalSettings, "timeout_seconds")
     approver: Approvers = None
+    instructions: Instructions = None
+    room_rules: RoomRules = None
+    skill_dir: SkillDirs = None
+    preamble_rule: PreambleRule = spec_default(AgentSpec, "preamble_rule")
+    time: TimeTool = spec_default(AgentSpec, "time_tool")
+    uuid: UuidTool = spec_default(AgentSpec, "uuid_tool")
+    read_only_storage: ReadOnlyStorage = spec_default(AgentSpec, "read_only_storage")
+    log_llm_requests: LogLlmRequests = spec_default(AgentSpec, "log_llm_requests")
     shell: ShellOption = False
     apply_patch: ApplyPatch = False
     working_dir: WorkingDir = None

@@ -14,6 +14,7 @@ from threadline.models.spec import AgentSpec
 
 def preflight(spec: AgentSpec, *, from_spec_file: bool = False) -> None:
     from threadline.activities.model_provider import ModelConfigError, resolve_model
+    from threadline.activities.rules import SkillError, load_skills
     from threadline.activities.shell import ShellConfigError, check_shell
     from threadline.activities.tools import ToolLoadError, build_toolbox
     from threadline.channels.chat_http.settings import HttpConfigError, check_settings
@@ -44,11 +45,33 @@ def preflight(spec: AgentSpec, *, from_spec_file: bool = False) -> None:
         check_shell(spec.shell)
     except ShellConfigError as e:
         raise refuse(e) from e
+    try:
+        load_skills(spec.skill_dirs)
+    except (SkillError, OSError) as e:
+        raise refuse(e) from e
+    if problem := storage_rules_problem(spec):
+        raise refuse(ValueError(problem))
     if "chat" in spec.channels:
         try:
             check_settings(spec.http)
         except HttpConfigError as e:
             raise refuse(e) from e
+
+
+def storage_rules_problem(spec: AgentSpec) -> str | None:
+    """An --instructions or --room-rules file that is not in room storage (yet)."""
+    if not (spec.instructions_files or spec.room_rules_files):
+        return None
+    from threadline.activities.storage import RoomStorage, StoragePathError
+
+    storage = RoomStorage.for_spec(spec)
+    for path in [*spec.instructions_files, *spec.room_rules_files]:
+        try:
+            storage.read_text(path)
+        except (OSError, StoragePathError) as e:
+            return (f"the rules file {path} is not readable in room storage {storage.url} ({e}): write it there "
+                    "first (the storage_write tool, or the storage folder), or fix the path")
+    return None
 
 
 def model_settings_problem(spec: AgentSpec) -> str | None:

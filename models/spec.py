@@ -44,6 +44,16 @@ class AgentSpec(BaseModel):
     agent_name: AgentName
     rules: list[str] = Field(default_factory=list)
     rules_files: list[str] = Field(default_factory=list)
+    instructions_files: list[str] = Field(default_factory=list,
+                                          description="--instructions: rules files in room storage, read each call")
+    room_rules_files: list[str] = Field(default_factory=list,
+                                        description="--room-rules: rules files in room storage, read each call")
+    skill_dirs: list[str] = Field(default_factory=list, description="--skill-dir: folders of SKILL.md skills")
+    preamble_rule: bool = Field(False, description="with no rules: say what you will do before calling tools")
+    time_tool: bool = Field(True, description="the current_time tool")
+    uuid_tool: bool = Field(False, description="a new_uuid tool")
+    read_only_storage: bool = Field(False, description="the storage tools without storage_write")
+    log_llm_requests: bool = Field(False, description="log each model request and answer, secrets scrubbed")
     model: str = "gpt-4o-mini"
     model_base_url: str | None = None
     channels: list[str] = Field(default_factory=list)
