@@ -14,7 +14,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from threadline.activities.agent import AgentActivities
 from threadline.activities.mcp_tools import load_mcp_tools
-from threadline.activities.storage import RoomStorage
+from threadline.activities.storage import MountedStorage, RoomStorage
 from threadline.activities.rules import AgentRules, load_skills, skill_tools
 from threadline.activities.shell import shell_tools
 from threadline.activities.stores import RoomStreamLog, open_stream_log, open_thread_store
@@ -87,7 +87,7 @@ def build_activities(
         stream=open_stream_log(spec.room, spec.thread_store_url),
         storage=storage,
         toolbox=build_toolbox(
-            storage=storage if spec.storage else None, tool_references=spec.tools,
+            storage=MountedStorage.for_spec(spec, storage) if spec.storage else None, tool_references=spec.tools,
             extra_tools=[*toolkit_tools(spec), *send_email_tools(spec, storage, env), *web_tools(spec.web, env),
                          *shell_tools(spec, storage, env), *skill_tools(skills), *extra_tools],
             time_tool=spec.time_tool, uuid_tool=spec.uuid_tool, read_only_storage=spec.read_only_storage,

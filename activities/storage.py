@@ -213,3 +213,51 @@ def s3_filesystem(env: Mapping[str, str]) -> Any:  # noqa: ANN401 - s3fs.S3FileS
         config_kwargs={"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2, "mode": "standard"}},
         use_listings_cache=False,
     )
+
+
+class MountedStorage:
+    """What the storage tools see: the room's storage with other folders mounted into it (`--storage-tool-local-path`
+    a folder of this machine, `--storage-tool-room-path` another path of the room's storage), each read-only or
+    read-write. A path under a mount goes to its source; a write into a read-only mount is refused."""
+
+    def __init__(self, base: RoomStorage, mounts: list[tuple[str, RoomStorage, str, bool]]) -> None:
+        """`mounts`: (mount point, source storage, path prefix in the source, writable)."""
+        self.base = base
+        self.mounts = sorted(((relative_key(m), s, p, w) for m, s, p, w in mounts), key=lambda m: -len(m[0]))
+
+    @classmethod
+    def for_spec(cls, spec: AgentSpec, base: RoomStorage) -> RoomStorage | MountedStorage:
+        if not spec.storage_mounts:
+            return base
+        return cls(base, [(m.mount, RoomStorage(Path(m.source).expanduser()) if m.kind == "local" else base,
+                           "" if m.kind == "local" else relative_key(m.source), m.writable)
+                          for m in spec.storage_mounts])
+
+    def _route(self, path: str) -> tuple[RoomStorage, str, str | None, bool]:
+        key = relative_key(path) if path.strip() else ""
+        for mount, source, prefix, writable in self.mounts:
+            if key == mount or key.startswith(mount + "/"):
+                inner = key[len(mount):].strip("/")
+                return source, "/".join(p for p in (prefix, inner) if p), mount, writable
+        return self.base, key, None, True
+
+    def write(self, path: str, content: str | bytes) -> int:
+        source, inner, mount, writable = self._route(path)
+        if not writable:
+            raise StoragePathError(f"{path} is in {mount}/, which is mounted read-only: write somewhere else")
+        return source.write(inner, content)
+
+    def read_text(self, path: str) -> str:
+        source, inner, _, _ = self._route(path)
+        return source.read_text(inner)
+
+    def list(self, path: str = "") -> list[str]:
+        source, inner, mount, _ = self._route(path)
+        if mount is None:
+            listed = self.base.list(inner) if inner else self.base.list()
+            if not inner:
+                listed = sorted({*listed, *(m[0].split("/")[0] + "/" for m in self.mounts)})
+            return listed
+        entries = source.list(inner) if inner else source.list()
+        cut = len(inner) + 1 if inner else 0
+        return [f"{mount}/{entry[cut:]}" if inner else f"{mount}/{entry}" for entry in entries]

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from pydantic import ConfigDict, ValidationError, create_model
-from threadline.activities.storage import RoomStorage, StoragePathError
+from threadline.activities.storage import MountedStorage, RoomStorage, StoragePathError
 from threadline.models.thread import ToolCallInput
 
 current_call: ContextVar[ToolCallInput] = ContextVar("current_call")
@@ -154,7 +154,7 @@ def current_time() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def storage_tools(storage: RoomStorage, *, read_only: bool = False) -> list[Tool]:
+def storage_tools(storage: RoomStorage | MountedStorage, *, read_only: bool = False) -> list[Tool]:
     # Off the event loop: the storage may be object storage across the network. A bad path or a missing file is
     # the model's mistake: it gets the error at once instead of after retries.
     async def storage_write(path: str, content: str) -> str:
@@ -236,7 +236,7 @@ def new_uuid() -> str:
 
 
 def build_toolbox(
-    *, storage: RoomStorage | None, tool_references: list[str], extra_tools: Sequence[Tool] = (),
+    *, storage: RoomStorage | MountedStorage | None, tool_references: list[str], extra_tools: Sequence[Tool] = (),
     time_tool: bool = True, uuid_tool: bool = False, read_only_storage: bool = False,
 ) -> Toolbox:
     """Built-ins, storage tools, `--tool` functions, then `extra_tools` (e.g. `--use-toolkit` calls)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import ValidationError
@@ -105,6 +106,7 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
             time_tool=agent.time,
             uuid_tool=agent.uuid,
             read_only_storage=agent.read_only_storage,
+            storage_mounts=storage_mounts(agent),
             log_llm_requests=agent.log_llm_requests,
             model=agent.model.strip(),
             model_base_url=base_url,
@@ -134,6 +136,31 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
         raise usage_error(_first_error(e)) from e
     preflight(spec)
     return spec
+
+
+def storage_mounts(agent: AgentOptions):  # noqa: ANN201
+    from threadline.activities.storage import StoragePathError, relative_key
+    from threadline.models.spec import StorageMount
+
+    mounts = []
+    for kind, option, values in (("local", "--storage-tool-local-path", agent.storage_tool_local_path),
+                                 ("room", "--storage-tool-room-path", agent.storage_tool_room_path)):
+        for value in values or []:
+            parts = value.rsplit(":", 2) if value.count(":") >= 2 else value.rsplit(":", 1)
+            mode = parts.pop() if len(parts) == 3 and parts[-1] in ("ro", "rw") else "rw"
+            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+                raise usage_error(f"{option} {value!r}: expected SRC:MOUNT or SRC:MOUNT:ro|rw")
+            source, mount = parts[0].strip(), parts[1].strip()
+            try:
+                relative_key(mount)
+                if kind == "room":
+                    relative_key(source)
+            except StoragePathError as e:
+                raise usage_error(f"{option} {value!r}: {e}") from e
+            if kind == "local" and not Path(source).expanduser().is_dir():
+                raise usage_error(f"{option} {value!r}: {source} is not a folder on this machine")
+            mounts.append(StorageMount(kind=kind, source=source, mount=mount, writable=mode == "rw"))
+    return mounts
 
 
 def shell_settings(agent: AgentOptions):  # noqa: ANN201

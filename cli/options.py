@@ -222,6 +222,12 @@ TimeTool = Annotated[bool, typer.Option("--time/--no-time", help="The current_ti
 UuidTool = Annotated[bool, typer.Option("--uuid", help="A new_uuid tool.", rich_help_panel=AGENT_PANEL)]
 ReadOnlyStorage = Annotated[bool, typer.Option(
     "--read-only-storage", help="The storage tools without storage_write.", rich_help_panel=AGENT_PANEL)]
+StorageLocalPaths = Annotated[list[str] | None, typer.Option(
+    "--storage-tool-local-path", help="SRC:MOUNT[:ro|rw]: a folder of this machine that the storage tools see at "
+    "MOUNT (read-write unless :ro); repeatable.", rich_help_panel=AGENT_PANEL, show_default=False)]
+StorageRoomPaths = Annotated[list[str] | None, typer.Option(
+    "--storage-tool-room-path", help="SRC:MOUNT[:ro|rw]: a path of room storage that the storage tools also see at "
+    "MOUNT; repeatable.", rich_help_panel=AGENT_PANEL, show_default=False)]
 LogLlmRequests = Annotated[bool, typer.Option(
     "--log-llm-requests", envvar="THREADLINE_LOG_LLM_REQUESTS", help="Log each model request and answer to stderr, "
     "API keys and tokens scrubbed.", rich_help_panel=AGENT_PANEL)]
@@ -488,6 +494,8 @@ class AgentOptions:
     time: TimeTool = spec_default(AgentSpec, "time_tool")
     uuid: UuidTool = spec_default(AgentSpec, "uuid_tool")
     read_only_storage: ReadOnlyStorage = spec_default(AgentSpec, "read_only_storage")
+    storage_tool_local_path: StorageLocalPaths = None
+    storage_tool_room_path: StorageRoomPaths = None
     log_llm_requests: LogLlmRequests = spec_default(AgentSpec, "log_llm_requests")
     shell: ShellOption = False
     apply_patch: ApplyPatch = False

@@ -53,6 +53,8 @@ class AgentSpec(BaseModel):
     time_tool: bool = Field(True, description="the current_time tool")
     uuid_tool: bool = Field(False, description="a new_uuid tool")
     read_only_storage: bool = Field(False, description="the storage tools without storage_write")
+    storage_mounts: list[StorageMount] = Field(
+        default_factory=list, description="--storage-tool-local-path / --storage-tool-room-path SRC:MOUNT[:ro|rw]")
     log_llm_requests: bool = Field(False, description="log each model request and answer, secrets scrubbed")
     model: str = "gpt-4o-mini"
     model_base_url: str | None = None
@@ -129,6 +131,15 @@ class ApprovalSettings(BaseModel):
     approvers: list[str] = Field(default_factory=list,
                                  description="--approver: addresses that get a mail thread's requests and decide by "
                                              "answering")
+
+
+class StorageMount(BaseModel):
+    """A folder mounted into what the storage tools see."""
+
+    kind: Literal["local", "room"]
+    source: str = Field(min_length=1, description="a folder of this machine (local) or a path of room storage")
+    mount: str = Field(min_length=1, description="where the storage tools see it")
+    writable: bool = True
 
 
 class ShellSettings(BaseModel):

@@ -87,3 +87,52 @@ def test_a_missing_storage_rules_file_is_a_start_up_error() -> None:
                      "--instructions", "rules/none.md")
     assert result.returncode == 2
     assert "error: the rules file rules/none.md is not readable in room storage" in result.stderr
+
+
+async def test_storage_tools_see_mounted_folders_and_read_only_ones_refuse_writes(
+        temporal_client: Client, agent_spec: AgentSpec, agent_worker, fake_model: FakeOpenAI, tmp_path):
+    from threadline.models.spec import StorageMount
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "manual.txt").write_text("press the red button")
+    storage = RoomStorage.for_spec(agent_spec)
+    storage.write("shared/prices.txt", "10 EUR")
+    spec = agent_spec.model_copy(update={"storage": True, "storage_mounts": [
+        StorageMount(kind="local", source=str(docs), mount="docs", writable=False),
+        StorageMount(kind="room", source="shared", mount="team", writable=True),
+    ]})
+    fake_model.script(lambda r: FakeResponse.text(r.messages[-1]["content"]) if r.messages[-1]["role"] == "tool"
+                      else None)
+    await agent_worker(spec)
+    thread_id = spec.ref.thread_id(new_thread_name())
+
+    async def tool(name: str, **arguments: str) -> str:
+        fake_model.enqueue(FakeResponse.tool_calls([(name, arguments)]))
+        return await ask(temporal_client, spec, thread_id, f"use {name}")
+
+    assert await tool("storage_read", path="docs/manual.txt") == "press the red button"
+    assert await tool("storage_read", path="team/prices.txt") == "10 EUR"
+    refused = await tool("storage_write", path="docs/manual.txt", content="changed")
+    assert refused == "error: docs/manual.txt is in docs/, which is mounted read-only: write somewhere else"
+    assert (docs / "manual.txt").read_text() == "press the red button"
+    assert await tool("storage_write", path="team/new.txt", content="hi") == "wrote 2 bytes to team/new.txt"
+    assert storage.read_text("shared/new.txt") == "hi"
+    listed = await tool("storage_list", path="")
+    assert "docs/" in listed and "team/" in listed
+    assert await tool("storage_list", path="docs") == '["docs/manual.txt"]'
+
+
+def test_mount_options_reach_the_spec(tmp_path) -> None:
+    import yaml
+
+    ok = run_cli("process", "spec", "--room", "r", "--agent-name", "a", "--channel", "chat", "--model", "offline",
+                 "--storage", "--storage-tool-local-path", f"{tmp_path}:docs:ro", "--storage-tool-room-path",
+                 "shared:team")
+    assert ok.returncode == 0, ok.stderr
+    assert yaml.safe_load(ok.stdout)["agent"]["storage_mounts"] == [
+        {"kind": "local", "source": str(tmp_path), "mount": "docs", "writable": False},
+        {"kind": "room", "source": "shared", "mount": "team", "writable": True}]
+    bad = run_cli("process", "spec", "--room", "r", "--agent-name", "a", "--channel", "chat", "--model", "offline",
+                  "--storage-tool-local-path", f"{tmp_path}/nope:docs")
+    assert bad.returncode == 2 and "is not a folder on this machine" in bad.stderr
