@@ -153,3 +153,11 @@ def working_dir_of(spec: AgentSpec, thread_id: str):  # noqa: ANN201
     from threadline.activities.storage import RoomStorage
 
     return RoomStorage.for_spec(spec).root / thread_id.partition("/")[2] / "work"
+
+
+def test_a_missing_sandbox_is_a_start_up_error_that_says_how_to_install_it(tmp_path) -> None:
+    result = run_cli("process", "spec", "--room", "r", "--agent-name", "a", "--channel", "chat", "--model", "offline",
+                     "--shell", env={"PATH": str(tmp_path)})  # a PATH without bwrap
+    assert result.returncode == 2
+    assert "--shell needs bubblewrap (bwrap) for its sandbox: install it (Debian/Ubuntu: apt-get install " \
+           "bubblewrap)" in result.stderr
