@@ -16,6 +16,7 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
+from threadline import telemetry
 from threadline.activities.compaction import ThreadCompactor, calibrated, compaction_reason
 from threadline.activities.context_window import ContextBudget, estimate_messages, takes_reasoning_effort
 from threadline.activities.heartbeat import heartbeating
@@ -268,12 +269,20 @@ class AgentActivities:
                         entry[1] += call.function.name or ""
                         entry[2] += call.function.arguments or ""
         except openai.BadRequestError as e:
+            telemetry.in_activity(telemetry.MODEL_CALLS, "model calls, by model and outcome", model=name,
+                                  outcome="refused")
             detail = error_detail(e)
             if e.code == "context_length_exceeded" or CONTEXT_EXCEEDED.search(detail):
                 raise ContextExceeded(detail) from e
             raise model_error(e, name) from e
         except openai.OpenAIError as e:
+            telemetry.in_activity(telemetry.MODEL_CALLS, "model calls, by model and outcome", model=name,
+                                  outcome="error")
             raise model_error(e, name) from e
+        telemetry.in_activity(telemetry.MODEL_CALLS, "model calls, by model and outcome", model=name,
+                              outcome=finish or "cut_off")
+        for kind, tokens in (("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)):
+            telemetry.in_activity(telemetry.MODEL_TOKENS, "tokens the provider counted", tokens, model=name, kind=kind)
         if finish is None:
             # A stream that stops without saying why was cut off (a proxy, a crashed server): ask again.
             raise ApplicationError(f"model {name} ended its answer without a finish reason (cut off); asking again",
@@ -316,6 +325,8 @@ class AgentActivities:
                     raise
                 ok, output = False, (f"error: the tool {call.name} timed out after {call.timeout_seconds:g} s"
                                      if isinstance(e, TimeoutError) else f"error: {call.name} failed: {e}")
+        telemetry.in_activity(telemetry.TOOL_CALLS, "tool calls, by tool and outcome", tool=call.name,
+                              outcome="ok" if ok else "error")
         text = await asyncio.to_thread(self._spill_large_output, request, output)
         item = ThreadItem(
             seq=request.seq, turn_id=request.turn_id, type="tool_result", text=text,

@@ -14,6 +14,7 @@ from typing import Any
 
 import openai
 from temporalio.exceptions import ApplicationError
+from threadline import telemetry
 from threadline.activities.context_window import (
     SUMMARY_DATA_LAST,
     SUMMARY_INSTRUCTIONS,
@@ -109,6 +110,7 @@ class ThreadCompactor:
         item.data |= {"tokens_before": before, "tokens_after": after}
         room, _, _ = request.thread_id.partition("/")
         await asyncio.to_thread(self.store.append, request.thread_id, [item], room=room, agent=self.spec.agent_name)
+        telemetry.in_activity(telemetry.COMPACTIONS, "threads compacted", model=model)
         return CompactionResult(first_seq=first_seq, last_seq=covered[-1].seq, tokens_before=before,
                                 tokens_after=after, usage=usage)
 

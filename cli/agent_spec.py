@@ -108,6 +108,7 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
             read_only_storage=agent.read_only_storage,
             storage_mounts=storage_mounts(agent),
             log_llm_requests=agent.log_llm_requests,
+            metrics_port=agent.metrics_port,
             model=agent.model.strip(),
             model_base_url=base_url,
             channels=channels,

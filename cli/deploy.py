@@ -41,6 +41,14 @@ RUN_AS = 10001
 KUBECTL_TIMEOUT = 60
 
 
+def scrape_annotations(service: Any) -> dict[str, str]:
+    """Prometheus's usual pod annotations, when the agent serves metrics."""
+    port = service.agent.metrics_port
+    if not port:
+        return {}
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
 def grace_period_seconds() -> int:
     """Longer than the worker's graceful stop plus an activity heartbeat timeout (after which Temporal hands an
     abandoned activity to another replica), with room for the channels to close."""
@@ -157,7 +165,8 @@ def kubernetes_manifests(service: ServiceSpec, *, namespace: str | None = None,
                 "metadata": {
                     "labels": labels(service),
                     # A changed spec changes the pod template, so the Deployment rolls its pods.
-                    "annotations": {"threadline.dev/spec-sha256": hashlib.sha256(spec_yaml.encode()).hexdigest()},
+                    "annotations": {"threadline.dev/spec-sha256": hashlib.sha256(spec_yaml.encode()).hexdigest(),
+                                    **scrape_annotations(service)},
                 },
                 "spec": {
                     "terminationGracePeriodSeconds": grace_period_seconds(),

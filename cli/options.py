@@ -404,6 +404,19 @@ HealthPort = Annotated[
                  help="Serve /healthz and /readyz (worker and channel state) on this port "
                       "[default: none; 8790 in a service spec].", rich_help_panel="Health", show_default=False),
 ]
+MetricsPort = Annotated[
+    int | None,
+    typer.Option("--metrics-port", envvar="THREADLINE_METRICS_PORT", min=1, max=65535,
+                 help="Serve Prometheus metrics at /metrics on this port: turns, model calls and tokens, tool calls, "
+                      "approvals, mail, jobs, and the Temporal SDK's own.", rich_help_panel="Health",
+                 show_default=False),
+]
+MetricsHost = Annotated[
+    str,
+    typer.Option("--metrics-host", envvar="THREADLINE_METRICS_HOST",
+                 help="Interface of the metrics server (a service spec's container serves it on 0.0.0.0).",
+                 rich_help_panel="Health"),
+]
 HealthHost = Annotated[
     str,
     typer.Option("--health-host", envvar="THREADLINE_HEALTH_HOST",
@@ -531,6 +544,8 @@ class AgentOptions:
     mcp_serve_token: McpServeToken = None
     health_port: HealthPort = None
     health_host: HealthHost = DEFAULT_HEALTH_HOST
+    metrics_port: MetricsPort = None
+    metrics_host: MetricsHost = DEFAULT_HEALTH_HOST
 
 
 @dataclass

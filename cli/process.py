@@ -184,14 +184,27 @@ def join(ctx: typer.Context, agent: AgentOptions, connection: ConnectionOptions,
          verbose: Verbose = False) -> None:
     """Run one long-lived agent process: its Temporal worker and channels, until SIGINT/SIGTERM."""
     health_port, health_host = agent.health_port, agent.health_host.strip()
+    metrics_host = agent.metrics_host.strip()
     if spec_file is not None:  # exactly the spec's agent (see cli/spec.py)
         spec, connection, health_port = join_from_spec(ctx, spec_file)
-        health_host = CONTAINER_HEALTH_HOST
+        health_host = metrics_host = CONTAINER_HEALTH_HOST
     else:
         if not agent.channel:
             raise usage_error("process join needs at least one --channel (for example --channel chat)")
         spec = build_spec(agent, connection)
+    serve_metrics_of(spec, metrics_host)
     asyncio.run(_join(spec, connection, health_port, health_host))
+
+
+def serve_metrics_of(spec, host: str) -> None:  # noqa: ANN001
+    """Before any Temporal client exists: the SDK's runtime is the one exporter of every metric."""
+    if spec.metrics_port:
+        from threadline import telemetry
+
+        try:
+            telemetry.serve_metrics(host, spec.metrics_port)
+        except (RuntimeError, OSError) as e:
+            raise usage_error(f"--metrics-port {spec.metrics_port}: cannot serve metrics on {host}: {e}") from e
 
 
 async def _join(spec, connection: ConnectionOptions, health_port: int | None = None,  # noqa: ANN001
@@ -234,6 +247,7 @@ def run(
         spec = spec.model_copy(update={"channels": ["chat", *spec.channels]})
     if agent.http_port is None:  # the terminal is the chat here: HTTP only when --http-port asks for it
         spec.http.serve = False
+    serve_metrics_of(spec, agent.metrics_host.strip())
     asyncio.run(_run(spec, connection, message, thread_id, stream))
 
 

@@ -60,7 +60,7 @@ class EnvRef(BaseModel):
 class ContainerPort(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["http", "smtp", "mcp", "health"]
+    name: Literal["http", "smtp", "mcp", "health", "metrics"]
     port: int = Field(ge=1, le=65535)
     protocol: Literal["TCP"] = "TCP"
 
@@ -275,6 +275,8 @@ def build_service_spec(agent: AgentOptions, connection: ConnectionOptions, servi
     health_port = DEFAULT_HEALTH_PORT if agent.health_port is None else agent.health_port
     if health_port:  # 0: any free port (tests); deployments need a fixed one
         ports.append(ContainerPort(name="health", port=health_port))
+    if spec.metrics_port:
+        ports.append(ContainerPort(name="metrics", port=spec.metrics_port))
     temporal = TemporalConnection(
         address=spec.temporal_address,
         namespace=spec.namespace,

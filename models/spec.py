@@ -56,6 +56,8 @@ class AgentSpec(BaseModel):
     storage_mounts: list[StorageMount] = Field(
         default_factory=list, description="--storage-tool-local-path / --storage-tool-room-path SRC:MOUNT[:ro|rw]")
     log_llm_requests: bool = Field(False, description="log each model request and answer, secrets scrubbed")
+    metrics_port: int | None = Field(None, ge=1, le=65535,
+                                     description="serve Prometheus metrics (Threadline's and the Temporal SDK's)")
     model: str = "gpt-4o-mini"
     model_base_url: str | None = None
     channels: list[str] = Field(default_factory=list)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-LAYERS = [{"models"}, {"contracts"}, {"activities", "workflows"}, {"channels"}, {"worker"}, {"cli"}]
+LAYERS = [{"models"}, {"contracts", "telemetry"}, {"activities", "workflows"}, {"channels"}, {"worker"}, {"cli"}]
 """Bottom to top. `workflows` (deterministic code) and `activities` (all I/O) are siblings: neither imports the other."""
 LAYER_OF = {name: n for n, names in enumerate(LAYERS) for name in names}
 

@@ -175,6 +175,18 @@ def manifests(*args: str, env: dict[str, str | None] | None = None) -> list[dict
     return list(yaml.safe_load_all(result.stdout))
 
 
+def test_a_metrics_port_is_a_container_port_prometheus_scrapes(room: str) -> None:
+    docs = manifests(*agent_flags(room, "temporal.example:7233", "--metrics-port", "9464"))
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    template = deployment["spec"]["template"]
+    assert {k: v for k, v in template["metadata"]["annotations"].items() if k.startswith("prometheus.io/")} == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "9464", "prometheus.io/path": "/metrics"}
+    ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+    assert ports["metrics"] == 9464
+
+
 def test_kubernetes_manifests_validate_against_the_kubernetes_schemas(room: str) -> None:
     docs = manifests(*agent_flags(room, "temporal.example:7233", "--http-host", "0.0.0.0", "--http-token", "t",
                                   "--channel", "mail:bot@example.com", "--smtp-host", "0.0.0.0", "--replicas", "3"),

@@ -10,6 +10,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from threadline import telemetry
     from threadline.contracts import RUN_QUEUE_TURN
     from threadline.models.jobs import JobStarted, JobStatus, QueueTurnRequest, QueueTurnResult
     from threadline.workflows.failures import failure_message
@@ -87,6 +88,8 @@ class JobRun:
         self.state.error = error
         self.state.finished_at = workflow.now()
         self.publish()
+        telemetry.in_workflow(telemetry.JOBS, "jobs that ended, by queue and state", queue=self.state.queue,
+                              state=status)
         return self.state
 
     def publish(self) -> None:

@@ -14,6 +14,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from threadline import telemetry
     from threadline.contracts import (
         CALL_MODEL,
         COMPACT_THREAD,
@@ -105,6 +106,7 @@ class ThreadWorkflow:
         self.reply_times: dict[str, float] = {}
         self.status: ThreadStatus = "idle"
         self.approvals = ThreadApprovals()
+        self.turn_started = workflow.now()
 
     @workflow.run
     async def run(self, start: ThreadStart) -> None:
@@ -271,6 +273,7 @@ class ThreadWorkflow:
     # The turn loop.
 
     async def _run_turn(self, turn: Turn) -> Reply:
+        self.turn_started = workflow.now()
         self.running = turn
         self.interrupted_turn_id = None
         self._set_status("running")
@@ -376,6 +379,7 @@ class ThreadWorkflow:
         self.steers = []
 
     def _finish(self, turn: Turn, reply: Reply) -> Reply:
+        telemetry.turn_finished(turn.channel, reply.status, (workflow.now() - self.turn_started).total_seconds())
         self.state.usage += reply.usage
         self.running = None
         self.interrupted_turn_id = None
@@ -441,6 +445,8 @@ class ThreadWorkflow:
         }, f"approval needed: {tool_summary(call.call)}")], "waiting")
         outcome = await self._interruptible(asyncio.ensure_future(self.approvals.wait(request)))
         verdict = "approved" if outcome.approved else "denied"
+        telemetry.in_workflow(telemetry.APPROVALS, "approval decisions, by outcome and channel", outcome=verdict,
+                              via=outcome.via)
         await self._record_items([self._approval_item(request, {
             "state": verdict, **outcome.model_dump(include={"by", "via", "at", "reason"}),
         }, f"{verdict} by {outcome.by} ({outcome.via})" + (f": {outcome.reason}" if outcome.reason else ""))],

@@ -11,6 +11,7 @@ import os
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
+from threadline import telemetry
 from threadline.activities.storage import RoomStorage
 from threadline.activities.stores import open_thread_store
 from threadline.channels.mail.addresses import allowed, reply_message_id, thread_slug
@@ -170,4 +171,5 @@ class MailActivities:
         if not recipients:
             raise ApplicationError("the mail has no sender to answer", type=ErrorType.MAIL_REJECTED, non_retryable=True)
         await send_recorded(self.store, relay, msg, request.envelope.mailbox, recipients, request.thread_id, self.env)
+        telemetry.in_activity(telemetry.MAIL, "mail received, refused, sent", event="sent")
         return message_id

@@ -11,8 +11,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.mail.activities import MailActivities
-from threadline.channels.mail.approvals import MailApprovals
 from threadline.channels.mail.addresses import MailboxError, MailboxNotFound, normalize_address
+from threadline.channels.mail.approvals import MailApprovals
 from threadline.channels.mail.registry import MailRegistry, open_mail_store
 from threadline.channels.mail.smtp_server import MailServer
 from threadline.channels.queue import QueueActivities

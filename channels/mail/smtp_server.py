@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from temporalio.client import Client
+from threadline import telemetry
 from threadline.activities.storage import RoomStorage
 from threadline.channels.delivery import start_job
 from threadline.channels.mail.addresses import allowed, mail_job_key
@@ -112,10 +113,12 @@ class MailServer:
         try:
             mail = parse_mail(raw)
         except Exception as e:  # noqa: BLE001 - anything unparseable is refused, never lost silently
+            telemetry.outside(telemetry.MAIL, "mail received, refused, sent", event="rejected")
             return f"554 5.6.0 the message cannot be parsed: {e}"
         automatic = mail.automatic(envelope.mail_from)
         if automatic is None and not allowed(mail.from_address, self.allow):
             log.info("mail: refused mail from %s (not in --mail-allow)", mail.from_address)
+            telemetry.outside(telemetry.MAIL, "mail received, refused, sent", event="rejected")
             return f"550 5.7.1 <{mail.from_address}> may not write to this mailbox"
         try:
             for address in dict.fromkeys(envelope.rcpt_tos):
@@ -123,6 +126,7 @@ class MailServer:
         except _Unavailable as e:
             log.warning("mail: %s", e)
             return "451 4.3.0 cannot hand the message over right now, try again later"
+        telemetry.outside(telemetry.MAIL, "mail received, refused, sent", event="received")
         return "250 2.0.0 OK: accepted"
 
     async def _accept(self, address: str, raw: bytes, mail: ParsedMail, automatic: str | None) -> None:

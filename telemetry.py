@@ -1,0 +1,60 @@
+"""Threadline's metrics, through the Temporal SDK's own metric meter: `--metrics-port` serves them with the SDK's
+runtime metrics on one Prometheus endpoint.
+
+Counted where each thing happens: turns and approvals in the thread workflow (the SDK's workflow meter records
+nothing while a worker replays a history, so a replay does not count a turn twice), model calls, tokens, tool
+calls and compactions in their activities, mail in the SMTP server and the reply activity, jobs when they finish.
+Without `--metrics-port` the SDK's default runtime has no exporter and these calls cost next to nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from temporalio import activity, workflow
+from temporalio.common import MetricMeter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+TURNS = "threadline_turns"
+TURN_SECONDS = "threadline_turn_duration"
+MODEL_CALLS = "threadline_model_calls"
+MODEL_TOKENS = "threadline_model_tokens"
+TOOL_CALLS = "threadline_tool_calls"
+COMPACTIONS = "threadline_compactions"
+APPROVALS = "threadline_approvals"
+MAIL = "threadline_mail"
+JOBS = "threadline_jobs"
+
+
+def serve_metrics(host: str, port: int) -> None:
+    """Makes the SDK's default runtime export to Prometheus at host:port; call it before the first client."""
+    Runtime.set_default(Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(
+        bind_address=f"{host}:{port}", counters_total_suffix=True, durations_as_seconds=True))),
+        error_if_already_set=True)
+
+
+def _add(meter: MetricMeter, name: str, description: str, attributes: Mapping[str, str | int | float | bool],
+         value: int = 1) -> None:
+    meter.create_counter(name, description).add(value, dict(attributes))
+
+
+def in_workflow(name: str, description: str, **attributes: str) -> None:
+    _add(workflow.metric_meter(), name, description, attributes)
+
+
+def turn_finished(channel: str, status: str, seconds: float) -> None:
+    meter = workflow.metric_meter()
+    attributes = {"channel": channel.split(":", 1)[0], "status": status}
+    _add(meter, TURNS, "turns that ended, by channel and status", attributes)
+    meter.create_histogram_float(TURN_SECONDS, "how long turns took, queueing excluded", "s").record(
+        seconds, attributes)
+
+
+def in_activity(name: str, description: str, value: int = 1, **attributes: str) -> None:
+    if value:
+        _add(activity.metric_meter(), name, description, attributes, value)
+
+
+def outside(name: str, description: str, **attributes: str) -> None:
+    """For code that runs in no workflow or activity (the SMTP server)."""
+    _add(Runtime.default().metric_meter, name, description, attributes)
