@@ -7,6 +7,7 @@ turn (signal-with-start: mail, queue). Both start the thread on its first turn.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import secrets
 import time
@@ -29,8 +30,10 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
+from threadline.channels.payload_codec import codec_from_env
 from threadline.models.limits import ErrorType
 from threadline.models.thread import AgentRef, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
 from threadline.workflows.search_attributes import (
@@ -68,7 +71,8 @@ async def connect(
     tls: bool | TLSConfig | None = None,
     rpc_metadata: Mapping[str, str] | None = None,
 ) -> Client:
-    """`tls` given wins over `tls_cert`/`tls_key`; without either, an API key turns TLS on."""
+    """`tls` given wins over `tls_cert`/`tls_key`; without either, an API key turns TLS on. With a payload key in
+    the environment every payload is encrypted (channels/payload_codec.py)."""
     if tls is None:
         tls = bool(api_key)
         if tls_cert is not None or tls_key is not None:
@@ -76,10 +80,19 @@ async def connect(
     try:
         return await Client.connect(
             address, namespace=namespace, api_key=api_key, tls=tls, rpc_metadata=rpc_metadata or {},
-            data_converter=pydantic_data_converter,
+            data_converter=data_converter(),
         )
     except RuntimeError as e:
         raise TemporalUnreachable(f"cannot reach the Temporal server at {address}: {e}") from e
+
+
+def data_converter() -> DataConverter:
+    """Pydantic payloads; encrypted, failure messages included, when THREADLINE_PAYLOAD_KEY(_FILE) is set."""
+    codec = codec_from_env()
+    if codec is None:
+        return pydantic_data_converter
+    return dataclasses.replace(pydantic_data_converter, payload_codec=codec,
+                               failure_converter_class=DefaultFailureConverterWithEncodedAttributes)
 
 
 async def register_search_attributes(client: Client) -> None:

@@ -13,7 +13,7 @@ import sys
 import traceback
 
 import typer
-from threadline.cli import approvals
+from threadline.cli import approvals, codec
 from threadline.cli.errors import USAGE, CliError
 from threadline.cli.mail import mail_app, mailbox_app
 from threadline.cli.options import Verbose
@@ -49,6 +49,7 @@ app = typer.Typer(
 for name, command in (("approvals", approvals.approvals), ("approve", approvals.approve), ("deny", approvals.deny)):
     process_app.command(name, epilog=approvals.APPROVALS_EPILOG)(command)
 app.add_typer(process_app, name="process")
+app.command("codec-server", epilog=codec.CODEC_EPILOG)(codec.codec_server)
 app.add_typer(server_app, name="server")
 app.add_typer(room_app, name="room")
 app.add_typer(mailbox_app, name="mailbox")

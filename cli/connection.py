@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from temporalio.client import Client
 from threadline.channels.delivery import TemporalUnreachable, connect
 from threadline.cli import embedded
-from threadline.cli.errors import CliError
+from threadline.cli.errors import CliError, usage_error
 from threadline.cli.options import ConnectionOptions
 from threadline.cli.output import status
 from threadline.cli.temporal_config import temporal_target
@@ -40,6 +40,12 @@ def _reason(e: BaseException) -> str:
 
 
 async def open_temporal(options: ConnectionOptions) -> Temporal:
+    from threadline.channels.payload_codec import PayloadKeyError, codec_from_env
+
+    try:
+        codec_from_env()
+    except PayloadKeyError as e:
+        raise usage_error(str(e)) from e
     target = temporal_target(options)
     if target.address:
         try:
