@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from threadline.activities.stream_log import KEEP_SECONDS, StreamEvent
 from threadline.activities.thread_store import display_name
-from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, Usage, parse_items
+from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, Usage, UsageRow, parse_items
 
 _opened: dict[tuple[type, str, str], Any] = {}
 _opened_guard = threading.Lock()
@@ -251,6 +251,22 @@ class PgThreadStore:
             "UPDATE threadline_threads SET name=%s WHERE room=%s AND thread_id=%s",
             (display_name(name), self.room, thread_id),
         )
+
+    def usage_rows(self, *, agent: str | None = None, since: float | None = None) -> list[UsageRow]:
+        query = ("SELECT i.thread_id, t.agent, t.channel, i.created_at, (i.body::jsonb)->'data'->>'model',"
+                 " (i.body::jsonb)->'data'->'usage' FROM threadline_items i JOIN threadline_threads t"
+                 " ON t.room = i.room AND t.thread_id = i.thread_id"
+                 " WHERE i.room=%s AND i.type IN ('assistant', 'summary')")
+        args: list[object] = [self.room]
+        if agent is not None:
+            query += " AND t.agent=%s"
+            args.append(agent)
+        if since is not None:
+            query += " AND i.created_at>=%s"
+            args.append(since)
+        return [UsageRow(thread_id=r[0], agent=r[1], channel=r[2], at=r[3], model=r[4] or "",
+                         usage=Usage.model_validate(r[5]) if r[5] else Usage())
+                for r in self._connect().execute(query + " ORDER BY i.created_at", args)]
 
     def remember_conversation(self, key: str, thread_id: str) -> None:
         self._connect().execute(

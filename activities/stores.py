@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from threadline.activities.stream_log import EventKind, StreamEvent, StreamLog
 from threadline.activities.thread_store import ThreadStore
-from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus
+from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, UsageRow
 
 
 class RoomThreadStore(Protocol):
@@ -24,6 +24,8 @@ class RoomThreadStore(Protocol):
     def position(self, thread_id: str) -> tuple[int, float]: ...
     def changed_threads(self, after: int | None) -> tuple[int, set[str]]: ...
     def rename(self, thread_id: str, name: str) -> None: ...
+    def usage_rows(self, *, agent: str | None = None, since: float | None = None) -> list[UsageRow]:
+        """Every model call's usage (answers and summaries), oldest first: what the cost ledger prices."""
     def remember_conversation(self, key: str, thread_id: str) -> None: ...
     def conversation(self, key: str) -> tuple[str, bool] | None:
         """The thread a conversation key (an OpenAI-compatible client's message history) leads to, and whether it

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from threadline.activities.storage import room_dir
-from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, Usage, parse_items
+from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, Usage, UsageRow, parse_items
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS threads (
@@ -175,6 +175,21 @@ class ThreadStore:
 
     def rename(self, thread_id: str, name: str) -> None:
         self._connect().execute("UPDATE threads SET name=? WHERE thread_id=?", (display_name(name), thread_id))
+
+    def usage_rows(self, *, agent: str | None = None, since: float | None = None) -> list[UsageRow]:
+        query = ("SELECT i.thread_id, t.agent, t.channel, i.created_at, json_extract(i.body, '$.data.model'),"
+                 " json_extract(i.body, '$.data.usage') FROM items i JOIN threads t ON t.thread_id = i.thread_id"
+                 " WHERE i.type IN ('assistant', 'summary')")
+        args: list[object] = []
+        if agent is not None:
+            query += " AND t.agent=?"
+            args.append(agent)
+        if since is not None:
+            query += " AND i.created_at>=?"
+            args.append(since)
+        return [UsageRow(thread_id=r[0], agent=r[1], channel=r[2], at=r[3], model=r[4] or "",
+                         usage=Usage.model_validate_json(r[5]) if r[5] else Usage())
+                for r in self._connect().execute(query + " ORDER BY i.created_at", args)]
 
     def remember_conversation(self, key: str, thread_id: str) -> None:
         self._connect().execute("INSERT OR REPLACE INTO conversations (key, thread_id, created_at) VALUES (?,?,?)",

@@ -13,7 +13,7 @@ import sys
 import traceback
 
 import typer
-from threadline.cli import approvals, codec
+from threadline.cli import approvals, codec, usage
 from threadline.cli.errors import USAGE, CliError
 from threadline.cli.mail import mail_app, mailbox_app
 from threadline.cli.options import Verbose
@@ -51,6 +51,7 @@ for name, command in (("approvals", approvals.approvals), ("approve", approvals.
 app.add_typer(process_app, name="process")
 app.command("codec-server", epilog=codec.CODEC_EPILOG)(codec.codec_server)
 app.add_typer(server_app, name="server")
+room_app.command("usage", epilog=usage.USAGE_EPILOG)(usage.usage)
 app.add_typer(room_app, name="room")
 app.add_typer(mailbox_app, name="mailbox")
 app.add_typer(mail_app, name="mail")

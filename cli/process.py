@@ -333,7 +333,9 @@ def use(
         ref = AgentRef(room=room, agent_name=agent_name, thread_dir=thread_dir)
     except ValueError as e:
         raise usage_error(str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from e  # type: ignore[attr-defined]
-    asyncio.run(_use(ref, connection, thread_id, message, no_wait, stream, _store_url(thread_store_url)))
+    from threadline.cli.threads import store_url_of
+
+    asyncio.run(_use(ref, connection, thread_id, message, no_wait, stream, store_url_of(thread_store_url)))
 
 
 async def _use(ref, connection: ConnectionOptions, thread_id: str | None, message: str | None,  # noqa: ANN001
@@ -364,35 +366,6 @@ async def _use(ref, connection: ConnectionOptions, thread_id: str | None, messag
 # Reading threads.
 
 
-def _store_url(url: str | None) -> str | None:
-    """`--thread-store-url`, checked (a usage error names the accepted form)."""
-    from threadline.models.spec import validate_thread_store_url
-
-    try:
-        return validate_thread_store_url(url)
-    except ValueError as e:
-        raise usage_error(str(e)) from e
-
-
-def _store(room: str, url: str | None = None):  # noqa: ANN202
-    """The room's thread store, or None when nothing was ever stored in the room (reading creates nothing)."""
-    from threadline.activities.storage import room_dir
-    from threadline.activities.stores import open_thread_store
-    from threadline.models.limits import validate_name
-
-    try:
-        validate_name("room", room)
-    except ValueError as e:
-        raise usage_error(str(e)) from e
-    url = _store_url(url)
-    if url:
-        try:
-            return open_thread_store(room, url)
-        except Exception as e:  # noqa: BLE001 - activities/pg_store.ThreadStoreUnavailable: one line
-            raise CliError(str(e)) from e
-    if not (room_dir(room) / "threads.sqlite3").exists():
-        return None
-    return open_thread_store(room)
 
 
 @process_app.command("threads", epilog=READ_EPILOG)
@@ -410,24 +383,31 @@ def threads(
 ) -> None:
     """List a room's threads, newest first: id, status, modified, channel, agent, name."""
     from threadline.activities.storage import threadline_home
-    from threadline.cli.threads import print_threads
+    from threadline.cli.threads import print_threads, room_store
 
     room = require(room, "--room", "THREADLINE_ROOM", "NAME")
-    store = _store(room, thread_store_url)
+    store = room_store(room, thread_store_url)
     if store is None:
         status(f"no threads in room {room} yet (THREADLINE_HOME is {threadline_home()})")
-    print_threads(store.threads(agent=agent_name, limit=limit, offset=offset) if store else [], output)
+    listed = store.threads(agent=agent_name, limit=limit, offset=offset) if store else []
+    costs = None
+    if store is not None and output is not OutputFormat.text:
+        from threadline.activities.pricing import load_prices
+        from threadline.cli.usage import thread_costs
+
+        costs = thread_costs(store, agent_name, load_prices(None))
+    print_threads(listed, output, costs)
 
 
 def _thread_items(room: str | None, agent_name: str | None, thread_dir: str, thread_id: str | None,  # noqa: ANN202
                   store_url: str | None = None):
     from threadline.activities.storage import threadline_home
-    from threadline.cli.threads import resolve_thread
+    from threadline.cli.threads import resolve_thread, room_store
 
     room = require(room, "--room", "THREADLINE_ROOM", "NAME")
     if not thread_id:
         raise usage_error(f"--thread-id is required; list threads with: threadline process threads --room {room}")
-    store = _store(room, store_url)
+    store = room_store(room, store_url)
     if store is None:
         raise usage_error(f"no thread {thread_id!r} in room {room}: nothing is stored in this room "
                           f"(THREADLINE_HOME is {threadline_home()})")

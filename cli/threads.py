@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 from threadline.activities.stores import RoomThreadStore
 from threadline.activities.tools import summarize_call
-from threadline.cli.errors import usage_error
+from threadline.cli.errors import CliError, usage_error
 from threadline.cli.options import OutputFormat
 from threadline.cli.output import out
 from threadline.models.thread import AgentRef, ThreadInfo, ThreadItem
@@ -57,16 +57,20 @@ def thread_json(info: ThreadInfo) -> dict:
     return {"id": short_id(info.thread_id), **info.model_dump()}
 
 
-def print_threads(threads: list[ThreadInfo], fmt: OutputFormat) -> None:
+def print_threads(threads: list[ThreadInfo], fmt: OutputFormat, costs: dict[str, float | None] | None = None) -> None:
+    """`costs`: dollars per thread id (None: a model without a price), from the cost ledger."""
+    costs = costs or {}
     if fmt is OutputFormat.json:
-        out.print_json(json.dumps([thread_json(t) for t in threads]))
+        out.print_json(json.dumps([{**thread_json(t), "cost_usd": costs.get(t.thread_id)} for t in threads]))
         return
     if fmt is OutputFormat.table:
-        table = Table(*(Column(h, no_wrap=True) for h in ("id", "agent", "status", "modified", "channel", "items")),
-                      Column("name", ratio=1))
+        headers = ("id", "agent", "status", "modified", "channel", "items", "cost")
+        table = Table(*(Column(h, no_wrap=True) for h in headers), Column("name", ratio=1))
         for t in threads:
             modified = datetime.fromtimestamp(t.modified_at).strftime("%m-%d %H:%M")
-            table.add_row(short_id(t.thread_id), t.agent, t.status, modified, t.channel, str(t.items), escape(t.name))
+            cost = costs.get(t.thread_id)
+            table.add_row(short_id(t.thread_id), t.agent, t.status, modified, t.channel, str(t.items),
+                          "-" if cost is None else f"${cost:.4f}", escape(t.name))
         out.print(table)
         return
     for t in threads:
@@ -119,3 +123,34 @@ def compile_pattern(pattern: str, ignore_case: bool) -> re.Pattern[str]:
 
 def grep_items(items: list[ThreadItem], regex: re.Pattern[str]) -> list[ThreadItem]:
     return [i for i in items if regex.search(item_text(i)) or (i.tool_name and regex.search(i.tool_name))]
+
+
+def store_url_of(url: str | None) -> str | None:
+    """`--thread-store-url`, checked (a usage error names the accepted form)."""
+    from threadline.models.spec import validate_thread_store_url
+
+    try:
+        return validate_thread_store_url(url)
+    except ValueError as e:
+        raise usage_error(str(e)) from e
+
+
+def room_store(room: str, url: str | None = None):  # noqa: ANN202
+    """The room's thread store, or None when nothing was ever stored in the room (reading creates nothing)."""
+    from threadline.activities.storage import room_dir
+    from threadline.activities.stores import open_thread_store
+    from threadline.models.limits import validate_name
+
+    try:
+        validate_name("room", room)
+    except ValueError as e:
+        raise usage_error(str(e)) from e
+    url = store_url_of(url)
+    if url:
+        try:
+            return open_thread_store(room, url)
+        except Exception as e:  # noqa: BLE001 - activities/pg_store.ThreadStoreUnavailable: one line
+            raise CliError(str(e)) from e
+    if not (room_dir(room) / "threads.sqlite3").exists():
+        return None
+    return open_thread_store(room)

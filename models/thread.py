@@ -31,6 +31,17 @@ class Usage(BaseModel):
         )
 
 
+class UsageRow(BaseModel):
+    """One model call's usage as the thread store has it (the cost ledger's input)."""
+
+    thread_id: str
+    agent: str
+    channel: str
+    at: float
+    model: str
+    usage: Usage
+
+
 class AgentRef(BaseModel):
     """Where an agent's threads live in Temporal: enough for any process to address them."""
 

@@ -444,3 +444,15 @@ def test_conversation_keys_and_item_types_behave_alike(backend, room: str) -> No
                  room=room, agent="support")
     assert [i.text for i in store.items("th", item_type="summary")] == ["s1", "s2"]
     assert [i.text for i in store.items("th", before_seq=4, limit=1, item_type="summary")] == ["s1"]
+
+
+def test_usage_rows_behave_alike(backend, room: str) -> None:
+    store, _ = backend
+    answer = _assistant(2, "a", 10)
+    answer.data["model"] = "gpt-4o-mini"
+    store.append("th", [_user(1, "q"), answer], room=room, agent="support", channel="mail:x@example.com")
+    store.append("other", [_assistant(1, "b", 5)], room=room, agent="sales")
+    rows = store.usage_rows(agent="support")
+    assert [(r.thread_id, r.agent, r.channel, r.model, r.usage.prompt_tokens) for r in rows] == [
+        ("th", "support", "mail:x@example.com", "gpt-4o-mini", 10)]
+    assert len(store.usage_rows()) == 2 and store.usage_rows(since=rows[0].at + 3600) == []
