@@ -1,5 +1,6 @@
-"""Threadline's metrics, through the Temporal SDK's own metric meter: `--metrics-port` serves them with the SDK's
-runtime metrics on one Prometheus endpoint.
+"""Threadline's metrics and traces. Metrics go through the Temporal SDK's own metric meter: `--metrics-port` serves
+them with the SDK's runtime metrics on one Prometheus endpoint. Traces are OpenTelemetry, through the SDK's
+`OpenTelemetryPlugin`, when the standard `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` variables name a collector.
 
 Counted where each thing happens: turns and approvals in the thread workflow (the SDK's workflow meter records
 nothing while a worker replays a history, so a replay does not count a turn twice), model calls, tokens, tool
@@ -9,7 +10,9 @@ Without `--metrics-port` the SDK's default runtime has no exporter and these cal
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.common import MetricMeter
@@ -24,6 +27,33 @@ COMPACTIONS = "threadline_compactions"
 APPROVALS = "threadline_approvals"
 MAIL = "threadline_mail"
 JOBS = "threadline_jobs"
+
+
+TRACER_NAME = "threadline"
+TRACE_ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def tracing_plugins(env: Mapping[str, str] | None = None) -> list[Any]:
+    """The client plugin that traces workflows and activities (workers inherit it), when an OTLP endpoint is
+    configured; [] otherwise. The tracer provider is Temporal's replay-safe one: a worker replaying a history
+    emits no span a second time."""
+    env = os.environ if env is None else env
+    if not any(env.get(name) for name in TRACE_ENDPOINTS) or env.get("OTEL_TRACES_EXPORTER", "otlp") == "none":
+        return []
+    from opentelemetry import trace
+    from temporalio.contrib.opentelemetry import OpenTelemetryPlugin, create_tracer_provider
+    from temporalio.contrib.opentelemetry._tracer_provider import ReplaySafeTracerProvider
+
+    if not isinstance(trace.get_tracer_provider(), ReplaySafeTracerProvider):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        provider = create_tracer_provider(resource=Resource.create({"service.name": env.get("OTEL_SERVICE_NAME")
+                                                                    or "threadline"}))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        trace.set_tracer_provider(provider)
+    return [OpenTelemetryPlugin()]
 
 
 def serve_metrics(host: str, port: int) -> None:

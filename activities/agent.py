@@ -14,6 +14,7 @@ from typing import Any
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from opentelemetry import trace
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from threadline import telemetry
@@ -53,6 +54,7 @@ CONTEXT_EXCEEDED = re.compile(r"context[_ ](length|window)|maximum context|too m
 SECRET = re.compile(r"\b(sk-[A-Za-z0-9_-]{8,}|Bearer\s+\S+|(?:api[_-]?key|token|password|secret)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)",
                     re.IGNORECASE)
 llm_log = logging.getLogger("threadline.llm")
+tracer = trace.get_tracer(telemetry.TRACER_NAME)
 
 
 def scrubbed(text: str, env: dict[str, str]) -> str:
@@ -167,8 +169,15 @@ class AgentActivities:
                     usage = Usage(model_calls=1)
                     deltas.add(text)
                 else:
-                    text, calls, usage = await self._openai_completion(name, base_url, api_key, messages, tools,
-                                                                       deltas)
+                    with tracer.start_as_current_span(f"chat {name}", attributes={
+                        "gen_ai.operation.name": "chat", "gen_ai.request.model": name,
+                        "threadline.thread_id": call.thread_id, "threadline.turn_id": call.turn_id,
+                    }) as span:
+                        text, calls, usage = await self._openai_completion(name, base_url, api_key, messages, tools,
+                                                                           deltas)
+                        span.set_attributes({"gen_ai.usage.input_tokens": usage.prompt_tokens,
+                                             "gen_ai.usage.output_tokens": usage.completion_tokens,
+                                             "gen_ai.response.finish_reasons": ["tool_calls" if calls else "stop"]})
                 unpublished = await deltas.finish()
             except ContextExceeded as e:
                 if auto and not call.after_compaction:
@@ -316,7 +325,11 @@ class AgentActivities:
             try:
                 current_call.set(request)
                 async with heartbeating():
-                    output = await asyncio.wait_for(tool.call(call.arguments), call.timeout_seconds)
+                    with tracer.start_as_current_span(f"execute_tool {call.name}", attributes={
+                        "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.name,
+                        "gen_ai.tool.call.id": call.call_id,
+                    }):
+                        output = await asyncio.wait_for(tool.call(call.arguments), call.timeout_seconds)
                 ok = not output.startswith("error:")
             except ToolArgumentsError as e:
                 ok, output = False, f"error: {e}"

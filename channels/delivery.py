@@ -33,6 +33,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
+from threadline import telemetry
 from threadline.channels.payload_codec import codec_from_env
 from threadline.models.limits import ErrorType
 from threadline.models.thread import AgentRef, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
@@ -80,7 +81,7 @@ async def connect(
     try:
         return await Client.connect(
             address, namespace=namespace, api_key=api_key, tls=tls, rpc_metadata=rpc_metadata or {},
-            data_converter=data_converter(),
+            data_converter=data_converter(), plugins=telemetry.tracing_plugins(),
         )
     except RuntimeError as e:
         raise TemporalUnreachable(f"cannot reach the Temporal server at {address}: {e}") from e

@@ -14,6 +14,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from opentelemetry import trace
     from threadline import telemetry
     from threadline.contracts import (
         CALL_MODEL,
@@ -273,6 +274,16 @@ class ThreadWorkflow:
     # The turn loop.
 
     async def _run_turn(self, turn: Turn) -> Reply:
+        """One turn, as one span (with OpenTelemetry configured): its model and tool calls are its children."""
+        with trace.get_tracer(telemetry.TRACER_NAME).start_as_current_span("turn", attributes={
+            "threadline.thread_id": self.state.thread_id, "threadline.turn_id": turn.turn_id,
+            "threadline.channel": turn.channel,
+        }) as span:
+            reply = await self._turn(turn)
+            span.set_attributes({"threadline.status": reply.status, "threadline.steps": reply.steps})
+            return reply
+
+    async def _turn(self, turn: Turn) -> Reply:
         self.turn_started = workflow.now()
         self.running = turn
         self.interrupted_turn_id = None

@@ -1,0 +1,112 @@
+"""OpenTelemetry traces: a turn is one span, its model calls and tool calls are its children, and a worker that
+replays the thread's history (a restarted worker) emits none of them again. Spans go to an in-memory exporter on
+Temporal's replay-safe tracer provider, set up the way `telemetry.tracing_plugins` sets up the OTLP one."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from temporalio.client import Client
+from temporalio.contrib.opentelemetry import create_tracer_provider
+from threadline.channels.delivery import connect, new_thread_name, new_turn_id, submit_turn
+from threadline.models.thread import Turn
+
+from tests.fake_openai import FakeOpenAI, FakeResponse
+from tests.runtime_support import eventually, running_agent
+
+_EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture
+def spans(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
+    if not isinstance(trace.get_tracer_provider(), type(create_tracer_provider())):
+        provider = create_tracer_provider()
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        trace.set_tracer_provider(provider)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9/unused")
+    _EXPORTER.clear()
+    return _EXPORTER
+
+
+def _ancestors(span, by_id: dict) -> list[str]:  # noqa: ANN001
+    names = []
+    while span.parent is not None and span.parent.span_id in by_id:
+        span = by_id[span.parent.span_id]
+        names.append(span.name)
+    return names
+
+
+async def test_a_turn_is_a_span_with_its_model_and_tool_calls_and_replays_add_none(
+        temporal_server, agent_spec, fake_model: FakeOpenAI, spans: InMemorySpanExporter):
+    traced: Client = await connect(temporal_server.address)
+    thread_id = agent_spec.ref.thread_id(new_thread_name())
+    fake_model.enqueue(FakeResponse.tool_calls([("current_time", {})]), FakeResponse.text("it is late"))
+    async with running_agent(traced, agent_spec):
+        first = await submit_turn(traced, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="time?"))
+    assert first.status == "completed"
+    async with running_agent(traced, agent_spec):  # a new worker: it replays the thread's history first
+        second = await submit_turn(traced, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="thanks"))
+    assert second.status == "completed"
+
+    def finished() -> list:
+        done = [s for s in spans.get_finished_spans() if s.name == "turn"]
+        return done if len(done) >= 2 else []
+
+    turns = await eventually(finished, 30, what="two turn spans")
+    assert [t.attributes["threadline.turn_id"] for t in turns] == [first.turn_id, second.turn_id]
+    assert {t.attributes["threadline.status"] for t in turns} == {"completed"}
+    finished_spans = spans.get_finished_spans()
+    by_id = {s.context.span_id: s for s in finished_spans}
+    chats = [s for s in finished_spans if s.name == "chat fake-model"]
+    tools = [s for s in finished_spans if s.name == "execute_tool current_time"]
+    assert len(chats) == 3 and len(tools) == 1  # not one more after the replay
+    for span in [*chats, *tools]:
+        assert "turn" in _ancestors(span, by_id), (span.name, _ancestors(span, by_id))
+    assert chats[0].attributes["gen_ai.usage.input_tokens"] > 0
+    assert len({t.context.trace_id for t in turns}) >= 1
+
+
+def test_an_agent_process_exports_its_spans_over_otlp(temporal_server, room: str, fake_model: FakeOpenAI) -> None:
+    """The standard OTEL_* variables are all it takes: a real `process join` posts its spans to an OTLP/HTTP
+    collector (here a small HTTP server that keeps what it receives)."""
+    import http.server
+    import threading
+
+    from tests.cli_helpers import CliProcess, run_cli
+
+    received: list[bytes] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}/v1/traces",
+           "OTEL_SERVICE_NAME": "support-agent", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    agent = CliProcess("process", "join", "--room", room, "--agent-name", "support", "--model", "fake-model",
+                       "--temporal-address", temporal_server.address, "--channel", "chat", "--http-port", "0",
+                       env=env)
+    try:
+        agent.wait_for_line("task queue", stream="stdout", timeout=30)
+        used = run_cli("process", "use", "--room", room, "--agent-name", "support", "--temporal-address",
+                       temporal_server.address, "-m", "hello", env=env)
+        assert used.returncode == 0, used.stderr
+        deadline = time.monotonic() + 30
+        while not any(b"turn" in r and b"chat fake-model" in b"".join(received) for r in received):
+            assert time.monotonic() < deadline, f"no turn span reached the collector: {received!r}"
+            time.sleep(0.1)
+        assert b"support-agent" in b"".join(received)
+    finally:
+        agent.kill()
+        collector.shutdown()
