@@ -1,9 +1,11 @@
 """Payload encryption's cost per turn: sequential turns on one thread with and without THREADLINE_PAYLOAD_KEY,
 the two alternating in blocks, in one process (the driver, both agents' workers and the fake model at 0 ms).
 
-    .venv/bin/python -m bench.encryption [--turns 200] [--block 20] [--out FILE]
+    .venv/bin/python -m bench.encryption [--turns 200] [--block 20] [--trace] [--out FILE]
 
 Prints JSON: p50/p95 turn latency (ms) and this process's CPU per turn (ms) for each, and their differences.
+`--trace` turns OpenTelemetry on for both (spans exported over OTLP/HTTP to a collector stub in this process): run
+once with it and once without to read what tracing adds.
 """
 
 from __future__ import annotations
@@ -33,6 +35,25 @@ from tests.fake_openai import FakeOpenAI
 from tests.temporal_server import TemporalDevServer
 
 
+def collector_stub() -> int:
+    """An OTLP/HTTP endpoint that accepts and drops spans; returns its port."""
+    import http.server
+    import threading
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
 def ms(values: list[float]) -> dict[str, float]:
     ordered = sorted(v * 1000 for v in values)
     return {"p50": round(statistics.median(ordered), 1),
@@ -43,8 +64,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--turns", type=int, default=200)
     parser.add_argument("--block", type=int, default=20)
+    parser.add_argument("--trace", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.trace:
+        os.environ.update(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"http://127.0.0.1:{collector_stub()}/v1/traces",
+                          OTEL_SERVICE_NAME="bench")
     with tempfile.TemporaryDirectory() as home, FakeOpenAI(record=False) as fake:
         os.environ.update(THREADLINE_HOME=home, OPENAI_BASE_URL=fake.base_url, OPENAI_API_KEY="bench")
         server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES})
@@ -84,6 +109,7 @@ async def main() -> None:
             await server.astop()
     result = {name: {"latency_ms": ms(values), "process_cpu_ms_per_turn": round(cpu[name] * 1000 / len(values), 2)}
               for name, values in latencies.items()}
+    result["traced"] = args.trace
     result["encryption_overhead"] = {
         "latency_p50_ms": round(result["encrypted"]["latency_ms"]["p50"] - result["plain"]["latency_ms"]["p50"], 1),
         "process_cpu_ms_per_turn": round(result["encrypted"]["process_cpu_ms_per_turn"]

@@ -32,7 +32,7 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
     return _EXPORTER
 
 
-def _ancestors(span, by_id: dict) -> list[str]:  # noqa: ANN001
+def _ancestors(span, by_id: dict) -> list[str]:
     names = []
     while span.parent is not None and span.parent.span_id in by_id:
         span = by_id[span.parent.span_id]
@@ -81,7 +81,7 @@ def test_an_agent_process_exports_its_spans_over_otlp(temporal_server, room: str
     received: list[bytes] = []
 
     class Collector(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        def do_POST(self) -> None:
             received.append(self.rfile.read(int(self.headers["Content-Length"])))
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
