@@ -23,6 +23,7 @@ from threadline.activities.context_window import ContextBudget, estimate_message
 from threadline.activities.heartbeat import heartbeating
 from threadline.activities.model_provider import ModelConfigError, error_detail, model_error, resolve_model
 from threadline.activities.offline import offline_completion
+from threadline.activities.pricing import load_prices, priced
 from threadline.activities.prompt import HISTORY_WINDOW, prompt_messages
 from threadline.activities.rules import AgentRules
 from threadline.activities.storage import RoomStorage
@@ -89,7 +90,8 @@ class AgentActivities:
         self.toolbox = toolbox
         self.env = env
         self._clients: dict[tuple[str | None, str | None], openai.AsyncOpenAI] = {}
-        self.compactor = ThreadCompactor(spec, store=store, client_for=self._client, env=env)
+        self.prices = load_prices(spec.model_prices)
+        self.compactor = ThreadCompactor(spec, store=store, client_for=self._client, env=env, prices=self.prices)
 
     def _client(self, base_url: str | None, api_key: str | None) -> openai.AsyncOpenAI:
         key = (base_url, api_key)
@@ -175,6 +177,7 @@ class AgentActivities:
                     }) as span:
                         text, calls, usage = await self._openai_completion(name, base_url, api_key, messages, tools,
                                                                            deltas)
+                        usage = priced(usage, name, self.prices)
                         span.set_attributes({"gen_ai.usage.input_tokens": usage.prompt_tokens,
                                              "gen_ai.usage.output_tokens": usage.completion_tokens,
                                              "gen_ai.response.finish_reasons": ["tool_calls" if calls else "stop"]})

@@ -33,6 +33,7 @@ from threadline.activities.context_window import (
 from threadline.activities.heartbeat import heartbeating
 from threadline.activities.model_provider import ModelConfigError, model_error, resolve_model
 from threadline.activities.offline import offline_completion
+from threadline.activities.pricing import Price, priced
 from threadline.activities.prompt import HISTORY_WINDOW
 from threadline.activities.stores import RoomThreadStore
 from threadline.contracts import COMPACT_THREAD
@@ -63,9 +64,10 @@ def compaction_reason(window: list[ThreadItem], tokens: int, budget: ContextBudg
 
 
 class ThreadCompactor:
-    def __init__(self, spec: AgentSpec, *, store: RoomThreadStore, client_for: ClientFor,
-                 env: dict[str, str]) -> None:
+    def __init__(self, spec: AgentSpec, *, store: RoomThreadStore, client_for: ClientFor, env: dict[str, str],
+                 prices: dict[str, Price]) -> None:
         self.spec = spec
+        self.prices = prices
         self.store = store
         self.client_for = client_for
         self.env = env
@@ -141,9 +143,9 @@ class ThreadCompactor:
                 raise model_error(e, name) from e
             so_far = (response.choices[0].message.content or "").strip() if response.choices else ""
             if response.usage is not None:
-                usage += Usage(prompt_tokens=response.usage.prompt_tokens or 0,
-                               completion_tokens=response.usage.completion_tokens or 0,
-                               total_tokens=response.usage.total_tokens or 0, model_calls=1)
+                usage += priced(Usage(prompt_tokens=response.usage.prompt_tokens or 0,
+                                      completion_tokens=response.usage.completion_tokens or 0,
+                                      total_tokens=response.usage.total_tokens or 0, model_calls=1), name, self.prices)
             else:
                 usage += Usage(model_calls=1)
         if not so_far:

@@ -64,6 +64,18 @@ def price_of(model: str, prices: dict[str, Price]) -> Price | None:
     return prices[prefix] if prefix else None
 
 
+def priced(usage: Usage, model: str, prices: dict[str, Price]) -> Usage:
+    """`usage` with its cost (0 for a model without a price), counted in the cost metric too."""
+    from threadline import telemetry
+
+    dollars = cost(usage, model, prices)
+    if dollars is None:
+        return usage
+    telemetry.in_activity(telemetry.MODEL_COST, "what priced model calls cost, in millionths of a dollar",
+                          round(dollars * 1_000_000), model=model)
+    return usage.model_copy(update={"cost_usd": dollars})
+
+
 def cost(usage: Usage, model: str, prices: dict[str, Price]) -> float | None:
     price = price_of(model, prices)
     if price is None:

@@ -109,6 +109,7 @@ def build_spec(agent: AgentOptions, connection: ConnectionOptions, *, default_ch
             storage_mounts=storage_mounts(agent),
             log_llm_requests=agent.log_llm_requests,
             metrics_port=agent.metrics_port,
+            model_prices=agent.model_prices,
             model=agent.model.strip(),
             model_base_url=base_url,
             channels=channels,

@@ -228,6 +228,10 @@ StorageLocalPaths = Annotated[list[str] | None, typer.Option(
 StorageRoomPaths = Annotated[list[str] | None, typer.Option(
     "--storage-tool-room-path", help="SRC:MOUNT[:ro|rw]: a path of room storage that the storage tools also see at "
     "MOUNT; repeatable.", rich_help_panel=AGENT_PANEL, show_default=False)]
+ModelPrices = Annotated[str | None, typer.Option(
+    "--model-prices", envvar="THREADLINE_MODEL_PRICES", help="YAML or JSON of MODEL: {input: DOLLARS, output: "
+    "DOLLARS} per million tokens, over the built-in table of OpenAI models.", rich_help_panel=AGENT_PANEL,
+    show_default=False)]
 LogLlmRequests = Annotated[bool, typer.Option(
     "--log-llm-requests", envvar="THREADLINE_LOG_LLM_REQUESTS", help="Log each model request and answer to stderr, "
     "API keys and tokens scrubbed.", rich_help_panel=AGENT_PANEL)]
@@ -510,6 +514,7 @@ class AgentOptions:
     storage_tool_local_path: StorageLocalPaths = None
     storage_tool_room_path: StorageRoomPaths = None
     log_llm_requests: LogLlmRequests = spec_default(AgentSpec, "log_llm_requests")
+    model_prices: ModelPrices = None
     shell: ShellOption = False
     apply_patch: ApplyPatch = False
     working_dir: WorkingDir = None

@@ -14,6 +14,7 @@ from threadline.models.spec import AgentSpec
 
 def preflight(spec: AgentSpec, *, from_spec_file: bool = False) -> None:
     from threadline.activities.model_provider import ModelConfigError, resolve_model
+    from threadline.activities.pricing import PricesError, load_prices
     from threadline.activities.rules import SkillError, load_skills
     from threadline.activities.shell import ShellConfigError, check_shell
     from threadline.activities.tools import ToolLoadError, build_toolbox
@@ -51,6 +52,10 @@ def preflight(spec: AgentSpec, *, from_spec_file: bool = False) -> None:
         raise refuse(e) from e
     if problem := storage_rules_problem(spec):
         raise refuse(ValueError(problem))
+    try:
+        load_prices(spec.model_prices)
+    except PricesError as e:
+        raise refuse(e) from e
     if "chat" in spec.channels:
         try:
             check_settings(spec.http)

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from threadline.cli.agent_spec import require
 from threadline.cli.errors import usage_error
-from threadline.cli.options import AgentName, Output, OutputFormat, Room, ThreadStoreUrl, Verbose
+from threadline.cli.options import AgentName, ModelPrices, Output, OutputFormat, Room, ThreadStoreUrl, Verbose
 from threadline.cli.output import out, status
 
 USAGE_EPILOG = """\
@@ -35,11 +35,6 @@ class By(str, Enum):
     thread = "thread"
     channel = "channel"
     agent = "agent"
-
-
-ModelPrices = Annotated[str | None, typer.Option(
-    "--model-prices", envvar="THREADLINE_MODEL_PRICES", help="YAML or JSON of MODEL: {input: DOLLARS, output: "
-    "DOLLARS} per million tokens, over the built-in table of OpenAI models.", show_default=False)]
 
 
 def parse_since(value: str) -> float | None:

@@ -56,6 +56,7 @@ class AgentSpec(BaseModel):
     storage_mounts: list[StorageMount] = Field(
         default_factory=list, description="--storage-tool-local-path / --storage-tool-room-path SRC:MOUNT[:ro|rw]")
     log_llm_requests: bool = Field(False, description="log each model request and answer, secrets scrubbed")
+    model_prices: str | None = Field(None, description="--model-prices: a YAML/JSON price file over the built-in table")
     metrics_port: int | None = Field(None, ge=1, le=65535,
                                      description="serve Prometheus metrics (Threadline's and the Temporal SDK's)")
     model: str = "gpt-4o-mini"

@@ -21,6 +21,7 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
     model_calls: int = 0
+    cost_usd: float = Field(0.0, description="of the priced calls, at their prices when they ran")
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -28,6 +29,7 @@ class Usage(BaseModel):
             completion_tokens=self.completion_tokens + other.completion_tokens,
             total_tokens=self.total_tokens + other.total_tokens,
             model_calls=self.model_calls + other.model_calls,
+            cost_usd=round(self.cost_usd + other.cost_usd, 9),
         )
 
 

@@ -7,7 +7,8 @@ import json
 from datetime import UTC, datetime
 
 from temporalio.client import Client
-from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
+from threadline.activities.thread_store import ThreadStore
+from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn, thread_snapshot
 from threadline.models.thread import Turn
 
 from tests.cli_helpers import run_cli
@@ -21,10 +22,14 @@ async def test_room_usage_prices_every_model_call(temporal_client: Client, agent
     first, second = spec.ref.thread_id(new_thread_name()), spec.ref.thread_id(new_thread_name())
     fake_model.enqueue(FakeResponse.tool_calls([("current_time", {})], usage=(1000, 100)),
                        FakeResponse.text("done", usage=(2000, 500)), FakeResponse.text("hi", usage=(10_000, 1000)))
-    await submit_turn(temporal_client, spec.ref, first, Turn(turn_id=new_turn_id(), text="time?"))
+    one = await submit_turn(temporal_client, spec.ref, first, Turn(turn_id=new_turn_id(), text="time?"))
     await submit_turn(temporal_client, spec.ref, second, Turn(turn_id=new_turn_id(), text="hello"))
     cost_first = (3000 * 0.15 + 600 * 0.60) / 1e6
     cost_second = (10_000 * 0.15 + 1000 * 0.60) / 1e6
+    # Priced when the calls ran: the reply, the thread's snapshot and the store's thread row carry it.
+    assert round(one.usage.cost_usd, 9) == round(cost_first, 9)
+    assert round((await thread_snapshot(temporal_client, first)).usage.cost_usd, 9) == round(cost_first, 9)
+    assert round(ThreadStore.for_room(spec.room).thread(second).usage.cost_usd, 9) == round(cost_second, 9)
 
     by_thread = run_cli("room", "usage", "--room", spec.room, "--by", "thread", "-o", "json")
     assert by_thread.returncode == 0, by_thread.stderr

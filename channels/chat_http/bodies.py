@@ -24,6 +24,7 @@ class ThreadOut(BaseModel):
     temporal_url: str | None = None
     running_turn_id: str | None = None
     queued_turn_ids: list[str] = Field(default_factory=list)
+    cost_usd: float = Field(0.0, description="what the thread's priced model calls cost")
 
 
 class ThreadList(BaseModel):

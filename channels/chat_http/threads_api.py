@@ -93,7 +93,7 @@ class ChatApi:
             status=info.status if info else "idle", channel=info.channel if info else "chat",
             created_at=info.created_at if info else 0.0, modified_at=info.modified_at if info else 0.0,
             items=info.items if info else 0, archived=info.archived if info else False,
-            temporal_url=self.temporal_url(thread_id),
+            temporal_url=self.temporal_url(thread_id), cost_usd=info.usage.cost_usd if info else 0.0,
         )
         if status:
             out.status = status["status"]

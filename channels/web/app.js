@@ -124,6 +124,9 @@ function renderHeader() {
   $("thread-title").textContent = thread ? thread.name || "New thread" : "New thread";
   document.title = (thread && thread.name ? thread.name + " · " : "") + (state.config ? state.config.agent : "Threadline");
   $("rename").hidden = !state.current;
+  const cost = $("thread-cost");
+  cost.hidden = !(thread && thread.cost_usd > 0);
+  if (thread && thread.cost_usd > 0) cost.textContent = "$" + thread.cost_usd.toFixed(4);
   const link = $("temporal-link");
   link.hidden = !(thread && thread.temporal_url);
   if (thread && thread.temporal_url) link.href = thread.temporal_url;
