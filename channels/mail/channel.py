@@ -54,7 +54,9 @@ class MailChannel(ChannelAdapter):
             log.warning("mail:%s has no --smtp-relay: replies cannot be sent", self.address)
         approvals = MailApprovals(context.spec, self.address, store, context.client, dict(os.environ))
         mail = MailActivities(context.spec, self.address, self.reply_all, store, approvals)
-        queue = QueueActivities(context.client, context.spec, announce=approvals.announce)
+        # Approval requests are mailed only where approvers are named: otherwise no job polls for them.
+        queue = QueueActivities(context.client, context.spec,
+                                announce=approvals.announce if context.spec.approvals.approvers else None)
         return [
             temporal_worker(context.client, job_task_queue(context.spec.room, mailbox.queue), [MailJobWorkflow],
                             [mail.prepare_mail_turn, queue.run_queue_turn, mail.send_mail_reply]),
