@@ -18,8 +18,13 @@ from opentelemetry import trace
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from threadline import telemetry
-from threadline.activities.compaction import ThreadCompactor, calibrated, compaction_reason
-from threadline.activities.context_window import ContextBudget, estimate_messages, takes_reasoning_effort
+from threadline.activities.compaction import ThreadCompactor, compaction_reason
+from threadline.activities.context_window import (
+    ContextBudget,
+    calibration,
+    estimate_messages,
+    takes_reasoning_effort,
+)
 from threadline.activities.heartbeat import heartbeating
 from threadline.activities.model_provider import ModelConfigError, error_detail, model_error, resolve_model
 from threadline.activities.offline import offline_completion
@@ -52,8 +57,8 @@ CONTEXT_EXCEEDED = re.compile(r"context[_ ](length|window)|maximum context|too m
                               re.IGNORECASE)
 
 
-SECRET = re.compile(r"\b(sk-[A-Za-z0-9_-]{8,}|Bearer\s+\S+|(?:api[_-]?key|token|password|secret)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)",
-                    re.IGNORECASE)
+SECRET = re.compile(r"\b(sk-[A-Za-z0-9_-]{8,}|Bearer\s+\S+"
+                    r"|(?:api[_-]?key|token|password|secret)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)", re.IGNORECASE)
 llm_log = logging.getLogger("threadline.llm")
 tracer = trace.get_tracer(telemetry.TRACER_NAME)
 
@@ -151,8 +156,9 @@ class AgentActivities:
         messages = prompt_messages(rules, call.instructions, history, budget.item_chars if auto else None)
         tools = self.toolbox.openai_schemas() if self.toolbox.tools else []
         estimate = estimate_messages(messages, tools)
-        tokens = calibrated(history, estimate)
-        if auto and not call.after_compaction and (reason := compaction_reason(history, tokens, budget)):
+        ratio = calibration(history)
+        tokens = int(estimate * ratio)
+        if auto and not call.after_compaction and (reason := compaction_reason(history, estimate, ratio, budget)):
             return ModelStep(model=requested, max_steps=self.spec.max_steps, compaction_needed=reason,
                              prompt_tokens=tokens)
         try:

@@ -44,13 +44,10 @@ from threadline.models.thread import CompactionInput, CompactionResult, ThreadIt
 ClientFor = Callable[[str | None, str | None], openai.AsyncOpenAI]
 
 
-def calibrated(window: list[ThreadItem], estimate: int) -> int:
-    return int(estimate * calibration(window))
-
-
-def compaction_reason(window: list[ThreadItem], tokens: int, budget: ContextBudget) -> str | None:
-    """Why the prompt built from `window` (`tokens`, calibrated) must be compacted before the model sees it."""
-    ratio = calibration(window)
+def compaction_reason(window: list[ThreadItem], estimate: int, ratio: float, budget: ContextBudget) -> str | None:
+    """Why the prompt built from `window` (`estimate` tokens, `ratio` its calibration) must be compacted before
+    the model sees it."""
+    tokens = int(estimate * ratio)
     summary = latest_summary(window)
     if tokens > budget.threshold:
         why = f"prompt ~{tokens:,} tokens, over the threshold of {budget.threshold:,}"

@@ -48,6 +48,7 @@ from threadline.channels import chat_feed  # noqa: E402
 from threadline.models.spec import AgentSpec, HttpSettings  # noqa: E402
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
+from bench.report import emit  # noqa: E402
 from tests.temporal_server import TemporalDevServer  # noqa: E402
 
 TARGET_FIRST_DELTA_OVERHEAD_MS = 150.0
@@ -288,10 +289,7 @@ def main() -> None:
         serve_fake(args.serve_fake, args.words, args.chunk_delay)
         return
     result = asyncio.run(main_async(args))
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -37,6 +36,7 @@ from threadline.models.thread import Turn
 from threadline.worker import run_agent
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
+from bench.report import emit
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
 from tests.temporal_server import TemporalDevServer
 
@@ -150,10 +150,7 @@ async def main() -> None:
         "flat": compacted["prompt_tokens"]["max"] <= args.window
         and compacted["prompt_tokens"]["mean_last_100"] <= budget.threshold,
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import os
 import statistics
 import sys
@@ -31,6 +30,7 @@ from threadline.models.thread import Turn
 from threadline.worker import run_agent
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
+from bench.report import emit
 from tests.fake_openai import FakeOpenAI
 from tests.temporal_server import TemporalDevServer
 
@@ -115,10 +115,7 @@ async def main() -> None:
         "process_cpu_ms_per_turn": round(result["encrypted"]["process_cpu_ms_per_turn"]
                                          - result["plain"]["process_cpu_ms_per_turn"], 2),
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

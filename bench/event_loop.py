@@ -42,6 +42,7 @@ from temporalio.client import Client  # noqa: E402
 from threadline.channels.chat_feed import STATUS_HOT_SECONDS  # noqa: E402
 
 from bench.chat import chat_agent, percentile  # noqa: E402
+from bench.report import emit  # noqa: E402
 
 ROOM = "bench-loop"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -216,10 +217,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

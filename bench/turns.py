@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import platform
@@ -53,6 +52,7 @@ from threadline.models.thread import Turn  # noqa: E402
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
 from bench.floor import FloorOptions, FloorWorkflow  # noqa: E402
+from bench.report import emit  # noqa: E402
 from tests.temporal_server import TemporalDevServer  # noqa: E402
 
 TARGET_LATENCY_RATIO = 1.10
@@ -787,10 +787,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keep", action="store_true", help="keep the work dir (server db, worker logs)")
     args = p.parse_args(argv)
     result = asyncio.run(run(args))
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    emit(result, Path(args.out) if args.out else None)
 
 
 if __name__ == "__main__":

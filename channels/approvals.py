@@ -6,6 +6,10 @@ An approval id names its thread (`<thread id>:<seq>`), so a decision goes straig
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -13,6 +17,25 @@ from threadline.models.limits import ErrorType
 from threadline.models.thread import ApprovalDecision, ApprovalOutcome, ApprovalRequest, thread_of_approval
 from threadline.workflows.search_attributes import AGENT_ATTRIBUTE, ROOM_ATTRIBUTE, STATUS_ATTRIBUTE
 from threadline.workflows.thread import ThreadWorkflow
+
+POLL_SECONDS = 1.0
+Result = TypeVar("Result")
+
+
+async def telling_approvals(client: Client, thread_id: str, turn_id: str, work: Awaitable[Result],
+                            tell: Callable[[ApprovalRequest], Awaitable[None]] | None) -> Result:
+    """Awaits `work` (a turn's reply), telling `tell` once of each approval that turn waits for meanwhile."""
+    running = asyncio.ensure_future(work)
+    told: set[str] = set()
+    try:
+        while tell is not None and not (await asyncio.wait([running], timeout=POLL_SECONDS))[0]:
+            for request in await thread_approvals(client, thread_id):
+                if request.turn_id == turn_id and request.approval_id not in told:
+                    await tell(request)
+                    told.add(request.approval_id)
+        return await running
+    finally:
+        running.cancel()
 
 
 class ApprovalError(LookupError):

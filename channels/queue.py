@@ -16,7 +16,6 @@ JSON value) runs with its whole JSON as the text. Unknown keys are kept as the j
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -36,7 +35,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from threadline.activities.heartbeat import heartbeating
-from threadline.channels.approvals import thread_approvals
+from threadline.channels.approvals import telling_approvals, thread_approvals
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.delivery import DuplicateTurn, start_job, submit_until_replied
 from threadline.contracts import RUN_QUEUE_TURN, SEND_QUEUE_REPLY
@@ -72,7 +71,6 @@ from threadline.workflows.search_attributes import (
     start_attributes,
 )
 
-APPROVAL_POLL_SECONDS = 1.0
 Announce = Callable[[ApprovalRequest, Turn], Awaitable[None]]
 
 DATE_TOKENS = {"YYYY": "%Y", "MM": "%m", "DD": "%d", "HH": "%H", "mm": "%M", "SS": "%S"}
@@ -393,17 +391,14 @@ class QueueActivities:
         return QueueTurnResult(agent=agent.agent_name, thread_id=thread_id, reply=reply)
 
     async def _until_replied(self, agent: AgentRef, thread_id: str, turn: Turn) -> Reply:
-        running = asyncio.ensure_future(submit_until_replied(self.client, agent, thread_id, turn))
-        announced: set[str] = set()
-        try:
-            while self.announce is not None and not (await asyncio.wait([running], timeout=APPROVAL_POLL_SECONDS))[0]:
-                for waiting in await thread_approvals(self.client, thread_id):
-                    if waiting.turn_id == turn.turn_id and waiting.approval_id not in announced:
-                        await self.announce(waiting, turn)
-                        announced.add(waiting.approval_id)
-            return await running
-        finally:
-            running.cancel()
+        announce = self.announce
+
+        async def tell(request: ApprovalRequest) -> None:
+            await announce(request, turn)  # type: ignore[misc]
+
+        return await telling_approvals(self.client, thread_id, turn.turn_id,
+                                       submit_until_replied(self.client, agent, thread_id, turn),
+                                       tell if announce is not None else None)
 
     @SEND_QUEUE_REPLY.defn
     async def send_queue_reply(self, request: QueueReplyRequest) -> str:

@@ -13,7 +13,7 @@ from temporalio.client import (
     WorkflowExecutionStatus,
 )
 from temporalio.service import RPCError, RPCStatusCode
-from threadline.channels.approvals import thread_approvals
+from threadline.channels.approvals import telling_approvals
 from threadline.channels.delivery import (
     DuplicateTurn,
     new_thread_name,
@@ -33,7 +33,7 @@ from threadline.channels.toolkit.schema import (
     task_thread_id,
 )
 from threadline.models.limits import validate_name
-from threadline.models.thread import AgentRef, Reply, Turn
+from threadline.models.thread import AgentRef, ApprovalRequest, Reply, Turn
 from threadline.models.toolkit import (
     ToolkitListing,
     ToolkitState,
@@ -44,7 +44,6 @@ from threadline.workflows.toolkit import MEMO_KEY, toolkit_workflow_id
 
 # Invoking.
 
-APPROVAL_POLL_SECONDS = 1.0
 
 
 async def run_turn(client: Client, agent: AgentRef, thread_id: str, turn: Turn) -> Reply:
@@ -164,15 +163,13 @@ class Room:
             instructions=args.get("instructions"),
             metadata={"toolkit": toolkit, "tool": tool, DEPTH_KEY: 1, **(metadata or {})},
         )
-        running = asyncio.ensure_future(run_turn(self.client, agent, thread_id, turn))
-        told: set[str] = set()
-        while on_wait is not None and not (await asyncio.wait([running], timeout=APPROVAL_POLL_SECONDS))[0]:
-            for request in await thread_approvals(self.client, thread_id):
-                if request.turn_id == turn.turn_id and request.approval_id not in told:
-                    told.add(request.approval_id)
-                    on_wait(f"the task waits for a person to approve {request.tool} {request.arguments} "
-                            f"(threadline process approve|deny {request.approval_id})")
-        reply = await running
+        async def tell(request: ApprovalRequest) -> None:
+            on_wait(f"the task waits for a person to approve {request.tool} {request.arguments} "  # type: ignore[misc]
+                    f"(threadline process approve|deny {request.approval_id})")
+
+        reply = await telling_approvals(self.client, thread_id, turn.turn_id,
+                                        run_turn(self.client, agent, thread_id, turn),
+                                        tell if on_wait is not None else None)
         if reply.status != "completed":
             raise ToolTurnFailed(
                 f"{listing.agent} did not complete the task ({reply.status}): {reply.error or 'no error given'} "
