@@ -80,6 +80,7 @@ async def test_no_history_holds_the_threads_text_in_clear(temporal_server, tempo
                         env={"THREADLINE_PAYLOAD_KEY": f"k1:{old_key}"})
     try:
         server.wait_for_line("codec server on", timeout=30)
+        await eventually(lambda: _listening(port), 30, what="the codec server accepts connections")
         body = {"payloads": [{"metadata": {k: base64.b64encode(v).decode() for k, v in encrypted.metadata.items()},
                               "data": base64.b64encode(encrypted.data).decode()}]}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
@@ -110,3 +111,10 @@ def test_a_bad_key_is_a_usage_error() -> None:
     result = run_cli("process", "use", "--room", "r", "--agent-name", "a", "-m", "hi",
                      env={"THREADLINE_PAYLOAD_KEY": "k1:not-base64!"})
     assert result.returncode == 2 and "THREADLINE_PAYLOAD_KEY: a key must be base64" in result.stderr
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
