@@ -2,9 +2,12 @@
 them with the SDK's runtime metrics on one Prometheus endpoint. Traces are OpenTelemetry, through the SDK's
 `OpenTelemetryPlugin`, when the standard `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` variables name a collector.
 
-Counted where each thing happens: turns and approvals in the thread workflow (the SDK's workflow meter records
+Counted where each thing happens: turns and approval decisions in the thread workflow (the SDK's workflow meter records
 nothing while a worker replays a history, so a replay does not count a turn twice), model calls, tokens, tool
 calls and compactions in their activities, mail in the SMTP server and the reply activity, jobs when they finish.
+The approvals waiting are a gauge the agent process sets from what its threads report (`--metrics-port` only).
+Spans: a turn and a job (workflows), a model call, a tool call and a mail sent (activities), a mail received (the
+SMTP server); Temporal's own spans link them, so one mail's trace runs from its receipt to its reply.
 Without `--metrics-port` the SDK's default runtime has no exporter and these calls cost next to nothing.
 """
 
@@ -26,6 +29,7 @@ MODEL_COST = "threadline_model_cost_microdollars"
 TOOL_CALLS = "threadline_tool_calls"
 COMPACTIONS = "threadline_compactions"
 APPROVALS = "threadline_approvals"
+APPROVALS_WAITING = "threadline_approvals_waiting"
 MAIL = "threadline_mail"
 JOBS = "threadline_jobs"
 
@@ -89,3 +93,7 @@ def in_activity(name: str, description: str, value: int = 1, **attributes: str) 
 def outside(name: str, description: str, **attributes: str) -> None:
     """For code that runs in no workflow or activity (the SMTP server)."""
     _add(Runtime.default().metric_meter, name, description, attributes)
+
+
+def gauge_outside(name: str, description: str, value: int, **attributes: str) -> None:
+    Runtime.default().metric_meter.create_gauge(name, description).set(value, dict(attributes))

@@ -14,12 +14,13 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from threadline.activities.agent import AgentActivities
 from threadline.activities.mcp_tools import load_mcp_tools
-from threadline.activities.storage import MountedStorage, RoomStorage
 from threadline.activities.rules import AgentRules, load_skills, skill_tools
 from threadline.activities.shell import shell_tools
+from threadline.activities.storage import MountedStorage, RoomStorage
 from threadline.activities.stores import RoomStreamLog, open_stream_log, open_thread_store
 from threadline.activities.tools import Tool, build_toolbox
 from threadline.activities.web import web_tools
+from threadline.channels.approvals import report_waiting_approvals
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.delivery import register_search_attributes
 from threadline.channels.mail.send_tool import send_email_tools
@@ -142,11 +143,13 @@ async def run_agent(
         for worker in workers:
             await stack.enter_async_context(worker)
         servers = [asyncio.create_task(channel.serve(context, stop)) for channel in channels]
-        pruning = asyncio.create_task(prune_stream_log(activities.stream, stop))
+        chores = [asyncio.create_task(prune_stream_log(activities.stream, stop))]
+        if spec.metrics_port is not None:
+            chores.append(asyncio.create_task(report_waiting_approvals(client, spec.room, spec.agent_name, stop)))
         if ready is not None:
             ready.set()
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait([stopping, *servers], return_when=asyncio.FIRST_COMPLETED)
         # A channel server that ends on its own has failed: stop everything and report it.
         stop.set()
-        await asyncio.gather(*servers, pruning)
+        await asyncio.gather(*servers, *chores)

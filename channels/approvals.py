@@ -7,18 +7,24 @@ An approval id names its thread (`<thread id>:<seq>`), so a decision goes straig
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
+from threadline import telemetry
 from threadline.models.limits import ErrorType
 from threadline.models.thread import ApprovalDecision, ApprovalOutcome, ApprovalRequest, thread_of_approval
 from threadline.workflows.search_attributes import AGENT_ATTRIBUTE, ROOM_ATTRIBUTE, STATUS_ATTRIBUTE
 from threadline.workflows.thread import ThreadWorkflow
 
 POLL_SECONDS = 1.0
+GAUGE_SECONDS = 5.0
+log = logging.getLogger(__name__)
+WAITING_THREADS = f'{STATUS_ATTRIBUTE.name} = "waiting" AND ExecutionStatus = "Running"'
 Result = TypeVar("Result")
 
 
@@ -79,7 +85,7 @@ async def thread_approvals(client: Client, thread_id: str) -> list[ApprovalReque
 async def waiting_approvals(client: Client, room: str | None = None, agent: str | None = None,
                             limit: int = 200) -> list[ApprovalRequest]:
     """Every request waiting in the threads whose status is `waiting`, oldest first."""
-    query = f'{STATUS_ATTRIBUTE.name} = "waiting" AND ExecutionStatus = "Running"'
+    query = WAITING_THREADS
     if room is not None:
         query += f' AND {ROOM_ATTRIBUTE.name} = "{room}"'
     if agent is not None:
@@ -88,3 +94,21 @@ async def waiting_approvals(client: Client, room: str | None = None, agent: str 
     async for execution in client.list_workflows(query, limit=limit):
         found += await thread_approvals(client, execution.id)
     return sorted(found, key=lambda r: r.requested_at)
+
+
+async def report_waiting_approvals(client: Client, room: str, agent: str, stop: asyncio.Event,
+                                   every: float = GAUGE_SECONDS) -> None:
+    """Keeps the `approvals waiting` gauge of this agent's threads, from the threads themselves (so it is right
+    after a restart, and the same in every replica); one visibility count per tick while none waits."""
+    query = f'{WAITING_THREADS} AND {ROOM_ATTRIBUTE.name} = "{room}" AND {AGENT_ATTRIBUTE.name} = "{agent}"'
+    while not stop.is_set():
+        try:
+            waiting = (await client.count_workflows(query)).count
+            if waiting:
+                waiting = len(await waiting_approvals(client, room, agent))
+            telemetry.gauge_outside(telemetry.APPROVALS_WAITING, "tool calls waiting for a person's decision",
+                                    waiting, room=room, agent=agent)
+        except Exception as e:  # noqa: BLE001 - a gauge never stops the agent; the next tick tries again
+            log.warning("approvals waiting: the count failed (%s); it is tried again in %s s", e, every)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)

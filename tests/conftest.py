@@ -15,11 +15,13 @@ import pytest
 from temporalio.client import Client
 from threadline.channels.base import ChannelAdapter
 from threadline.channels.delivery import connect
+from threadline.channels.mail.registry import MailStore
 from threadline.models.spec import AgentSpec
 from threadline.worker import run_agent
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
 from tests.fake_openai import FakeOpenAI
+from tests.mail_support import ADDRESS, Sink
 from tests.temporal_server import TemporalDevServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,3 +147,18 @@ def agent_process(temporal_server: TemporalDevServer) -> Callable[[AgentSpec], A
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture
+def sink() -> Sink:
+    relay = Sink()
+    relay.controller.start()
+    yield relay
+    relay.release()
+    relay.controller.stop()
+
+
+@pytest.fixture
+def mailbox(agent_spec: AgentSpec) -> str:
+    MailStore.default().create_mailbox(ADDRESS, agent_spec.room)
+    return ADDRESS

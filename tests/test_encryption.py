@@ -5,6 +5,7 @@ error; a rotated key still reads old threads."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -13,13 +14,17 @@ import httpx
 import pytest
 from temporalio.client import Client
 from threadline.channels.delivery import connect, new_thread_name, new_turn_id, submit_turn, thread_snapshot
+from threadline.channels.mail.channel import MailChannel
 from threadline.channels.payload_codec import ENCODING
 from threadline.channels.queue import QueueChannel, send_job, wait_for_job
+from threadline.channels.registry import adapters_for
+from threadline.channels.toolkit.room import Room
 from threadline.models.thread import Turn
 from threadline.workflows.search_attributes import ROOM_ATTRIBUTE
 
 from tests.cli_helpers import CliProcess
 from tests.fake_openai import FakeOpenAI, FakeResponse
+from tests.mail_support import can_connect, job_done, mail_spec, new_mail, send
 from tests.runtime_support import eventually
 from tests.temporal_server import free_port
 
@@ -50,7 +55,8 @@ async def clear_in_history(client: Client, room: str, texts: list[str], at_least
 
 
 async def test_no_history_holds_the_threads_text_in_clear(temporal_server, temporal_client: Client, agent_spec,
-                                                          agent_worker, fake_model: FakeOpenAI, monkeypatch, room):
+                                                          agent_worker, fake_model: FakeOpenAI, monkeypatch, room,
+                                                          mailbox, sink):
     # A control first: the same scan finds the text in an agent's histories without a key.
     plain_spec = agent_spec.model_copy(update={"room": f"{room}-plain"})
     await agent_worker(plain_spec)
@@ -61,7 +67,9 @@ async def test_no_history_holds_the_threads_text_in_clear(temporal_server, tempo
     old_key = key()
     monkeypatch.setenv("THREADLINE_PAYLOAD_KEY", f"k1:{old_key}")
     secure = await connect(temporal_server.address)
-    await agent_worker(agent_spec, [QueueChannel("jobs")], own_client=True)
+    spec = mail_spec(agent_spec, sink)
+    await agent_worker(spec, [QueueChannel("jobs"), MailChannel(mailbox), *adapters_for(["toolkit:helper"])],
+                       own_client=True)
     thread_id = agent_spec.ref.thread_id(new_thread_name())
     fake_model.enqueue(FakeResponse.tool_calls([("current_time", {"note": SECRETS[1]})]),
                        FakeResponse.text("echo: the patient is fine"))
@@ -69,7 +77,16 @@ async def test_no_history_holds_the_threads_text_in_clear(temporal_server, tempo
     assert reply.text == "echo: the patient is fine"
     job = await send_job(secure, agent_spec.room, "jobs", {"prompt": SECRETS[0] + " (a job)"})
     assert (await wait_for_job(secure, agent_spec.room, job.job_id)).status == "completed"
-    assert await clear_in_history(temporal_client, agent_spec.room, SECRETS, at_least=3) == {}  # thread, job, job thread
+    mail = new_mail(SECRETS[0] + " (a mail)", subject=SECRETS[1])
+    await eventually(lambda: asyncio.to_thread(can_connect, spec.mail.smtp_port), 10, what="SMTP server up")
+    assert await send(spec.mail.smtp_port, mail) == 250
+    assert (await job_done(secure, spec, mail["Message-ID"])).status == "completed"
+    assert SECRETS[0] in sink.messages[0].get_body(("plain",)).get_content()  # the reply reached the relay
+    called = await Room(secure, agent_spec.room).invoke_tool("helper", "run_helper_task",
+                                                             {"prompt": SECRETS[0] + " (a task)"})
+    assert SECRETS[0] in called.text
+    # Chat thread; queue job and its thread; mail job and its thread; the toolkit and its task's thread.
+    assert await clear_in_history(temporal_client, agent_spec.room, SECRETS, at_least=7) == {}
 
     # The codec server decodes for the token, and only for it.
     history = await secure.get_workflow_handle(thread_id).fetch_history()

@@ -15,12 +15,12 @@ from threadline.channels.mail.registry import MailStore
 from threadline.channels.mail.send_tool import send_email_tools
 from threadline.models.spec import AgentSpec
 
-from tests.test_mail import ADDRESS, job_done, mail_agent, mail_spec, mailbox, new_mail, send, sink  # noqa: F401
+from tests.mail_support import ADDRESS, job_done, mail_agent, mail_spec, new_mail, send
 
 BOB = "bob@example.com"
 
 
-def tool_spec(agent_spec: AgentSpec, sink, *channels: str) -> AgentSpec:  # noqa: ANN001, F811
+def tool_spec(agent_spec: AgentSpec, sink, *channels: str) -> AgentSpec:  # noqa: ANN001
     spec = mail_spec(agent_spec, sink)
     return spec.model_copy(update={"channels": list(channels or [f"mail:{ADDRESS}"]), "storage": True})
 
@@ -30,7 +30,7 @@ def call(name: str, **arguments: object) -> str:
 
 
 async def test_send_email_sends_once_and_an_answer_continues_the_thread(
-    temporal_server, temporal_client, agent_spec, mailbox, sink, fake_model  # noqa: F811
+    temporal_server, temporal_client, agent_spec, mailbox, sink, fake_model
 ):
     spec = tool_spec(agent_spec, sink)
     RoomStorage.for_spec(spec).write("reports/q1.csv", "month,total\njan,42\n")
@@ -77,7 +77,7 @@ async def test_send_email_sends_once_and_an_answer_continues_the_thread(
         assert sink.messages[-1]["To"] == BOB and sink.messages[-1]["Subject"] == "Re: Q1 report"
 
 
-async def test_a_retried_send_email_sends_once_from_the_chosen_mailbox(agent_spec, sink):  # noqa: F811
+async def test_a_retried_send_email_sends_once_from_the_chosen_mailbox(agent_spec, sink):
     other = "sales@example.com"
     spec = tool_spec(agent_spec, sink, f"mail:{ADDRESS}", f"mail:{other}?reply-all=true")
     [tool] = send_email_tools(spec, RoomStorage.for_spec(spec))

@@ -3,6 +3,8 @@ Prometheus does while a real agent process (`process join`) answers turns."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 
 import httpx
@@ -53,9 +55,38 @@ async def test_an_agent_process_serves_its_metrics(temporal_server, room: str, f
         agent.kill()
 
 
-def test_the_dashboard_charts_only_metrics_that_exist() -> None:
-    import json
+async def test_the_approvals_waiting_gauge_follows_the_threads(temporal_server, room: str, fake_model: FakeOpenAI):
+    port = free_port()
+    address = ["--temporal-address", temporal_server.address]
+    agent = CliProcess("process", "join", "--room", room, "--agent-name", "support", "--model", "fake-model",
+                       *address, "--channel", "chat", "--http-port", "0", "--metrics-port", str(port),
+                       "--require-approval", "current_time")
+    asking = None
+    try:
+        agent.wait_for_line("task queue", stream="stdout", timeout=30)
+        fake_model.enqueue(FakeResponse.tool_calls([("current_time", {})]), FakeResponse.text("it is late"))
+        asking = CliProcess("process", "use", "--room", room, "--agent-name", "support", *address, "-m", "time?")
 
+        async def waiting(count: int) -> tuple[str] | None:
+            async with httpx.AsyncClient() as http:
+                text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            found = sample(text, "threadline_approvals_waiting", room=room, agent="support")
+            return (text,) if found == count and "threadline_approvals_waiting" in text else None
+
+        await eventually(lambda: waiting(1), 30, what="one approval waiting in the gauge")
+        listed = await asyncio.to_thread(run_cli, "process", "approvals", "--room", room, "-o", "json", *address)
+        [request] = json.loads(listed.stdout)
+        approved = await asyncio.to_thread(run_cli, "process", "approve", request["approval_id"], *address)
+        assert approved.returncode == 0, approved.stderr
+        await eventually(lambda: waiting(0), 30, what="the gauge back at 0 after the decision")
+        assert await asyncio.to_thread(asking.wait, 30) == 0
+    finally:
+        if asking is not None:
+            asking.kill()
+        agent.kill()
+
+
+def test_the_dashboard_charts_only_metrics_that_exist() -> None:
     from threadline import telemetry
 
     from tests.cli_helpers import REPO
@@ -64,5 +95,5 @@ def test_the_dashboard_charts_only_metrics_that_exist() -> None:
     names = {value for n in dir(telemetry) if n.isupper() and isinstance(value := getattr(telemetry, n), str)
              and value.startswith("threadline_")}
     charted = {m for p in dashboard["panels"] for t in p["targets"]
-               for m in re.findall(r"(threadline_[a-z_]+?)(?:_total|_bucket)\b", t["expr"])}
+               for m in re.findall(r"(threadline_[a-z_]+?)(?:_total|_bucket)?\b", t["expr"])}
     assert charted == names

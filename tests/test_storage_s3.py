@@ -233,7 +233,7 @@ async def test_mail_eml_and_attachments_go_to_s3(s3: str, temporal_server, tempo
 
     from threadline.channels.mail.registry import MailStore
 
-    from tests.test_mail import ADDRESS, ALICE, Sink, job_done, mail_agent, mail_spec, send
+    from tests.mail_support import ADDRESS, ALICE, Sink, job_done, mail_agent, mail_spec, send
 
     MailStore.default().create_mailbox(ADDRESS, agent_spec.room)
     sink = Sink()

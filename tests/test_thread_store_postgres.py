@@ -377,7 +377,7 @@ async def test_a_mailbox_in_the_shared_registry_is_answered_from_another_machine
 ) -> None:
     """Registered from one machine with `--thread-store-url`, answered by a mail agent on another that has no
     mail.sqlite3 of its own: the registry, the Message-ID index and the sent record are in PostgreSQL."""
-    from tests.test_mail import Sink, mail_agent, mail_spec, new_mail, send
+    from tests.mail_support import Sink, mail_agent, mail_spec, new_mail, send
 
     address = f"parcels-{uuid.uuid4().hex[:8]}@example.com"
     created = run_cli("mailbox", "create", "--address", address, "--room", agent_spec.room,

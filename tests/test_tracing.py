@@ -16,6 +16,7 @@ from threadline.channels.delivery import connect, new_thread_name, new_turn_id, 
 from threadline.models.thread import Turn
 
 from tests.fake_openai import FakeOpenAI, FakeResponse
+from tests.mail_support import job_done, mail_agent, mail_spec, new_mail, send
 from tests.runtime_support import eventually, running_agent
 
 _EXPORTER = InMemorySpanExporter()
@@ -68,6 +69,33 @@ async def test_a_turn_is_a_span_with_its_model_and_tool_calls_and_replays_add_no
         assert "turn" in _ancestors(span, by_id), (span.name, _ancestors(span, by_id))
     assert chats[0].attributes["gen_ai.usage.input_tokens"] > 0
     assert len({t.context.trace_id for t in turns}) >= 1
+
+
+async def test_a_mail_is_one_trace_from_its_receipt_to_its_reply(
+        temporal_server, temporal_client: Client, agent_spec, mailbox, sink, spans: InMemorySpanExporter):
+    spec = mail_spec(agent_spec, sink)
+    async with mail_agent(temporal_server, spec) as port:
+        msg = new_mail("Where is my order?")
+        assert await send(port, msg) == 250
+        assert (await job_done(temporal_client, spec, msg["Message-ID"])).status == "completed"
+
+    def finished() -> list:
+        done = {s.name: s for s in spans.get_finished_spans()}
+        return list(done.values()) if {"mail receive", "mail send", "turn"} <= done.keys() else []
+
+    finished_spans = await eventually(finished, 30, what="the mail's spans")
+    by_id = {s.context.span_id: s for s in finished_spans}
+    [receive] = [s for s in finished_spans if s.name == "mail receive"]
+    [job] = [s for s in finished_spans if s.name.startswith("job ")]
+    [turn] = [s for s in finished_spans if s.name == "turn"]
+    [sent] = [s for s in finished_spans if s.name == "mail send"]
+    assert receive.attributes["threadline.mail.answer"].startswith("250")
+    assert "mail receive" in _ancestors(job, by_id)
+    assert {"job " + job.attributes["threadline.queue"], "mail receive"} <= set(_ancestors(turn, by_id))
+    assert "job " + job.attributes["threadline.queue"] in _ancestors(sent, by_id)
+    assert job.attributes["threadline.job.status"] == "completed"
+    assert sent.attributes["threadline.thread_id"] == turn.attributes["threadline.thread_id"]
+    assert len(sink.messages) == 1
 
 
 def test_an_agent_process_exports_its_spans_over_otlp(temporal_server, room: str, fake_model: FakeOpenAI) -> None:

@@ -4,12 +4,14 @@ memo and search attributes, readable with no worker) and its turn, run by `run_q
 from __future__ import annotations
 
 import hashlib
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from opentelemetry import trace
     from threadline import telemetry
     from threadline.contracts import RUN_QUEUE_TURN
     from threadline.models.jobs import JobStarted, JobStatus, QueueTurnRequest, QueueTurnResult
@@ -83,11 +85,20 @@ class JobRun:
         self.state.usage = result.reply.usage
         return result
 
+    def span(self) -> AbstractContextManager[Any]:
+        """The job as one span (with OpenTelemetry configured), from its start to `finish`: the turn it runs and the
+        reply it sends are in its trace."""
+        return trace.get_tracer(telemetry.TRACER_NAME).start_as_current_span(f"job {self.state.queue}", attributes={
+            "threadline.job_id": self.state.job_id, "threadline.queue": self.state.queue,
+        })
+
     def finish(self, status: Literal["completed", "failed"], error: str | None = None) -> JobStatus:
         self.state.status = status
         self.state.error = error
         self.state.finished_at = workflow.now()
         self.publish()
+        trace.get_current_span().set_attributes({"threadline.job.status": status, "threadline.thread_id":
+                                                 self.state.thread_id or ""})
         telemetry.in_workflow(telemetry.JOBS, "jobs that ended, by queue and state", queue=self.state.queue,
                               state=status)
         return self.state

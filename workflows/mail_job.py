@@ -34,6 +34,10 @@ class MailJobWorkflow:
 
     @workflow.run
     async def run(self, job: MailJobInput) -> JobStatus:
+        with self.job.span():
+            return await self._run(job)
+
+    async def _run(self, job: MailJobInput) -> JobStatus:
         state = self.job.state
         self.job.start()
         try:

@@ -40,6 +40,10 @@ class QueueJobWorkflow:
 
     @workflow.run
     async def run(self, job: QueueJobInput) -> JobStatus:
+        with self.job.span():
+            return await self._run(job)
+
+    async def _run(self, job: QueueJobInput) -> JobStatus:
         state = self.job.state
         try:
             payload = QueueJobPayload.from_raw(job.payload)

@@ -9,6 +9,7 @@ import email.utils
 import logging
 import os
 
+from opentelemetry import trace
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from threadline import telemetry
@@ -170,6 +171,11 @@ class MailActivities:
         recipients = list(dict.fromkeys([*request.envelope.to, *request.envelope.cc]))
         if not recipients:
             raise ApplicationError("the mail has no sender to answer", type=ErrorType.MAIL_REJECTED, non_retryable=True)
-        await send_recorded(self.store, relay, msg, request.envelope.mailbox, recipients, request.thread_id, self.env)
+        with trace.get_tracer(telemetry.TRACER_NAME).start_as_current_span("mail send", attributes={
+            "threadline.thread_id": request.thread_id, "threadline.turn_id": request.turn_id,
+            "threadline.mail.recipients": len(recipients),
+        }):
+            await send_recorded(self.store, relay, msg, request.envelope.mailbox, recipients, request.thread_id,
+                                self.env)
         telemetry.in_activity(telemetry.MAIL, "mail received, refused, sent", event="sent")
         return message_id

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+from opentelemetry import trace
 from temporalio.client import Client
 from threadline import telemetry
 from threadline.activities.storage import RoomStorage
@@ -107,6 +108,15 @@ class MailServer:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        # The span is current while the jobs start, so each job's trace continues this one.
+        with trace.get_tracer(telemetry.TRACER_NAME).start_as_current_span("mail receive", attributes={
+            "threadline.mail.recipients": len(envelope.rcpt_tos),
+        }) as span:
+            answer = await self._receive(envelope)
+            span.set_attribute("threadline.mail.answer", answer)
+            return answer
+
+    async def _receive(self, envelope: Any) -> str:
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
             raw = raw.encode()
