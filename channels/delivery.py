@@ -192,6 +192,10 @@ async def start_job(client: Client, run: Any, job: Any, *, workflow_id: str, tas
     raise AssertionError("unreachable")
 
 
+UPDATE_OUTLIVED_RUN = "AcceptedUpdateCompletedWorkflow"
+"""Temporal's error type for an accepted update whose workflow run ended (here: continued as new) first."""
+
+
 async def submit_turn(
     client: Client, agent: AgentRef, thread_id: str, turn: Turn
 ) -> Reply:
@@ -205,7 +209,10 @@ async def submit_turn(
                 ThreadWorkflow.submit_turn, turn, id=turn.turn_id, start_workflow_operation=operation
             )
         except WorkflowUpdateFailedError as e:
-            if not (isinstance(e.cause, ApplicationError) and e.cause.type == ErrorType.THREAD_ROLLING_OVER):
+            # A run that rolls over refuses new updates, and leaves a turn waiting for approvals unanswered: the turn
+            # goes on in the next run, where the signal path finds it and its reply.
+            if not (isinstance(e.cause, ApplicationError) and e.cause.type in (ErrorType.THREAD_ROLLING_OVER,
+                                                                               UPDATE_OUTLIVED_RUN)):
                 raise
         except RPCError as e:
             # Temporal allows 10 updates in flight per workflow (other processes count too): past that the turn

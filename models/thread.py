@@ -169,6 +169,8 @@ class ThreadState(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     turns_completed: int = 0
     last_error: str | None = None
+    resume: TurnResume | None = Field(None, description="the turn that waited for approvals when the run rolled over")
+    decisions: list[ApprovalOutcome] = Field(default_factory=list, description="recent decisions, kept across runs")
 
 
 class ThreadStart(BaseModel):
@@ -282,6 +284,20 @@ class ApprovalOutcome(BaseModel):
         return f"{verdict} by {self.by} ({self.via}) at {when}" + (f": {self.reason}" if self.reason else "")
 
 
+class TurnResume(BaseModel):
+    """A turn that waited for people's decisions when its thread rolled over (continue-as-new): the new run goes on
+    from that step's tool calls. The calls not waiting had settled; their results are in the thread store."""
+
+    turn: Turn
+    started_at: float
+    usage: Usage
+    model_calls: int
+    first_seq: int
+    calls: list[ToolCall]
+    waiting: list[ApprovalRequest]
+    steers: list[Steer] = Field(default_factory=list)
+
+
 def thread_of_approval(approval_id: str) -> str:
     """The thread an approval id belongs to; '' for an id that names none."""
     thread_id, sep, seq = approval_id.strip().rpartition(":")
@@ -312,6 +328,7 @@ class OutcomeRecord(BaseModel):
 
 
 ThreadItem.model_rebuild()
+ThreadState.model_rebuild()
 
 
 _ITEM_LIST = TypeAdapter(list[ThreadItem])

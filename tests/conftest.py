@@ -162,3 +162,19 @@ def sink() -> Sink:
 def mailbox(agent_spec: AgentSpec) -> str:
     MailStore.default().create_mailbox(ADDRESS, agent_spec.room)
     return ADDRESS
+
+
+@pytest.fixture(scope="session")
+def rollover_server() -> TemporalDevServer:
+    """A dev server that suggests continue-as-new after a few history events: every turn or two rolls over, by
+    Temporal's own suggestion, as a long thread does on a default server after thousands of events."""
+    server = TemporalDevServer(
+        search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES},
+        extra_args=["--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={SUGGEST_AFTER_EVENTS}"],
+    )
+    server.start()
+    yield server
+    server.close()
+
+
+SUGGEST_AFTER_EVENTS = 10

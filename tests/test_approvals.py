@@ -9,10 +9,11 @@ import asyncio
 import json
 
 import httpx
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.approvals import decide_approval, thread_approvals, waiting_approvals
-from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn, thread_snapshot
+from threadline.channels.delivery import connect, new_thread_name, new_turn_id, submit_turn, thread_snapshot
 from threadline.models.spec import AgentSpec, ApprovalSettings
 from threadline.models.thread import ApprovalDecision, Turn
 from threadline.models.thread import thread_of_approval as thread_of
@@ -21,7 +22,7 @@ from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
 from tests.chat_http_support import chat_server
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
-from tests.runtime_support import eventually, record_history, store_items
+from tests.runtime_support import eventually, payload_json, record_history, running_agent, runs_of, store_items
 from tests.tools_for_tests import ledger_lines
 
 TOOLS = ["tests.tools_for_tests:append_line", "tests.tools_for_tests:note_line"]
@@ -207,3 +208,51 @@ async def test_a_waiting_turn_survives_a_temporal_server_restart(temporal_server
                                                             via="api"))
     reply = await asyncio.wait_for(wait_for_reply(temporal_client, thread_id, turn.turn_id), 60)
     assert reply.text == "tools done: appended 'after the restart'" and len(ledger_lines()) == 1
+
+
+async def test_a_turn_waiting_for_approvals_rolls_the_thread_over_and_goes_on_in_the_new_run(
+        rollover_server, room: str, fake_model: FakeOpenAI):
+    """On a server that suggests continue-as-new after 10 events, a waiting turn rolls its thread over while it
+    waits (no activity running): the requests wait on in the new run, an approval given there runs its call once,
+    the run rolls over again while the other call waits, a second click is still told who decided, and the caller
+    of the original update gets its reply."""
+    client = await connect(rollover_server.address)
+    spec = _spec(room, require=["*"])
+    thread_id = spec.ref.thread_id(new_thread_name())
+    fake_model.script(tools_done)
+    fake_model.enqueue(FakeResponse.tool_calls([("append_line", {"line": "ship it"}), ("note_line", {"line": "x"})]))
+    async with running_agent(client, spec):
+        turn = asyncio.create_task(submit_turn(client, spec.ref, thread_id,
+                                               Turn(turn_id=new_turn_id(), text="do both")))
+
+        async def runs(count: int):
+            found = await runs_of(client, thread_id)
+            return found if len(found) >= count else None
+
+        await eventually(lambda: runs(2), 30, what="a rollover while both calls wait")
+        by_tool = {p.tool: p for p in await _pending(client, thread_id, 2)}
+        assert (await thread_snapshot(client, thread_id)).status == "waiting"
+        approve = ApprovalDecision(approval_id=by_tool["append_line"].approval_id, approve=True, by="ann", via="api")
+        assert not (await decide_approval(client, approve)).already_decided
+        await eventually(lambda: runs(3), 30, what="a second rollover while note_line waits")
+        again = await decide_approval(client, approve.model_copy(update={"by": "bob"}))
+        assert again.already_decided and again.by == "ann"  # the decision crossed the rollover
+        await decide_approval(client, ApprovalDecision(approval_id=by_tool["note_line"].approval_id, approve=False,
+                                                       by="bob", via="cli", reason="not today"))
+        reply = await asyncio.wait_for(turn, 30)
+        snapshot = await thread_snapshot(client, thread_id)
+    assert (snapshot.status, snapshot.turns_completed) == ("idle", 1)
+    assert reply.text == "tools done: appended 'ship it' | denied by bob: not today"
+    assert fake_model.count() == 2 and len(ledger_lines()) == 1
+    run_ids = await runs_of(client, thread_id)
+    histories = [await client.get_workflow_handle(thread_id, run_id=r).fetch_history() for r in run_ids]
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for h in histories for e in h.events
+                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    assert scheduled.count("run_tool") == 1 and scheduled.count("call_model") == 2  # note_line was denied
+    [carried] = payload_json(histories[0].events[-1].workflow_execution_continued_as_new_event_attributes.input)
+    assert [r["tool"] for r in carried["state"]["resume"]["waiting"]] == ["append_line", "note_line"]
+    approvals = [i for i in store_items(room, thread_id) if i.type == "approval"]
+    assert sorted(i.data["state"] for i in approvals) == ["approved", "denied", "pending", "pending"]
+    assert [i.type for i in store_items(room, thread_id)].count("tool_result") == 2
+    await record_history(client.get_workflow_handle(thread_id, run_id=run_ids[0]), "approval_rolls_over")
+    await record_history(client.get_workflow_handle(thread_id, run_id=run_ids[1]), "approval_resumed_after_rollover")

@@ -23,7 +23,6 @@ from threadline.models.limits import ErrorType
 from threadline.models.spec import AgentSpec
 from threadline.models.thread import Turn
 from threadline.worker import run_agent
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 from threadline.workflows.thread import CUT_AT_ROLLOVER, UPDATES_PER_RUN, ThreadWorkflow
 
 from tests.fake_openai import FakeOpenAI, FakeResponse
@@ -205,20 +204,6 @@ async def test_temporal_server_restart_loses_nothing(temporal_server: TemporalDe
     assert (await thread_snapshot(temporal_client, thread_id)).turns_completed == 3
 
 
-@pytest.fixture(scope="module")
-def rollover_server() -> TemporalDevServer:
-    """A dev server that suggests continue-as-new after a few history events: every turn or two rolls over, by
-    Temporal's own suggestion, as a long thread does on a default server after thousands of events."""
-    server = TemporalDevServer(
-        search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES},
-        extra_args=["--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={SUGGEST_AFTER_EVENTS}"],
-    )
-    server.start()
-    yield server
-    server.close()
-
-
-SUGGEST_AFTER_EVENTS = 10
 
 
 @pytest.fixture

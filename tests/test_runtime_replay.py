@@ -35,7 +35,7 @@ EXPECTED = {
     "plain_turns", "tool_loop", "steer", "interrupt", "model_failure", "continue_as_new", "toolkit_call",
     "interrupt_parallel_tools", "steer_after_failure", "tool_timeout_hangs", "tool_timeout_hangs_blocking",
     "tool_lost_worker", "tool_call_child", "toolkit_registry", "queue_job", "mail_job", "queue_job_claimed_retry",
-    "compaction", "approval",
+    "compaction", "approval", "approval_rolls_over", "approval_resumed_after_rollover",
 }
 WORKFLOWS = [ThreadWorkflow, ToolCallWorkflow, QueueJobWorkflow, MailJobWorkflow, ToolkitWorkflow]
 """Every workflow type the worker registers: each has a recorded history above."""

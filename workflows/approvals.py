@@ -19,6 +19,8 @@ with workflow.unsafe.imports_passed_through():
     from threadline.models.thread import ApprovalDecision, ApprovalOutcome, ApprovalRequest, ToolCallInput
 
 KEPT_DECISIONS = 1000
+CARRIED_DECISIONS = 100
+"""Decisions a new run (continue-as-new) still knows, so a late second click is told who decided."""
 
 
 def arguments_digest(tool: str, arguments: str) -> str:
@@ -37,9 +39,15 @@ def _duration(seconds: float) -> str:
 
 
 class ThreadApprovals:
-    def __init__(self) -> None:
-        self.pending: dict[str, ApprovalRequest] = {}
-        self.decided: dict[str, ApprovalOutcome] = {}
+    def __init__(self, decided: list[ApprovalOutcome] = (), waiting: list[ApprovalRequest] = ()) -> None:
+        self.pending: dict[str, ApprovalRequest] = {r.approval_id: r for r in waiting}
+        self.decided: dict[str, ApprovalOutcome] = {d.approval_id: d for d in decided}
+
+    def carried(self) -> list[ApprovalOutcome]:
+        return list(self.decided.values())[-CARRIED_DECISIONS:]
+
+    def undecided(self, approval_id: str) -> bool:
+        return approval_id in self.pending and approval_id not in self.decided
 
     def request(self, call: ToolCallInput, now: float, timeout: float) -> ApprovalRequest:
         request = ApprovalRequest(
@@ -77,12 +85,14 @@ class ThreadApprovals:
             self.decided.pop(next(iter(self.decided)))
         return outcome
 
-    async def wait(self, request: ApprovalRequest) -> ApprovalOutcome:
-        """The decision on `request`; past its expiry, a denial that says so."""
+    async def wait(self, request: ApprovalRequest, remaining: float | None = None) -> ApprovalOutcome:
+        """The decision on `request`; past its expiry, a denial that says so. `remaining`: what is left of the
+        timeout, for a request that a previous run began waiting for."""
         timeout = request.expires_at - request.requested_at
         try:
             await workflow.wait_condition(lambda: request.approval_id in self.decided,
-                                          timeout=timedelta(seconds=timeout))
+                                          timeout=timedelta(seconds=max(remaining if remaining is not None
+                                                                        else timeout, 0.001)))
         except TimeoutError:
             self._settle(ApprovalOutcome(
                 approval_id=request.approval_id, approved=False, by="timeout", via="timeout",

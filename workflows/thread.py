@@ -8,6 +8,8 @@ workflow: activities persist items in the thread store and the workflow only han
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from temporalio import workflow
@@ -43,12 +45,14 @@ with workflow.unsafe.imports_passed_through():
         ThreadStart,
         ThreadState,
         ThreadStatus,
+        ToolCall,
         ToolCallInput,
         ToolOutcome,
         Turn,
+        TurnResume,
         Usage,
     )
-    from threadline.workflows.approvals import ThreadApprovals
+    from threadline.workflows.approvals import ThreadApprovals, approval_id
     from threadline.workflows.failures import failure_message, tool_failure_result
     from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
     from threadline.workflows.tool_call import ToolCallWorkflow
@@ -76,6 +80,17 @@ SNAPSHOT_TEXT = 500
 CUT_AT_ROLLOVER = "\n[cut when the thread rolled over to a new run: the whole reply is in the thread store]"
 REQUEUE_STEERS_PATCH = "requeue-unanswered-steers"
 TOOL_FAILURE_AS_RESULT_PATCH = "tool-failure-as-result"
+
+
+ROLL_OVER_WAITING_PATCH = "roll-over-while-waiting-for-approval"
+
+
+@dataclass
+class CallState:
+    """A tool call of the running step: `waiting` for a person's decision on this request, or `settled`."""
+
+    waiting: ApprovalRequest | None = None
+    settled: bool = False
 
 
 def _cut(text: str | None, limit: int) -> str | None:
@@ -106,11 +121,21 @@ class ThreadWorkflow:
         self.run_updates = 0
         self.reply_times: dict[str, float] = {}
         self.status: ThreadStatus = "idle"
-        self.approvals = ThreadApprovals()
+        resume = start.state.resume
+        self.approvals = ThreadApprovals(start.state.decisions, resume.waiting if resume else [])
+        self.calls: dict[int, CallState] = {}
+        """The running step's tool calls, by seq: the run may roll over when every one not done waits for a person."""
+        if resume is not None:
+            # Known before any handler runs: a redelivered turn is not queued again, a decision finds its request.
+            self.running = resume.turn
+            self.status = "waiting"  # the search attribute came with the new run
         self.turn_started = workflow.now()
 
     @workflow.run
     async def run(self, start: ThreadStart) -> None:
+        if self.state.resume is not None:
+            resume, self.state.resume = self.state.resume, None
+            self._remember(await self._run_turn(resume.turn, resume))
         while True:
             await workflow.wait_condition(lambda: bool(self.state.queue) or self._run_is_full())
             if self._run_is_full():
@@ -125,13 +150,24 @@ class ThreadWorkflow:
     def _run_is_full(self) -> bool:
         return workflow.info().is_continue_as_new_suggested() or self.run_updates >= UPDATES_PER_RUN
 
+    def _may_roll_over_waiting(self) -> bool:
+        """A turn that waits for people (hours, maybe) lets the run roll over, once nothing of it runs: every call
+        of the step has settled or waits for an undecided approval."""
+        waiting = [seq for seq, state in self.calls.items() if state.waiting]
+        return bool(waiting) and self._run_is_full() \
+            and all(state.waiting or state.settled for state in self.calls.values()) \
+            and all(self.approvals.undecided(self.calls[seq].waiting.approval_id) for seq in waiting) \
+            and workflow.patched(ROLL_OVER_WAITING_PATCH)
+
     # Admission: one path, two ways in.
 
     @workflow.signal(name="enqueue_turn")
     def enqueue_turn(self, turn: Turn) -> None:
         self._admit(turn)
 
-    @workflow.update(name="submit_turn")
+    # A run that rolls over while its turn waits for approvals leaves this handler unfinished: its caller is told
+    # (AcceptedUpdateCompletedWorkflow) and waits for the reply by query instead.
+    @workflow.update(name="submit_turn", unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON)
     async def submit_turn(self, turn: Turn) -> Reply:
         self.run_updates += 1
         self._admit(turn)
@@ -179,6 +215,7 @@ class ThreadWorkflow:
     def _carried_state(self) -> ThreadState:
         if not workflow.patched(BOUNDED_STATE_PATCH):
             return self.state
+        self.state.decisions = self.approvals.carried()
         carried: list[Reply] = []
         total = 0
         for reply in reversed(self.state.recent_replies):
@@ -273,32 +310,42 @@ class ThreadWorkflow:
 
     # The turn loop.
 
-    async def _run_turn(self, turn: Turn) -> Reply:
+    async def _run_turn(self, turn: Turn, resume: TurnResume | None = None) -> Reply:
         """One turn, as one span (with OpenTelemetry configured): its model and tool calls are its children."""
         with trace.get_tracer(telemetry.TRACER_NAME).start_as_current_span("turn", attributes={
             "threadline.thread_id": self.state.thread_id, "threadline.turn_id": turn.turn_id,
-            "threadline.channel": turn.channel,
+            "threadline.channel": turn.channel, "threadline.resumed": resume is not None,
         }) as span:
-            reply = await self._turn(turn)
+            reply = await self._turn(turn, resume)
             span.set_attributes({"threadline.status": reply.status, "threadline.steps": reply.steps})
             return reply
 
-    async def _turn(self, turn: Turn) -> Reply:
-        self.turn_started = workflow.now()
+    async def _turn(self, turn: Turn, resume: TurnResume | None = None) -> Reply:
         self.running = turn
-        self.interrupted_turn_id = None
-        self._set_status("running")
-        pending = [self._item(m.role, turn, text=m.text, sender=turn.sender if m.role == "user" else "",
-                              data={"imported": True}) for m in turn.prior]
-        pending.append(self._item("user", turn, text=turn.text, sender=turn.sender, data={
-            "channel": turn.channel, "attachments": turn.attachments, "metadata": turn.metadata,
-        }))
+        pending: list[ThreadItem] = []
         usage = Usage()
         model_calls = 0
+        if resume is None:
+            self.interrupted_turn_id = None
+            self.turn_started = workflow.now()
+            self._set_status("running")
+            pending = [self._item(m.role, turn, text=m.text, sender=turn.sender if m.role == "user" else "",
+                                  data={"imported": True}) for m in turn.prior]
+            pending.append(self._item("user", turn, text=turn.text, sender=turn.sender, data={
+                "channel": turn.channel, "attachments": turn.attachments, "metadata": turn.metadata,
+            }))
+        else:
+            self.turn_started = datetime.fromtimestamp(resume.started_at, timezone.utc)
+            usage, model_calls = resume.usage, resume.model_calls
+            self.steers = [*resume.steers, *self.steers]
         compacted = False
         unanswered: list[Steer] = []
         """Steers sent with the model call in flight: applied once it answers."""
         try:
+            if resume is not None:
+                self._raise_if_interrupted(turn)  # interrupted as the new run began
+                resumed = {r.approval_id: r for r in resume.waiting}
+                await self._tool_step(turn, resume.calls, resume.first_seq, usage, model_calls, resumed)
             while True:
                 pending += [self._item("user", turn, text=s.text, sender=s.sender, data={"steer": True}) for s in self.steers]
                 unanswered, self.steers = self.steers, []
@@ -337,16 +384,7 @@ class ThreadWorkflow:
                     )
                 first = self.state.next_seq
                 self.state.next_seq += len(step.tool_calls)
-                # Every call settles before the turn goes on or ends, so no tool writes into a turn that is over.
-                outcomes = await asyncio.gather(*[
-                    self._tool_call(ToolCallInput(
-                        thread_id=self.state.thread_id, turn_id=turn.turn_id, seq=first + n, call=call
-                    ))
-                    for n, call in enumerate(step.tool_calls)
-                ], return_exceptions=True)
-                failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
-                if failure is not None:
-                    raise failure
+                await self._tool_step(turn, step.tool_calls, first, usage, model_calls)
         except (TurnInterrupted, asyncio.CancelledError, ActivityError, ChildWorkflowError, TurnFailed) as e:
             interrupted = self.interrupted_turn_id == turn.turn_id
             if isinstance(e, asyncio.CancelledError) and not interrupted:
@@ -365,6 +403,34 @@ class ThreadWorkflow:
             if workflow.patched(REQUEUE_STEERS_PATCH):
                 self._requeue_steers(turn, [*unanswered, *self.steers])
             return self._finish(turn, reply)
+
+    async def _tool_step(self, turn: Turn, calls: list[ToolCall], first: int, usage: Usage, model_calls: int,
+                         resumed: dict[str, ApprovalRequest] | None = None) -> None:
+        """Runs one step's tool calls (of a resumed turn: the ones that were waiting) until all have settled, so no
+        tool writes into a turn that is over. Rolls the run over instead when it is full and they only wait."""
+        requests = [ToolCallInput(thread_id=self.state.thread_id, turn_id=turn.turn_id, seq=first + n, call=call)
+                    for n, call in enumerate(calls)]
+        self.calls = {r.seq: CallState() for r in requests}
+        running = []
+        for request in requests:
+            if resumed is not None and approval_id(request) not in resumed:
+                self.calls[request.seq].settled = True  # in the run before: its result is in the store
+                continue
+            waiting = resumed.get(approval_id(request)) if resumed is not None else None
+            running.append(self._tool_call(request, waiting))
+        gathered = asyncio.gather(*running, return_exceptions=True)
+        await workflow.wait_condition(lambda: gathered.done() or self._may_roll_over_waiting())
+        if not gathered.done():
+            workflow.continue_as_new(ThreadStart(state=self._carried_state().model_copy(update={
+                "resume": TurnResume(
+                    turn=turn, started_at=self.turn_started.timestamp(), usage=usage, model_calls=model_calls,
+                    first_seq=first, calls=calls, steers=self.steers,
+                    waiting=[s.waiting for s in self.calls.values() if s.waiting is not None],
+                )})))
+        self.calls = {}
+        failure = next((o for o in gathered.result() if isinstance(o, BaseException)), None)
+        if failure is not None:
+            raise failure
 
     async def _compact(self, turn: Turn, before_seq: int, step: ModelStep) -> Usage:
         """The model activity found the prompt too long: the thread's oldest part becomes a summary item first."""
@@ -411,9 +477,14 @@ class ThreadWorkflow:
             **options,
         ))
 
-    async def _tool_call(self, request: ToolCallInput) -> ToolOutcome:
+    async def _tool_call(self, request: ToolCallInput, waiting: ApprovalRequest | None = None) -> ToolOutcome:
+        outcome = await self._run_tool_call(request, waiting)
+        self.calls[request.seq].settled = True
+        return outcome
+
+    async def _run_tool_call(self, request: ToolCallInput, waiting: ApprovalRequest | None) -> ToolOutcome:
         if request.call.approval_timeout_seconds is not None:
-            outcome = await self._approval(request)
+            outcome = await self._approval(request, waiting)
             if not outcome.approved:
                 return await self._record_tool_result(
                     request, f"denied by {outcome.by}: {outcome.reason or 'no reason given'}")
@@ -445,16 +516,22 @@ class ThreadWorkflow:
         )], "waiting" if self.approvals.pending else "running")
         return ToolOutcome(call_id=call.call_id, name=call.name, ok=False, summary=text[:200])
 
-    async def _approval(self, call: ToolCallInput) -> ApprovalOutcome:
+    async def _approval(self, call: ToolCallInput, waiting: ApprovalRequest | None) -> ApprovalOutcome:
         """Waits, in this workflow (no activity running, no worker slot held), for a person's decision on `call`;
-        the request and the decision are items of the thread."""
+        the request and the decision are items of the thread. `waiting`: the request a previous run recorded."""
         now = workflow.now().timestamp()
-        request = self.approvals.request(call, now, call.call.approval_timeout_seconds or 0.0)
-        self._set_status("waiting")
-        await self._record_items([self._approval_item(request, {
-            "state": "pending", "expires_at": request.expires_at,
-        }, f"approval needed: {tool_summary(call.call)}")], "waiting")
-        outcome = await self._interruptible(asyncio.ensure_future(self.approvals.wait(request)))
+        remaining = None
+        if waiting is None:
+            request = self.approvals.request(call, now, call.call.approval_timeout_seconds or 0.0)
+            self._set_status("waiting")
+            await self._record_items([self._approval_item(request, {
+                "state": "pending", "expires_at": request.expires_at,
+            }, f"approval needed: {tool_summary(call.call)}")], "waiting")
+        else:
+            request, remaining = waiting, waiting.expires_at - now
+        self.calls[call.seq].waiting = request
+        outcome = await self._interruptible(asyncio.ensure_future(self.approvals.wait(request, remaining)))
+        self.calls[call.seq].waiting = None
         verdict = "approved" if outcome.approved else "denied"
         telemetry.in_workflow(telemetry.APPROVALS, "approval decisions, by outcome and channel", outcome=verdict,
                               via=outcome.via)
