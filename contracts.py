@@ -40,8 +40,10 @@ Arg = TypeVar("Arg")
 Result = TypeVar("Result")
 Method = TypeVar("Method", bound=Callable[..., Any])
 
-HEARTBEAT_TIMEOUT = timedelta(seconds=5)
-"""Every long activity heartbeats (activities/heartbeat.py paces itself from this): a dead worker is noticed here."""
+HEARTBEAT_TIMEOUT = timedelta(seconds=3)
+"""Every long activity heartbeats (activities/heartbeat.py paces itself from this): a dead worker is noticed here,
+so this bounds how long a kill -9 delays the turns it had in flight (bench/recovery.py). Heartbeats go out every
+second, so a loop stalled for up to 2 s still costs no attempt."""
 
 
 @dataclasses.dataclass(frozen=True)

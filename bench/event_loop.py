@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--locks", type=int, default=3)
     parser.add_argument("--lock-seconds", type=float, default=8.0,
-                        help="longer than an activity's 5 s heartbeat timeout, so a blocked loop shows as retries")
+                        help="longer than an activity's 3 s heartbeat timeout, so a blocked loop shows as retries")
     parser.add_argument("--words", type=int, default=80)
     parser.add_argument("--chunk-delay", type=float, default=0.05)
     parser.add_argument("--measure", type=float, default=10.0)

@@ -41,7 +41,7 @@ def temporal_worker(client: Client, task_queue: str, workflows: Sequence[type],
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         # Activities heartbeat every second; sending each one lets an interrupt reach a running model call or tool
-        # within about a second (the default throttle, 80% of the 5 s heartbeat timeout, makes it up to 4 s).
+        # within about a second (the default throttle, 80% of the heartbeat timeout, makes it up to 2.4 s).
         max_heartbeat_throttle_interval=timedelta(seconds=1),
     )
 

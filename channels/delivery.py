@@ -7,6 +7,7 @@ turn (signal-with-start: mail, queue). Both start the thread on its first turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import secrets
@@ -19,10 +20,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from temporalio import common
+from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import IndexedValueType, TaskQueueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, ResetStickyTaskQueueRequest
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -38,7 +40,10 @@ from threadline.channels.payload_codec import codec_from_env
 from threadline.models.limits import ErrorType
 from threadline.models.thread import AgentRef, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
 from threadline.workflows.search_attributes import (
+    AGENT_ATTRIBUTE,
+    ROOM_ATTRIBUTE,
     SEARCH_ATTRIBUTES,
+    STATUS_ATTRIBUTE,
     start_attributes,
 )
 from threadline.workflows.thread import ThreadWorkflow
@@ -127,6 +132,12 @@ def new_turn_id() -> str:
     return f"turn-{uuid.uuid4().hex}"
 
 
+MAX_UNSTUCK_THREADS = 1000
+WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)
+"""A workflow task of a thread or a job takes milliseconds (histories are flat: a thread rolls over); one that a
+killed worker had begun is given to another after this, instead of Temporal's default 10 s. Continue-as-new keeps it."""
+
+
 def _start_operation(
     agent: AgentRef, thread_id: str, channel: str
 ) -> WithStartWorkflowOperation[ThreadWorkflow, None]:
@@ -137,6 +148,7 @@ def _start_operation(
         task_queue=agent.task_queue,
         id_conflict_policy=common.WorkflowIDConflictPolicy.USE_EXISTING,
         search_attributes=_search_attributes(agent, channel),
+        task_timeout=WORKFLOW_TASK_TIMEOUT,
     )
 
 
@@ -177,7 +189,7 @@ async def start_job(client: Client, run: Any, job: Any, *, workflow_id: str, tas
     for attempt in range(2):
         try:
             await client.start_workflow(
-                run, job, id=workflow_id, task_queue=task_queue,
+                run, job, id=workflow_id, task_queue=task_queue, task_timeout=WORKFLOW_TASK_TIMEOUT,
                 id_reuse_policy=common.WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=common.WorkflowIDConflictPolicy.FAIL,
                 search_attributes=search_attributes, memo=memo, static_summary=summary,
@@ -247,6 +259,7 @@ async def deliver_turn(
         task_queue=agent.task_queue,
         id_conflict_policy=common.WorkflowIDConflictPolicy.USE_EXISTING,
         search_attributes=_search_attributes(agent, turn.channel),
+        task_timeout=WORKFLOW_TASK_TIMEOUT,
         start_signal="enqueue_turn",
         start_signal_args=[turn],
     )
@@ -280,6 +293,22 @@ async def interrupt_turn(client: Client, thread_id: str, turn_id: str | None = N
 
 async def thread_snapshot(client: Client, thread_id: str) -> ThreadSnapshot:
     return await client.get_workflow_handle(thread_id).query(ThreadWorkflow.snapshot)
+
+
+async def unstick_running_threads(client: Client, agent: AgentRef) -> int:
+    """Sends the agent's running threads' next workflow task to the task queue every worker polls, instead of the
+    sticky queue of the worker that ran them last: after a kill -9 that worker is gone, and Temporal would wait for
+    the sticky timeout first. Called as an agent process starts; a live replica only replays those threads once.
+    Returns how many threads it moved."""
+    query = (f'{ROOM_ATTRIBUTE.name} = "{agent.room}" AND {AGENT_ATTRIBUTE.name} = "{agent.agent_name}" AND '
+             f'{STATUS_ATTRIBUTE.name} = "running" AND ExecutionStatus = "Running"')
+    moved = 0
+    async for execution in client.list_workflows(query, limit=MAX_UNSTUCK_THREADS):
+        with contextlib.suppress(RPCError):  # finished meanwhile
+            await client.workflow_service.reset_sticky_task_queue(ResetStickyTaskQueueRequest(
+                namespace=client.namespace, execution=WorkflowExecution(workflow_id=execution.id)))
+            moved += 1
+    return moved
 
 
 async def recent_pollers(client: Client, task_queue: str, window: timedelta = ONLINE_WINDOW) -> set[str]:

@@ -7,6 +7,7 @@ import asyncio
 
 import httpx
 import pytest
+from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.client import Client, WorkflowUpdateFailedError
 from threadline.activities.model_provider import MAX_RETRY_AFTER_SECONDS, retry_delay
 from threadline.activities.thread_store import ThreadStore
@@ -158,7 +159,8 @@ async def test_400_fails_the_turn_and_the_thread_recovers(temporal_client: Clien
 
 
 async def test_worker_killed_mid_turn(temporal_client: Client, agent_spec, agent_process, fake_model: FakeOpenAI):
-    """kill -9 of the agent process while the model call is in flight: a new process finishes the turn, once."""
+    """kill -9 of the agent process while the model call is in flight: a new process finishes the turn, once, and
+    without waiting for the dead worker's sticky queue to time out (the new process moved the thread off it)."""
     thread_id = _thread(agent_spec)
     first_process = agent_process(agent_spec)
     gate = Gate()
@@ -178,6 +180,10 @@ async def test_worker_killed_mid_turn(temporal_client: Client, agent_spec, agent
     assert snap.turns_completed == 1 and snap.queued_turn_ids == []
     again = await submit_turn(temporal_client, agent_spec.ref, thread_id, turn)
     assert again == reply and fake_model.count() == 2
+    history = await temporal_client.get_workflow_handle(thread_id).fetch_history()
+    timeouts = [e.workflow_task_timed_out_event_attributes.timeout_type for e in history.events
+                if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT]
+    assert TimeoutType.TIMEOUT_TYPE_SCHEDULE_TO_START not in timeouts
 
 
 async def test_temporal_server_restart_loses_nothing(temporal_server: TemporalDevServer, temporal_client: Client,
