@@ -8,35 +8,40 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 from threadline.models.spec import AgentSpec
+
+if TYPE_CHECKING:  # the worker half of the SDK is loaded by processes that run workers, not by `room queue send`
+    from temporalio.worker import Worker
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
 """How long a stopping worker lets in-flight activities finish before cancelling them (deployments give the process
 longer than this plus a heartbeat timeout before killing it)."""
 
 
-WORKFLOW_RUNNER = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("threadline"))
-"""The sandbox still guards workflow code, but Threadline's own modules are imported once, not again for every thread
-the worker starts or replays: they hold no mutable state, and their workflow code calls only `workflow.*`. Re-running
-them cost about a third of the worker's CPU with many new threads (compiling their source each time where Python
-writes no bytecode, as in the container image)."""
 
 
 def temporal_worker(client: Client, task_queue: str, workflows: Sequence[type],
                     activities: Sequence[Callable[..., Any]] = (), max_cached_workflows: int = 1000) -> Worker:
-    """Every worker of an agent process, built alike: the agent's own and each channel's."""
+    """Every worker of an agent process, built alike: the agent's own and each channel's.
+
+    The sandbox still guards workflow code, but Threadline's own modules are imported once, not again for every
+    thread the worker starts or replays: they hold no mutable state, and their workflow code calls only
+    `workflow.*`. Re-running them cost about a third of the worker's CPU with many new threads (compiling their
+    source each time where Python writes no bytecode, as in the container image)."""
+    from temporalio.worker import Worker
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
     return Worker(
         client,
         task_queue=task_queue,
         workflows=list(workflows),
         activities=list(activities),
         max_cached_workflows=max_cached_workflows,
-        workflow_runner=WORKFLOW_RUNNER,
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules("threadline")),
         # A crashed worker's sticky queue is abandoned quickly so another worker replays its workflows.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,

@@ -23,7 +23,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio.client import (
     Client,
@@ -33,7 +33,6 @@ from temporalio.client import (
 )
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Worker
 from threadline.activities.heartbeat import heartbeating
 from threadline.channels.approvals import telling_approvals, thread_approvals
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
@@ -70,6 +69,9 @@ from threadline.workflows.search_attributes import (
     ROOM_ATTRIBUTE,
     start_attributes,
 )
+
+if TYPE_CHECKING:
+    from temporalio.worker import Worker
 
 Announce = Callable[[ApprovalRequest, Turn], Awaitable[None]]
 

@@ -13,14 +13,9 @@ import sys
 import traceback
 
 import typer
-from threadline.cli import approvals, codec, usage
 from threadline.cli.errors import USAGE, CliError
-from threadline.cli.mail import mail_app, mailbox_app
 from threadline.cli.options import Verbose
 from threadline.cli.output import error_line, state
-from threadline.cli.process import process_app
-from threadline.cli.room import room_app
-from threadline.cli.server import server_app
 
 EPILOG = """\
 [bold]Examples[/bold]
@@ -36,30 +31,70 @@ EPILOG = """\
 With no --temporal-address, agent commands use the embedded Temporal server on localhost:7233 (started in the background when nothing listens there; UI on http://localhost:8233).
 """
 
-app = typer.Typer(
-    name="threadline",
-    help="Durable AI agents on Temporal.",
-    epilog=EPILOG,
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-for name, command in (("approvals", approvals.approvals), ("approve", approvals.approve), ("deny", approvals.deny)):
-    process_app.command(name, epilog=approvals.APPROVALS_EPILOG)(command)
-app.add_typer(process_app, name="process")
-app.command("codec-server", epilog=codec.CODEC_EPILOG)(codec.codec_server)
-app.add_typer(server_app, name="server")
-room_app.command("usage", epilog=usage.USAGE_EPILOG)(usage.usage)
-app.add_typer(room_app, name="room")
-app.add_typer(mailbox_app, name="mailbox")
-app.add_typer(mail_app, name="mail")
+
+def _process(app: typer.Typer) -> None:
+    from threadline.cli.process import process_app
+
+    app.add_typer(process_app, name="process")
 
 
-@app.callback()
-def _root(verbose: Verbose = False) -> None:
-    """Durable AI agents on Temporal."""
+def _codec_server(app: typer.Typer) -> None:
+    from threadline.cli import codec
+
+    app.command("codec-server", epilog=codec.CODEC_EPILOG)(codec.codec_server)
+
+
+def _server(app: typer.Typer) -> None:
+    from threadline.cli.server import server_app
+
+    app.add_typer(server_app, name="server")
+
+
+def _room(app: typer.Typer) -> None:
+    from threadline.cli.room import room_app
+
+    app.add_typer(room_app, name="room")
+
+
+def _mailbox(app: typer.Typer) -> None:
+    from threadline.cli.mail import mailbox_app
+
+    app.add_typer(mailbox_app, name="mailbox")
+
+
+def _mail(app: typer.Typer) -> None:
+    from threadline.cli.mail import mail_app
+
+    app.add_typer(mail_app, name="mail")
+
+
+COMMANDS = {"process": _process, "codec-server": _codec_server, "server": _server, "room": _room,
+            "mailbox": _mailbox, "mail": _mail}
+"""The top-level commands, in the order help lists them. A command line loads only the one it names (scripts that
+send jobs in a loop pay for `room`, not for the agent's whole option tree); help and mistakes load them all."""
+
+
+def build_app(argv: list[str] | None = None) -> typer.Typer:
+    app = typer.Typer(
+        name="threadline",
+        help="Durable AI agents on Temporal.",
+        epilog=EPILOG,
+        no_args_is_help=True,
+        rich_markup_mode="rich",
+        context_settings={"help_option_names": ["-h", "--help"]},
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    named = next((a for a in argv or [] if not a.startswith("-")), None)
+    for name, add in COMMANDS.items():
+        if named not in COMMANDS or named == name:
+            add(app)
+
+    @app.callback()
+    def _root(verbose: Verbose = False) -> None:
+        """Durable AI agents on Temporal."""
+
+    return app
 
 
 class _Failed(Exception):
@@ -80,7 +115,7 @@ def _is_click_error(e: Exception) -> bool:
 
 def run(argv: list[str]) -> int:
     """Runs one command line and returns its exit code; every failure is printed as one line on stderr."""
-    command = typer.main.get_command(app)
+    command = typer.main.get_command(build_app(argv))
     try:
         try:
             code = command.main(args=argv, prog_name="threadline", standalone_mode=False)

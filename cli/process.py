@@ -453,9 +453,13 @@ def grep(
         raise typer.Exit(1)
 
 
-# `process spec` and `process deploy` (cli/spec.py, cli/deploy.py).
+# `process spec` and `process deploy` (cli/spec.py, cli/deploy.py), `process approvals|approve|deny`.
+from threadline.cli import approvals as _approvals  # noqa: E402
 from threadline.cli import deploy as _deploy  # noqa: E402
 from threadline.cli import spec as _spec  # noqa: E402
 
 _spec.register(process_app)
 _deploy.register(process_app)
+for _name, _command in (("approvals", _approvals.approvals), ("approve", _approvals.approve),
+                        ("deny", _approvals.deny)):
+    process_app.command(_name, epilog=_approvals.APPROVALS_EPILOG)(_command)

@@ -306,3 +306,8 @@ def list_(
 
     return _run(go())
 
+
+# `room usage` (cli/usage.py).
+from threadline.cli import usage as _usage  # noqa: E402
+
+room_app.command("usage", epilog=_usage.USAGE_EPILOG)(_usage.usage)

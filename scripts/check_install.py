@@ -79,11 +79,11 @@ def main() -> int:
             elif not dists & allowed:
                 failures.append(f"{name} imports {top} (from {', '.join(sorted(dists))}), not a declared dependency")
 
-    from threadline.cli.app import app
+    from threadline.cli.app import build_app
     from typer.main import get_command
 
     script = Path(sys.executable).with_name("threadline")
-    paths = command_paths(get_command(app))
+    paths = command_paths(get_command(build_app()))
     for path in paths:
         result = subprocess.run([str(script), *path, "--help"], capture_output=True, text=True, timeout=60)
         if result.returncode != 0 or "Usage" not in result.stdout:

@@ -17,7 +17,7 @@ import pytest
 from threadline.activities.stream_log import StreamLog
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import connect
-from threadline.cli.app import app
+from threadline.cli.app import build_app
 from threadline.models.thread import AgentRef, ThreadItem
 from typer.testing import CliRunner
 
@@ -379,7 +379,7 @@ def test_verbose_shows_the_traceback(address: str) -> None:
 
 
 def test_help_lists_env_vars_and_examples() -> None:
-    result = CliRunner().invoke(app, ["process", "join", "--help"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(build_app(), ["process", "join", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for text in ("THREADLINE_ROOM", "THREADLINE_MODEL", "THREADLINE_CHANNEL", "TEMPORAL_API_KEY", "Examples",
                  "--require-storage", "--threading-mode"):
