@@ -7,6 +7,7 @@ import contextlib
 import getpass
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
@@ -208,9 +209,32 @@ class Chat:
 
 
 class _LineReader:
-    """`input()` in a daemon thread, so the event loop keeps running and Ctrl-C never waits on the terminal."""
+    """`input()` in a daemon thread, so the event loop keeps running and Ctrl-C never waits on the terminal. One
+    line is read at a time: a line typed after its reader gave up (the approval prompt of a turn that ended because
+    someone decided elsewhere) goes to the next reader, under the next prompt, instead of being lost."""
+
+    def __init__(self) -> None:
+        self._line: asyncio.Future[str | None] | None = None
 
     async def read(self, prompt: str, leave: asyncio.Event) -> str | None:
+        if self._line is None:
+            self._line = self._start(prompt)
+        else:  # the terminal is still read for an earlier prompt: show this one
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
+        line = self._line
+        leaving = asyncio.ensure_future(leave.wait())
+        try:
+            await asyncio.wait([line, leaving], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+        if not line.done():
+            return None
+        self._line = None
+        return line.result()
+
+    @staticmethod
+    def _start(prompt: str) -> asyncio.Future[str | None]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str | None] = loop.create_future()
 
@@ -228,10 +252,7 @@ class _LineReader:
                 loop.call_soon_threadsafe(deliver)
 
         threading.Thread(target=target, name="threadline-input", daemon=True).start()
-        leaving = asyncio.ensure_future(leave.wait())
-        await asyncio.wait([future, leaving], return_when=asyncio.FIRST_COMPLETED)
-        leaving.cancel()
-        return future.result() if future.done() else None
+        return future
 
 
 class Interrupts:

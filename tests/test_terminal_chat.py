@@ -194,3 +194,25 @@ def test_the_chat_asks_before_a_tool_that_needs_approval(terminal) -> None:  # n
     assert chat.leave() == 0
     assert [line.split(" ", 1)[1] for line in ledger_lines()] == ["typed yes"]
     assert "Traceback" not in chat.screen
+
+
+def test_a_line_typed_after_an_approval_was_decided_elsewhere_reaches_the_chat(terminal, temporal_server,
+                                                                               room) -> None:  # noqa: ANN001
+    """The inline prompt waits while someone else decides (here the CLI): the turn ends, and the next line typed
+    is a chat message under the next `you>` prompt, not an answer to the prompt that is gone."""
+    import json
+
+    from tests.cli_helpers import run_cli
+
+    chat = terminal("--model", "offline", "--tool", "tests.tools_for_tests:append_line")
+    mark = chat.type_line('/tool append_line {"line": "decided elsewhere"}')
+    chat.wait_for(r"approve\? \[y = approve, n or a reason = deny\] ", after=mark)
+    address = ["--temporal-address", temporal_server.address]
+    [request] = json.loads(run_cli("process", "approvals", "--room", room, "-o", "json", *address).stdout)
+    assert run_cli("process", "approve", request["approval_id"], "--by", "ops", *address).returncode == 0
+    chat.wait_for(r"- append_line: appended 'decided elsewhere'", after=mark)
+    chat.wait_for(r"you> ", after=mark)
+    mark = chat.type_line("are you there?")
+    chat.wait_for(r'You said: "are you there\?"', after=mark)
+    assert chat.leave() == 0
+    assert "Traceback" not in chat.screen
