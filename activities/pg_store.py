@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 from threadline.activities.stream_log import KEEP_SECONDS, StreamEvent
-from threadline.activities.thread_store import display_name
+from threadline.activities.thread_store import display_name, optional_filters
 from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, Usage, UsageRow, parse_items
 
 _opened: dict[tuple[type, str, str], Any] = {}
@@ -258,12 +258,9 @@ class PgThreadStore:
                  " ON t.room = i.room AND t.thread_id = i.thread_id"
                  " WHERE i.room=%s AND i.type IN ('assistant', 'summary')")
         args: list[object] = [self.room]
-        if agent is not None:
-            query += " AND t.agent=%s"
-            args.append(agent)
-        if since is not None:
-            query += " AND i.created_at>=%s"
-            args.append(since)
+        filters, values = optional_filters({"t.agent=": agent, "i.created_at>=": since}, "%s")
+        query += filters
+        args += values
         return [UsageRow(thread_id=r[0], agent=r[1], channel=r[2], at=r[3], model=r[4] or "",
                          usage=Usage.model_validate(r[5]) if r[5] else Usage())
                 for r in self._connect().execute(query + " ORDER BY i.created_at", args)]
@@ -290,15 +287,9 @@ class PgThreadStore:
         """Items in order, of one type and one turn when given; with `limit`, the last `limit` of them."""
         query = "SELECT seq, body FROM threadline_items WHERE room=%s AND thread_id=%s"
         args: list[object] = [self.room, thread_id]
-        if before_seq is not None:
-            query += " AND seq<%s"
-            args.append(before_seq)
-        if item_type is not None:
-            query += " AND type=%s"
-            args.append(item_type)
-        if turn_id is not None:
-            query += " AND turn_id=%s"
-            args.append(turn_id)
+        filters, values = optional_filters({"seq<": before_seq, "type=": item_type, "turn_id=": turn_id}, "%s")
+        query += filters
+        args += values
         if limit is not None:
             query = f"SELECT seq, body FROM ({query} ORDER BY seq DESC LIMIT %s) AS last_items ORDER BY seq"
             args.append(limit)
@@ -329,12 +320,9 @@ class PgThreadStore:
             " FROM threadline_threads t WHERE t.room=%s"
         )
         args: list[object] = [self.room]
-        if agent is not None:
-            query += " AND t.agent=%s"
-            args.append(agent)
-        if thread_id is not None:
-            query += " AND t.thread_id=%s"
-            args.append(thread_id)
+        filters, values = optional_filters({"t.agent=": agent, "t.thread_id=": thread_id}, "%s")
+        query += filters
+        args += values
         if archived is not None:
             query += " AND t.archived_at IS NOT NULL" if archived else " AND t.archived_at IS NULL"
         query += " ORDER BY t.modified_at DESC LIMIT %s OFFSET %s"

@@ -67,6 +67,13 @@ def display_name(text: str) -> str:
     return words if len(words) <= _NAME_LIMIT else words[: _NAME_LIMIT - 1].rstrip() + "…"
 
 
+def optional_filters(conditions: dict[str, object], placeholder: str) -> tuple[str, list[object]]:
+    """The optional filters of a store query: ` AND <column and operator><placeholder>` for each condition whose
+    value is given, and those values, in the backend's placeholder style (`?` or `%s`)."""
+    given = {condition: value for condition, value in conditions.items() if value is not None}
+    return "".join(f" AND {condition}{placeholder}" for condition in given), list(given.values())
+
+
 class ThreadStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -181,12 +188,9 @@ class ThreadStore:
                  " json_extract(i.body, '$.data.usage') FROM items i JOIN threads t ON t.thread_id = i.thread_id"
                  " WHERE i.type IN ('assistant', 'summary')")
         args: list[object] = []
-        if agent is not None:
-            query += " AND t.agent=?"
-            args.append(agent)
-        if since is not None:
-            query += " AND i.created_at>=?"
-            args.append(since)
+        filters, values = optional_filters({"t.agent=": agent, "i.created_at>=": since}, "?")
+        query += filters
+        args += values
         return [UsageRow(thread_id=r[0], agent=r[1], channel=r[2], at=r[3], model=r[4] or "",
                          usage=Usage.model_validate_json(r[5]) if r[5] else Usage())
                 for r in self._connect().execute(query + " ORDER BY i.created_at", args)]
@@ -209,15 +213,9 @@ class ThreadStore:
         """Items in order, of one type and one turn when given; with `limit`, the last `limit` of them."""
         query = "SELECT seq, body FROM items WHERE thread_id=?"
         args: list[object] = [thread_id]
-        if before_seq is not None:
-            query += " AND seq<?"
-            args.append(before_seq)
-        if item_type is not None:
-            query += " AND type=?"
-            args.append(item_type)
-        if turn_id is not None:
-            query += " AND turn_id=?"
-            args.append(turn_id)
+        filters, values = optional_filters({"seq<": before_seq, "type=": item_type, "turn_id=": turn_id}, "?")
+        query += filters
+        args += values
         if limit is not None:
             query = f"SELECT seq, body FROM ({query} ORDER BY seq DESC LIMIT ?) ORDER BY seq"
             args.append(limit)
@@ -248,12 +246,9 @@ class ThreadStore:
             " FROM threads t WHERE 1=1"
         )
         args: list[object] = []
-        if agent is not None:
-            query += " AND t.agent=?"
-            args.append(agent)
-        if thread_id is not None:
-            query += " AND t.thread_id=?"
-            args.append(thread_id)
+        filters, values = optional_filters({"t.agent=": agent, "t.thread_id=": thread_id}, "?")
+        query += filters
+        args += values
         if archived is not None:
             query += " AND t.archived_at IS NOT NULL" if archived else " AND t.archived_at IS NULL"
         query += " ORDER BY t.modified_at DESC LIMIT ? OFFSET ?"
