@@ -23,7 +23,7 @@ from threadline.activities.tools import Tool, build_toolbox
 from threadline.activities.web import web_tools
 from threadline.channels.approvals import report_waiting_approvals
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
-from threadline.channels.delivery import register_search_attributes, unstick_running_threads
+from threadline.channels.delivery import recover_running_threads, register_search_attributes
 from threadline.channels.mail.send_tool import send_email_tools
 from threadline.channels.toolkit.calls import toolkit_tools
 from threadline.models.spec import AgentSpec
@@ -121,14 +121,16 @@ def build_worker(client: Client, spec: AgentSpec, activities: AgentActivities) -
                            max_cached_workflows=MAX_CACHED_THREADS)
 
 
-async def unstick_threads(client: Client, spec: AgentSpec) -> None:
+async def recover_threads(client: Client, spec: AgentSpec) -> None:
     try:
-        moved = await unstick_running_threads(client, spec.ref)
-    except RPCError as e:  # an optimisation: without it the threads still go on, after Temporal's sticky timeout
-        log.warning("could not move running threads off the previous worker's sticky queue: %s", e.message)
+        recovery = await recover_running_threads(client, spec.ref)
+    except RPCError as e:  # an optimisation: without it the threads still go on, after Temporal's timeouts
+        log.warning("could not recover the running threads of a previous worker: %s", e.message)
         return
-    if moved:
-        log.info("%d running threads moved off the previous worker's sticky queue", moved)
+    if recovery.moved:
+        log.info("%d running threads moved off the previous worker's sticky queue", recovery.moved)
+    if recovery.retried:
+        log.info("%d activity attempts of a worker that exited retried at once", recovery.retried)
 
 
 async def run_agent(
@@ -155,7 +157,7 @@ async def run_agent(
             await stack.enter_async_context(worker)
         servers = [asyncio.create_task(channel.serve(context, stop)) for channel in channels]
         chores = [asyncio.create_task(prune_stream_log(activities.stream, stop)),
-                  asyncio.create_task(unstick_threads(client, spec))]
+                  asyncio.create_task(recover_threads(client, spec))]
         if spec.metrics_port is not None:
             chores.append(asyncio.create_task(report_waiting_approvals(client, spec.room, spec.agent_name, stop)))
         if ready is not None:

@@ -1,7 +1,8 @@
 """Recovery after kill -9: `--turns` turns in flight on as many threads, the agent process (`threadline process
 join`, as a user runs it) killed with SIGKILL while their model calls run, then started again at once. Prints JSON:
-the restart (spawn to polling), the time from the kill until every turn had replied (p50, p95, last), and the
-exactly-once check (every turn completed, one answer item per turn in the thread store, none lost).
+the restart (spawn to polling), when the dead worker's model calls began again on the new one (first, last), the
+time from the kill until every turn had replied (p50, p95, last), and the exactly-once check (every turn completed,
+one answer item per turn in the thread store, none lost).
 
     .venv/bin/python -m bench.recovery                      # 50 turns, model latency 2 s
     .venv/bin/python -m bench.recovery --turns 50 --rounds 3 --out /tmp/recovery.json
@@ -72,13 +73,14 @@ async def one_round(address: str, env: dict[str, str], work: Path, fake: FakeOpe
     await fake.wait_for_async(lambda: fake.count() - requests_before >= turns, timeout=60)
     assert agent.proc is not None
     os.kill(agent.proc.pid, signal.SIGKILL)
-    killed = time.perf_counter()
+    killed, killed_monotonic = time.perf_counter(), time.monotonic()
     await agent.proc.wait()
     in_flight_at_kill = len(threads) - len(replied)
     model_calls_running = fake.in_flight
     restarted, restart_seconds = await start_agent(address, env, work, 2 * n + 1)
     replies = await asyncio.wait_for(asyncio.gather(*tasks), 120)
     after = [replied[t] - killed for t in threads]
+    retried = [r.received_monotonic - killed_monotonic for r in fake.requests[requests_before + turns:]]
     store = ThreadStore.for_room(SPEC.room)
     answers = [sum(1 for i in store.items(t) if i.type == "assistant") for t in threads]
     await restarted.stop()
@@ -87,6 +89,7 @@ async def one_round(address: str, env: dict[str, str], work: Path, fake: FakeOpe
         "model_calls_running_at_kill": model_calls_running,
         "first_start_seconds": round(first_start, 2),
         "restart_seconds": round(restart_seconds, 2),
+        "model_calls_retried_seconds": {"first": round(min(retried), 2), "last": round(max(retried), 2)},
         "recovery_seconds": {"p50": round(percentile(after, 0.5), 2), "p95": round(percentile(after, 0.95), 2),
                              "last": round(max(after), 2)},
         "completed": sum(1 for r in replies if r.status == "completed"),

@@ -84,6 +84,8 @@ class ErrorType:
     MAIL_REJECTED = "MailRejected"
     MAIL_UNAVAILABLE = "MailUnavailable"
     MAIL_UNREADABLE = "MailUnreadable"
+    WORKER_GONE = "WorkerGone"
+    """An activity attempt whose worker process exited (kill -9), failed by the agent process that replaced it."""
 
 
 RoomName = Annotated[str, AfterValidator(lambda value: validate_name("room", value))]

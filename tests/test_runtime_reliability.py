@@ -4,6 +4,10 @@ continue-as-new after every turn."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -14,6 +18,7 @@ from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import (
     connect,
     deliver_turn,
+    local_process_is_gone,
     new_thread_name,
     new_turn_id,
     submit_turn,
@@ -159,8 +164,9 @@ async def test_400_fails_the_turn_and_the_thread_recovers(temporal_client: Clien
 
 
 async def test_worker_killed_mid_turn(temporal_client: Client, agent_spec, agent_process, fake_model: FakeOpenAI):
-    """kill -9 of the agent process while the model call is in flight: a new process finishes the turn, once, and
-    without waiting for the dead worker's sticky queue to time out (the new process moved the thread off it)."""
+    """kill -9 of the agent process while the model call is in flight: a new process finishes the turn, once,
+    without waiting for the dead worker's sticky queue to time out (the new process moved the thread off it), and
+    without waiting for the model call's heartbeat timeout (the new process failed the dead worker's attempt)."""
     thread_id = _thread(agent_spec)
     first_process = agent_process(agent_spec)
     gate = Gate()
@@ -184,6 +190,12 @@ async def test_worker_killed_mid_turn(temporal_client: Client, agent_spec, agent
     timeouts = [e.workflow_task_timed_out_event_attributes.timeout_type for e in history.events
                 if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT]
     assert TimeoutType.TIMEOUT_TYPE_SCHEDULE_TO_START not in timeouts
+    model_attempts = [e.activity_task_started_event_attributes for e in history.events
+                      if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED]
+    assert [a.attempt for a in model_attempts] == [2]
+    failure = model_attempts[0].last_failure
+    assert failure.application_failure_info.type == ErrorType.WORKER_GONE
+    assert f"({first_process.proc.pid}@" in failure.message
 
 
 async def test_temporal_server_restart_loses_nothing(temporal_server: TemporalDevServer, temporal_client: Client,
@@ -356,3 +368,19 @@ async def test_many_large_queued_turns_and_long_replies_roll_over(rollover: Clie
     after = await submit_turn(client, ref, thread_id, Turn(turn_id=new_turn_id(), text="still there?"))
     assert after.status == "completed" and after.text.startswith("still th")
     assert (await thread_snapshot(client, thread_id)).turns_completed == 12
+
+
+def test_only_an_exited_process_of_this_host_counts_as_a_gone_worker():
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = socket.gethostname()
+        assert local_process_is_gone(f"{exited.pid}@{host}")
+        assert not local_process_is_gone(f"{alive.pid}@{host}")
+        assert not local_process_is_gone(f"{os.getpid()}@{host}")  # another agent of this very process
+        assert not local_process_is_gone(f"{exited.pid}@another-{host}")
+        assert not local_process_is_gone("my-worker")
+    finally:
+        alive.kill()
+        alive.wait()
