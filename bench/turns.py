@@ -474,8 +474,13 @@ async def throughput_palindrome(
     return out
 
 
+REPLAY_SAMPLE = 20
+
+
 async def idle_memory(system: System, threads: int, concurrency: int, settle: float) -> dict[str, Any]:
-    """A fresh worker: RSS when idle (after a few warm-up turns), then after `threads` threads of one turn each."""
+    """A fresh worker: RSS when idle (after a few warm-up turns), then after `threads` threads of one turn each.
+    Then the replay cost: one more turn, one at a time, on each of the `REPLAY_SAMPLE` oldest threads (evicted from
+    the worker's cache once `threads` exceeds it, so replayed from history) and the newest ones (still cached)."""
     await system.start_worker()
     assert system.worker is not None
     pid = system.worker.pid
@@ -485,19 +490,32 @@ async def idle_memory(system: System, threads: int, concurrency: int, settle: fl
     gate = asyncio.Semaphore(concurrency)
     errors = 0
 
+    thread_ids = [system.new_thread_id() for _ in range(threads)]
+
     async def one(n: int) -> None:
         nonlocal errors
         async with gate:
             try:
-                await system.turn(system.new_thread_id(), turn_text(n))
+                await system.turn(thread_ids[n], turn_text(n))
             except Exception:  # noqa: BLE001 - counted and reported
                 errors += 1
 
     t0 = time.perf_counter()
-    await asyncio.gather(*[one(n) for n in range(threads)])
+    await asyncio.gather(*[one(n) for n in range(threads)])  # the gate is first come, first served: in order
     wall = time.perf_counter() - t0
     await asyncio.sleep(settle)
     after = rss_kib(pid)
+    sample = min(REPLAY_SAMPLE, threads // 4)
+
+    async def second_turns(ids: list[str]) -> list[float]:
+        took = []
+        for thread_id in ids:
+            started = time.perf_counter()
+            await system.turn(thread_id, "once more")
+            took.append((time.perf_counter() - started) * 1000)
+        return took
+
+    oldest, newest = await second_turns(thread_ids[:sample]), await second_turns(thread_ids[-sample:])
     result = {
         "threads": threads,
         "errors": errors,
@@ -508,6 +526,8 @@ async def idle_memory(system: System, threads: int, concurrency: int, settle: fl
         "rss_peak_kib": hwm_kib(pid),
         "delta_kib": after - idle,
         "per_thread_kib": round((after - idle) / threads, 1),
+        "second_turn_ms_p50": {"oldest_threads": round(percentile(oldest, 0.5), 1),
+                               "newest_threads": round(percentile(newest, 0.5), 1), "sample": sample},
     }
     await system.stop_worker()
     return result

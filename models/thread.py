@@ -334,7 +334,35 @@ ThreadState.model_rebuild()
 _ITEM_LIST = TypeAdapter(list[ThreadItem])
 
 
+class ParsedItems:
+    """Items parsed before, by their stored JSON text. A thread's history window (up to 400 items) is read again on
+    every model call, and all but the newest few items are the same text as last time: parsing them again was the
+    largest share of the worker's CPU per turn on a long thread. Keyed by the text itself, so an item rewritten in
+    the store, by this process or another, is parsed anew. Two generations of `size` entries bound the memory: the
+    older is dropped when the newer fills up, and an entry found there moves to the newer."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._new: dict[str, ThreadItem] = {}
+        self._old: dict[str, ThreadItem] = {}
+
+    def parse(self, bodies: list[str]) -> list[ThreadItem]:
+        found: list[ThreadItem | None] = [self._new.get(body) or self._old.get(body) for body in bodies]
+        missing = [body for body, item in zip(bodies, found) if item is None]
+        parsed = iter(_ITEM_LIST.validate_json("[" + ",".join(missing) + "]") if missing else [])
+        items = [item if item is not None else next(parsed) for item in found]
+        for body, item in zip(bodies, items):
+            if body not in self._new:
+                if len(self._new) >= self.size:
+                    self._old, self._new = self._new, {}
+                self._new[body] = item
+        return items
+
+
+_PARSED_ITEMS = ParsedItems(size=2048)
+
+
 def parse_items(bodies: list[str]) -> list[ThreadItem]:
-    """Stored item bodies (JSON) → items, parsed as one JSON array: one pass in pydantic-core instead of one call per
-    item (a history window is up to 400 of them on every model call)."""
-    return _ITEM_LIST.validate_json("[" + ",".join(bodies) + "]") if bodies else []
+    """Stored item bodies (JSON) → items; the ones not parsed recently as one JSON array, in one pass of
+    pydantic-core. The items returned may be shared with other callers: change one only through `model_copy`."""
+    return _PARSED_ITEMS.parse(bodies)

@@ -27,7 +27,7 @@ from threadline.activities.stream_log import StreamLog
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
 from threadline.models.spec import AgentSpec
-from threadline.models.thread import ThreadItem, Turn, Usage
+from threadline.models.thread import ParsedItems, ThreadItem, Turn, Usage
 
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
@@ -115,6 +115,7 @@ def test_append_is_idempotent_ordered_and_sliced(backend, room: str) -> None:
     store.append("th", [_user(0, "  What is   the plan? "), _user(2, "second question", "t2")], room=room,
                  agent="support", status="running")
     store.append("th", [_assistant(1, "draft", 10)], room=room, agent="support")
+    assert [i.text for i in store.items("th", before_seq=2)] == ["  What is   the plan? ", "draft"]
     store.append("th", [_assistant(1, "final answer", 10), _assistant(3, "later", 5, "t2")], room=room,
                  agent="support", status="idle")  # a retried write: seq 1 is replaced, not doubled
     assert [(i.seq, i.text) for i in store.items("th")] == [
@@ -129,6 +130,18 @@ def test_append_is_idempotent_ordered_and_sliced(backend, room: str) -> None:
                                                                            room)
     assert info.usage == Usage(prompt_tokens=15, completion_tokens=2, total_tokens=17, model_calls=2)
     assert store.thread("missing") is None
+
+
+def test_items_parsed_before_are_reused_and_never_stale() -> None:
+    parsed = ParsedItems(size=3)
+    bodies = [_user(n, f"question {n}").model_dump_json() for n in range(5)]
+    first = parsed.parse(bodies[:2])
+    again = parsed.parse(bodies[:2])
+    assert again == first and all(a is b for a, b in zip(again, first))
+    rewritten = _user(1, "question 1, edited").model_dump_json()
+    assert [i.text for i in parsed.parse([bodies[0], rewritten])] == ["question 0", "question 1, edited"]
+    assert [i.seq for i in parsed.parse(bodies)] == [0, 1, 2, 3, 4]  # past the size: older entries are dropped
+    assert [i.text for i in parsed.parse(bodies[::-1])] == [f"question {n}" for n in range(4, -1, -1)]
 
 
 def test_thread_listing_status_names_and_archive(backend, room: str) -> None:
