@@ -505,7 +505,7 @@ async def idle_memory(system: System, threads: int, concurrency: int, settle: fl
     wall = time.perf_counter() - t0
     await asyncio.sleep(settle)
     after = rss_kib(pid)
-    sample = min(REPLAY_SAMPLE, threads // 4)
+    sample = max(1, min(REPLAY_SAMPLE, threads // 4))
 
     async def second_turns(ids: list[str]) -> list[float]:
         took = []
