@@ -139,7 +139,7 @@ def new_turn_id() -> str:
     return f"turn-{uuid.uuid4().hex}"
 
 
-MAX_UNSTUCK_THREADS = 1000
+MAX_RECOVERED_THREADS = 1000
 RECOVERIES_IN_FLIGHT = 16
 RETRY_AFTER_WORKER_GONE = timedelta(milliseconds=300)
 """The attempt failed through no fault of the provider: retry it without the retry policy's backoff, but once the
@@ -333,12 +333,12 @@ async def recover_running_threads(client: Client, agent: AgentRef) -> Recovery:
         async with in_flight:
             with contextlib.suppress(RPCError):  # finished meanwhile
                 retried = await _retry_attempts_of_dead_workers(client, workflow_id)
-                recovery.retried += retried
+                recovery.retried += retried  # not `+= await`: that reads the count before the await and loses updates
                 await client.workflow_service.reset_sticky_task_queue(ResetStickyTaskQueueRequest(
                     namespace=client.namespace, execution=WorkflowExecution(workflow_id=workflow_id)))
                 recovery.moved += 1
 
-    await asyncio.gather(*[recover(e.id) async for e in client.list_workflows(query, limit=MAX_UNSTUCK_THREADS)])
+    await asyncio.gather(*[recover(e.id) async for e in client.list_workflows(query, limit=MAX_RECOVERED_THREADS)])
     return recovery
 
 
