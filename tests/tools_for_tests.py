@@ -65,7 +65,7 @@ hangs_blocking.timeout_seconds = 1
 hangs_blocking.max_attempts = 1
 
 
-async def freezes_the_worker(seconds: float = 8.0) -> str:
+async def freezes_the_worker(seconds: float = 15.0) -> str:
     """Blocks the worker's event loop (a badly written async tool): no heartbeat, no timeout of its own fires."""
     time.sleep(seconds)
     return "thawed"
