@@ -215,12 +215,16 @@ class Toolbox:
             if tool.name in self.tools:
                 raise ToolLoadError(f"two tools are named {tool.name!r}")
             self.tools[tool.name] = tool
+        self._schemas: list[dict[str, Any]] | None = None
 
     def get(self, name: str) -> Tool | None:
         return self.tools.get(name)
 
     def openai_schemas(self) -> list[dict[str, Any]]:
-        return [t.openai_schema() for t in self.tools.values()]
+        """Built once: every model call sends them, and pydantic's schema generation is not free."""
+        if self._schemas is None:
+            self._schemas = [t.openai_schema() for t in self.tools.values()]
+        return self._schemas
 
     def needs_approval(self, name: str, patterns: Sequence[str]) -> bool:
         """The tool asks for it, or a `--require-approval` glob matches its name (`mcp:NAME` for MCP tools)."""
