@@ -30,10 +30,10 @@ QUIET_POLL_SECONDS = 0.1
 comes well before its first delta, so streaming runs at POLL_SECONDS)."""
 QUIET_AFTER_SECONDS = 2.0
 STATUS_POLL_SECONDS = 0.5
-"""How often a thread's status is asked while it is changing: for STATUS_HOT_SECONDS after a turn was delivered,
-began or ended, or the status changed. A quiet thread is asked every STATUS_REFRESH_SECONDS, so a hundred open
-but idle streams do not cost the agent and Temporal a query each twice a second."""
-STATUS_HOT_SECONDS = 5.0
+"""How soon a thread's status is asked again after a turn was delivered, began or ended, or the status changed.
+Each quiet ask doubles the wait, up to STATUS_REFRESH_SECONDS: those events poke the watcher themselves, so the
+polls only catch what no event announces (a turn queued by another process). A query is a workflow task on the
+server and the worker; 50 streaming threads polled twice a second were a third of both processes' CPU."""
 STATUS_REFRESH_SECONDS = 15.0
 STATUS_QUERY_TIMEOUT = 3.0
 KEEPALIVE_SECONDS = 15.0
@@ -192,22 +192,21 @@ class StatusWatcher:
             watch.changed.set()
 
     async def _poll(self, thread_id: str, watch: _Watch) -> None:
-        hot_until = time.monotonic() + STATUS_HOT_SECONDS
+        wait = STATUS_POLL_SECONDS
         while True:
             status = await self.status(thread_id)
             if status != watch.status:
                 watch.status = status
                 watch.version += 1
-                hot_until = time.monotonic() + STATUS_HOT_SECONDS
+                wait = STATUS_POLL_SECONDS
                 if self.on_change is not None:
                     self.on_change(thread_id)
-            if watch.changed.is_set():
-                hot_until = time.monotonic() + STATUS_HOT_SECONDS
+            elif not watch.changed.is_set():
+                wait = min(2 * wait, STATUS_REFRESH_SECONDS)
             watch.changed.clear()
-            wait = STATUS_POLL_SECONDS if time.monotonic() < hot_until else STATUS_REFRESH_SECONDS
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(watch.changed.wait(), wait)
-                hot_until = time.monotonic() + STATUS_HOT_SECONDS
+                wait = STATUS_POLL_SECONDS
             await asyncio.sleep(0.05)
 
 
