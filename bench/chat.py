@@ -12,9 +12,13 @@ Starts its own Temporal dev server, a fake OpenAI-compatible model in a process 
 - http: one SSE connection follows the thread (`GET /api/threads/{id}/events`, opened once); the clock starts before
   `POST /api/threads/{id}/turns` and stops at the turn's first `delta` event and at its last one (seen when the
   turn's `ended` event arrives);
-- openai_endpoint: the official client streams from the agent's `POST /v1/chat/completions` (same thread).
+- openai_endpoint: the official client streams from the agent's `POST /v1/chat/completions` (same thread);
+- floor: bench/floor.py's `stream_turn`, an update-with-start whose one activity streams the model: the time its
+  first token reached the activity (no store, no delivery to a client), i.e. what Temporal alone costs before the
+  first token. `overhead_vs_floor` is Threadline's own share.
 
-With `--concurrency N`, each round runs N of each at once (N threads, N SSE followers, N direct calls).
+With `--concurrency N`, each round runs N of each at once (N threads, N SSE followers, N direct calls, N floor
+workflows).
 
 Prints one JSON document (milliseconds); progress on stderr. `targets.first_delta_overhead_p50_ms` compares
 p50(http first) - p50(direct first) with issue 7's 150 ms; `targets.issue_12_*` with issue 12's 50 ms (p50) and
@@ -48,14 +52,18 @@ if str(REPO) not in sys.path:
 
 import httpx  # noqa: E402
 import openai  # noqa: E402
+from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
+from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
 from threadline.channels import chat_feed  # noqa: E402
 from threadline.models.spec import AgentSpec, HttpSettings  # noqa: E402
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
+from bench.floor import FloorOptions, FloorWorkflow  # noqa: E402
 from bench.report import emit  # noqa: E402
 from tests.temporal_server import TemporalDevServer  # noqa: E402
 
 TARGET_FIRST_DELTA_OVERHEAD_MS = 150.0
+FLOOR_QUEUE = "bench-chat-floor"
 ISSUE_12_P50_MS, ISSUE_12_P95_MS = 50.0, 150.0
 
 
@@ -169,7 +177,16 @@ async def endpoint_turn(client: openai.AsyncOpenAI, thread_id: str) -> tuple[flo
     return first - start, last - start
 
 
-async def measure(args: argparse.Namespace, fake_url: str, http_url: str) -> dict[str, Any]:
+async def floor_turn(temporal: Client, workflow_id: str) -> tuple[float, float]:
+    start_wall, start = time.time(), time.perf_counter()
+    first_wall = await temporal.execute_update_with_start_workflow(
+        FloorWorkflow.stream_turn, "hello", start_workflow_operation=WithStartWorkflowOperation(
+            FloorWorkflow.run, FloorOptions(), id=workflow_id, task_queue=FLOOR_QUEUE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING))
+    return first_wall - start_wall, time.perf_counter() - start
+
+
+async def measure(args: argparse.Namespace, fake_url: str, http_url: str, temporal: Client) -> dict[str, Any]:
     # A connection per request: with many streams a round can outlast the servers' keep-alive, and a reused
     # connection the server just closed would count as a failed turn.
     fresh = {"limits": httpx.Limits(max_keepalive_connections=0), "timeout": 60}
@@ -178,7 +195,7 @@ async def measure(args: argparse.Namespace, fake_url: str, http_url: str) -> dic
     endpoint_client = openai.AsyncOpenAI(base_url=http_url + "/v1", api_key="x", max_retries=0,
                                          http_client=httpx.AsyncClient(**fresh))
     results: dict[str, dict[str, list[float]]] = {k: {"first": [], "last": []}
-                                                 for k in ("direct", "http", "openai_endpoint")}
+                                                 for k in ("direct", "floor", "http", "openai_endpoint")}
     streams = args.concurrency
     limits = httpx.Limits(max_connections=4 * streams + 10, max_keepalive_connections=4 * streams + 10)
     async with httpx.AsyncClient(base_url=http_url, timeout=30, limits=limits) as http:
@@ -195,6 +212,8 @@ async def measure(args: argparse.Namespace, fake_url: str, http_url: str) -> dic
             """`streams` turns at once, one per thread (or direct call)."""
             if name == "direct":
                 return await asyncio.gather(*(direct_turn(direct_client) for _ in range(streams)))
+            if name == "floor":
+                return await asyncio.gather(*(floor_turn(temporal, f"bench-chat-floor-{k}") for k in range(streams)))
             if name == "http":
                 return await asyncio.gather(*(http_turn(http, f, n) for f in followers))
             return await asyncio.gather(*(endpoint_turn(endpoint_client, t) for t in endpoint_threads))
@@ -225,6 +244,10 @@ async def measure(args: argparse.Namespace, fake_url: str, http_url: str) -> dic
             "last_delta_p95_ms": round(out[name]["last_delta_ms"]["p95"] - out["direct"]["last_delta_ms"]["p95"], 1),
         }
     out["overhead_vs_direct"] = overhead
+    out["overhead_vs_floor"] = {
+        name: {f"first_delta_{p}_ms": round(out[name]["first_delta_ms"][p] - out["floor"]["first_delta_ms"][p], 1)
+               for p in ("p50", "p95")}
+        for name in ("http", "openai_endpoint")}
     first = overhead["http"]["first_delta_p50_ms"]
     out["concurrency"] = streams
     out["targets"] = {"first_delta_overhead_p50_ms": {
@@ -247,6 +270,7 @@ class ChatAgent:
     fake_url: str
     http_url: str
     home: Path
+    temporal: Client
 
 
 @contextlib.asynccontextmanager
@@ -266,6 +290,7 @@ async def chat_agent(room: str, words: int, chunk_delay: float) -> AsyncIterator
         procs.append(fake)
         fake_url = (fake.stdout.readline() if fake.stdout else "").strip()
         assert fake_url.startswith("http"), "the fake model did not start"
+        model_url = fake_url if fake_url.endswith("/v1") else fake_url + "/v1"
         http_port = free_port()
         spec = AgentSpec(room=room, agent_name="bench", model="fake-model", channels=["chat"],
                          http=HttpSettings(port=http_port))
@@ -274,14 +299,18 @@ async def chat_agent(room: str, words: int, chunk_delay: float) -> AsyncIterator
                                   spec.model_dump_json(), "with-channels"],
                                  cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
         procs.append(agent)
+        floor = subprocess.Popen([sys.executable, "-m", "bench.floor", server.address, FLOOR_QUEUE],
+                                 cwd=REPO, env={**env, "OPENAI_BASE_URL": model_url}, stdout=subprocess.PIPE, text=True)
+        procs.append(floor)
         assert (agent.stdout.readline() if agent.stdout else "").strip() == "ready", "the agent did not start"
+        assert (floor.stdout.readline() if floor.stdout else "").strip() == "ready", "the floor did not start"
         http_url = f"http://127.0.0.1:{http_port}"
         for _ in range(100):
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(http_url + "/healthz").status_code == 200:
                     break
             await asyncio.sleep(0.1)
-        yield ChatAgent(server, agent, fake_url if fake_url.endswith("/v1") else fake_url + "/v1", http_url, home)
+        yield ChatAgent(server, agent, model_url, http_url, home, await Client.connect(server.address))
     finally:
         for proc in procs:
             proc.terminate()
@@ -295,7 +324,7 @@ async def chat_agent(room: str, words: int, chunk_delay: float) -> AsyncIterator
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     async with chat_agent("bench", args.words, args.chunk_delay) as running:
-        figures = await measure(args, running.fake_url, running.http_url)
+        figures = await measure(args, running.fake_url, running.http_url, running.temporal)
     return {
         "benchmark": "chat over HTTP: streamed deltas vs the model directly",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -1,7 +1,7 @@
 """The floor: the least a durable agent turn can cost on Temporal, to compare Threadline's turn against.
 
 One workflow per thread; a turn is one update-with-start whose handler runs one activity that calls the model with
-the real `openai` client (retries off). No thread store, no search attributes, no heartbeats.
+the real `openai` client (retries off); `stream_turn` streams it instead, for bench.chat's time to the first token. No thread store, no search attributes, no heartbeats.
 
 Diagnostic variants (the workflow's start input, `FloorOptions`) add one of Threadline's costs at a time, so a gap
 between the floor and Threadline can be attributed: `heartbeat` (the model activity heartbeats as Threadline's does,
@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -41,6 +42,25 @@ async def floor_call_model(text: str) -> str:
         )
     response = await _client.chat.completions.create(model=FLOOR_MODEL, messages=[{"role": "user", "content": text}])
     return response.choices[0].message.content or ""
+
+
+@activity.defn(name="floor_stream_model")
+async def floor_stream_model(text: str) -> float:
+    """Streams the reply and returns the wall-clock time (`time.time()`) its first token reached the activity: the
+    earliest a durable runtime could hand it to a client (bench.chat compares its own first delta with this)."""
+    global _client
+    if _client is None:
+        _client = openai.AsyncOpenAI(
+            base_url=os.environ["OPENAI_BASE_URL"], api_key=os.environ.get("OPENAI_API_KEY", "x"), max_retries=0
+        )
+    first = None
+    stream = await _client.chat.completions.create(model=FLOOR_MODEL, stream=True,
+                                                   messages=[{"role": "user", "content": text}])
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.time()
+    assert first is not None, "the model streamed no text"
+    return first
 
 
 @activity.defn(name="floor_call_model_heartbeat")
@@ -94,6 +114,12 @@ class FloorWorkflow:
             workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set("idle")])
         return result
 
+    @workflow.update(name="stream_turn")
+    async def stream_turn(self, text: str) -> float:
+        return await workflow.execute_activity(
+            floor_stream_model, text, start_to_close_timeout=timedelta(minutes=5)
+        )
+
 
 async def _main(address: str, task_queue: str, max_cached: int) -> None:
     from temporalio.client import Client
@@ -106,7 +132,7 @@ async def _main(address: str, task_queue: str, max_cached: int) -> None:
         client,
         task_queue=task_queue,
         workflows=[FloorWorkflow],
-        activities=[floor_call_model, floor_call_model_heartbeat],
+        activities=[floor_call_model, floor_call_model_heartbeat, floor_stream_model],
         max_cached_workflows=max_cached,
     ):
         print("ready", flush=True)
