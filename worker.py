@@ -23,7 +23,7 @@ from threadline.activities.tools import Tool, build_toolbox
 from threadline.activities.web import web_tools
 from threadline.channels.approvals import report_waiting_approvals
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
-from threadline.channels.delivery import recover_running_threads, register_search_attributes
+from threadline.channels.delivery import recover_running_workflows, register_search_attributes
 from threadline.channels.mail.send_tool import send_email_tools
 from threadline.channels.toolkit.calls import toolkit_tools
 from threadline.models.spec import AgentSpec
@@ -123,12 +123,12 @@ def build_worker(client: Client, spec: AgentSpec, activities: AgentActivities) -
 
 async def recover_threads(client: Client, spec: AgentSpec) -> None:
     try:
-        recovery = await recover_running_threads(client, spec.ref)
+        recovery = await recover_running_workflows(client, spec.ref)
     except RPCError as e:  # an optimisation: without it the threads still go on, after Temporal's timeouts
-        log.warning("could not recover the running threads of a previous worker: %s", e.message)
+        log.warning("could not recover the running threads and jobs of a previous worker: %s", e.message)
         return
     if recovery.moved:
-        log.info("%d running threads moved off the previous worker's sticky queue", recovery.moved)
+        log.info("%d running threads and jobs moved off the previous worker's sticky queue", recovery.moved)
     if recovery.retried:
         log.info("%d activity attempts of a worker that exited retried at once", recovery.retried)
 

@@ -48,6 +48,7 @@ from threadline.models.limits import ErrorType
 from threadline.models.thread import AgentRef, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
 from threadline.workflows.search_attributes import (
     AGENT_ATTRIBUTE,
+    JOB_STATUS_ATTRIBUTE,
     ROOM_ATTRIBUTE,
     SEARCH_ATTRIBUTES,
     STATUS_ATTRIBUTE,
@@ -311,21 +312,25 @@ async def thread_snapshot(client: Client, thread_id: str) -> ThreadSnapshot:
 @dataclasses.dataclass
 class Recovery:
     moved: int = 0
-    """Threads moved off the previous worker's sticky queue."""
+    """Threads and jobs moved off the previous worker's sticky queue."""
     retried: int = 0
     """Activity attempts of a dead local worker failed so that Temporal retries them at once."""
 
 
-async def recover_running_threads(client: Client, agent: AgentRef) -> Recovery:
-    """Called as an agent process starts, for the agent's running threads, after a kill -9 of its predecessor:
+async def recover_running_workflows(client: Client, agent: AgentRef) -> Recovery:
+    """Called as an agent process starts, for the agent's running threads and the room's running queue and mail jobs,
+    after a kill -9 of its predecessor:
     - sends each thread's next workflow task to the task queue every worker polls, instead of the sticky queue of
       the worker that ran it last; Temporal would wait for the sticky timeout first (a live replica only replays
       those threads once);
     - fails each activity attempt still running on a worker process of this host that no longer exists, so that
       Temporal retries it now rather than after its heartbeat timeout. A worker elsewhere is never judged dead:
       its attempts wait for the heartbeat timeout as before."""
-    query = (f'{ROOM_ATTRIBUTE.name} = "{agent.room}" AND {AGENT_ATTRIBUTE.name} = "{agent.agent_name}" AND '
-             f'{STATUS_ATTRIBUTE.name} = "running" AND ExecutionStatus = "Running"')
+    # A running job names its agent only once it has finished: every running job of the room is looked at, and only
+    # attempts of exited local processes are failed, whichever agent's they were.
+    query = (f'{ROOM_ATTRIBUTE.name} = "{agent.room}" AND ExecutionStatus = "Running" AND '
+             f'(({AGENT_ATTRIBUTE.name} = "{agent.agent_name}" AND {STATUS_ATTRIBUTE.name} = "running") OR '
+             f'{JOB_STATUS_ATTRIBUTE.name} = "running")')
     recovery = Recovery()
     in_flight = asyncio.Semaphore(RECOVERIES_IN_FLIGHT)
 

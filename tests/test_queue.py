@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import thread_snapshot
@@ -28,7 +29,7 @@ from threadline.channels.queue import (
 )
 from threadline.cli.room import room_app
 from threadline.models.jobs import JobPayloadError, JobStatus
-from threadline.models.limits import MAX_PAYLOAD_BYTES
+from threadline.models.limits import MAX_PAYLOAD_BYTES, ErrorType
 from threadline.models.spec import AgentSpec
 from threadline.workflows.search_attributes import (
     AGENT_ATTRIBUTE,
@@ -123,6 +124,8 @@ class ConsumerProcess:
 
 
 async def test_consumer_killed_mid_job_the_job_completes_once(temporal_server, temporal_client, agent_spec, fake_model):
+    """The new consumer fails the dead one's attempt of the job's turn, so the job goes on without waiting for that
+    attempt's heartbeat timeout."""
     hold = threading.Event()
 
     def script(req: FakeRequest) -> FakeResponse | None:
@@ -137,15 +140,23 @@ async def test_consumer_killed_mid_job_the_job_completes_once(temporal_server, t
         running = await job_status(temporal_client, agent_spec.room, accepted.job_id)
         assert running.status == "running" and running.agent == "support"
 
+        dead_pid = processes[0].proc.pid if processes[0].proc else None
         processes[0].kill()
         hold.set()  # the held request's consumer is gone; later attempts get the default answer
         processes.append(await asyncio.to_thread(ConsumerProcess(temporal_server.address, agent_spec, QUEUE).start))
         job = await finished(temporal_client, agent_spec.room, accepted.job_id, 60)
         snapshot = await thread_snapshot(temporal_client, job.thread_id)
+        history = await temporal_client.get_workflow_handle(accepted.workflow_id).fetch_history()
     finally:
         for process in processes:
             process.kill()
     assert job.status == "completed" and job.text == "echo: slow job"
+    job_turn_attempts = [e.activity_task_started_event_attributes for e in history.events
+                         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED]
+    assert [a.attempt for a in job_turn_attempts][:1] == [2]
+    failure = job_turn_attempts[0].last_failure
+    assert failure.application_failure_info.type == ErrorType.WORKER_GONE
+    assert f"({dead_pid}@" in failure.message
     items = ThreadStore.for_room(agent_spec.room).items(job.thread_id)
     assert [(i.type, i.text) for i in items] == [("user", "slow job"), ("assistant", "echo: slow job")]
     assert snapshot.turns_completed == 1
