@@ -1,7 +1,8 @@
 """The floor: the least a durable agent turn can cost on Temporal, to compare Threadline's turn against.
 
 One workflow per thread; a turn is one update-with-start whose handler runs one activity that calls the model with
-the real `openai` client (retries off); `stream_turn` streams it instead, for bench.chat's time to the first token. No thread store, no search attributes, no heartbeats.
+the real `openai` client (retries off); `stream_turn` streams it instead, for bench.chat's time to the first
+token. No thread store, no search attributes, no heartbeats.
 
 Diagnostic variants (the workflow's start input, `FloorOptions`) add one of Threadline's costs at a time, so a gap
 between the floor and Threadline can be attributed: `heartbeat` (the model activity heartbeats as Threadline's does,
@@ -33,14 +34,18 @@ FLOOR_MODEL = "fake-model"
 _client: openai.AsyncOpenAI | None = None
 
 
-@activity.defn(name="floor_call_model")
-async def floor_call_model(text: str) -> str:
+def _model() -> openai.AsyncOpenAI:
     global _client
     if _client is None:
         _client = openai.AsyncOpenAI(
             base_url=os.environ["OPENAI_BASE_URL"], api_key=os.environ.get("OPENAI_API_KEY", "x"), max_retries=0
         )
-    response = await _client.chat.completions.create(model=FLOOR_MODEL, messages=[{"role": "user", "content": text}])
+    return _client
+
+
+@activity.defn(name="floor_call_model")
+async def floor_call_model(text: str) -> str:
+    response = await _model().chat.completions.create(model=FLOOR_MODEL, messages=[{"role": "user", "content": text}])
     return response.choices[0].message.content or ""
 
 
@@ -48,13 +53,8 @@ async def floor_call_model(text: str) -> str:
 async def floor_stream_model(text: str) -> float:
     """Streams the reply and returns the wall-clock time (`time.time()`) its first token reached the activity: the
     earliest a durable runtime could hand it to a client (bench.chat compares its own first delta with this)."""
-    global _client
-    if _client is None:
-        _client = openai.AsyncOpenAI(
-            base_url=os.environ["OPENAI_BASE_URL"], api_key=os.environ.get("OPENAI_API_KEY", "x"), max_retries=0
-        )
     first = None
-    stream = await _client.chat.completions.create(model=FLOOR_MODEL, stream=True,
+    stream = await _model().chat.completions.create(model=FLOOR_MODEL, stream=True,
                                                    messages=[{"role": "user", "content": text}])
     async for chunk in stream:
         if first is None and chunk.choices and chunk.choices[0].delta.content:
