@@ -194,6 +194,7 @@ class StatusWatcher:
     async def _poll(self, thread_id: str, watch: _Watch) -> None:
         wait = STATUS_POLL_SECONDS
         while True:
+            watch.changed.clear()  # before the query: a poke during it may be news the query missed, and stays set
             status = await self.status(thread_id)
             if status != watch.status:
                 watch.status = status
@@ -203,7 +204,6 @@ class StatusWatcher:
                     self.on_change(thread_id)
             elif not watch.changed.is_set():
                 wait = min(2 * wait, STATUS_REFRESH_SECONDS)
-            watch.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(watch.changed.wait(), wait)
                 wait = STATUS_POLL_SECONDS
