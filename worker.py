@@ -22,8 +22,9 @@ from threadline.activities.stores import RoomStreamLog, open_stream_log, open_th
 from threadline.activities.tools import Tool, build_toolbox
 from threadline.activities.web import web_tools
 from threadline.channels.approvals import report_waiting_approvals
+from threadline.channels.attempts import recover_dead_local_workers
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
-from threadline.channels.delivery import recover_running_workflows, register_search_attributes
+from threadline.channels.delivery import register_search_attributes
 from threadline.channels.mail.send_tool import send_email_tools
 from threadline.channels.toolkit.calls import toolkit_tools
 from threadline.models.spec import AgentSpec
@@ -121,14 +122,14 @@ def build_worker(client: Client, spec: AgentSpec, activities: AgentActivities) -
                            max_cached_workflows=MAX_CACHED_THREADS)
 
 
-async def recover_threads(client: Client, spec: AgentSpec) -> None:
+async def recover_dead_workers(client: Client) -> None:
     try:
-        recovery = await recover_running_workflows(client, spec.ref)
-    except RPCError as e:  # an optimisation: without it the threads still go on, after Temporal's timeouts
-        log.warning("could not recover the running threads and jobs of a previous worker: %s", e.message)
+        recovery = await recover_dead_local_workers(client)
+    except (RPCError, OSError) as e:  # an optimisation: without it the work still goes on, after Temporal's timeouts
+        log.warning("could not recover the work of a worker that exited: %s", e)
         return
     if recovery.moved:
-        log.info("%d running threads and jobs moved off the previous worker's sticky queue", recovery.moved)
+        log.info("%d workflows moved off the sticky queue of a worker that exited", recovery.moved)
     if recovery.retried:
         log.info("%d activity attempts of a worker that exited retried at once", recovery.retried)
 
@@ -157,7 +158,7 @@ async def run_agent(
             await stack.enter_async_context(worker)
         servers = [asyncio.create_task(channel.serve(context, stop)) for channel in channels]
         chores = [asyncio.create_task(prune_stream_log(activities.stream, stop)),
-                  asyncio.create_task(recover_threads(client, spec))]
+                  asyncio.create_task(recover_dead_workers(client))]
         if spec.metrics_port is not None:
             chores.append(asyncio.create_task(report_waiting_approvals(client, spec.room, spec.agent_name, stop)))
         if ready is not None:

@@ -33,6 +33,7 @@ def temporal_worker(client: Client, task_queue: str, workflows: Sequence[type],
     source each time where Python writes no bytecode, as in the container image)."""
     from temporalio.worker import Worker
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+    from threadline.channels.attempts import AttemptJournalInterceptor, attempt_journal
 
     return Worker(
         client,
@@ -48,6 +49,7 @@ def temporal_worker(client: Client, task_queue: str, workflows: Sequence[type],
         # Activities heartbeat every second; sending each one lets an interrupt reach a running model call or tool
         # within about a second (the default throttle, 80% of the heartbeat timeout, makes it up to 2.4 s).
         max_heartbeat_throttle_interval=timedelta(seconds=1),
+        interceptors=[AttemptJournalInterceptor(attempt_journal(client))],
     )
 
 

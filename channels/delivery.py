@@ -7,30 +7,23 @@ turn (signal-with-start: mail, queue). Both start the thread on its first turn.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
-import os
 import secrets
-import socket
 import time
 import uuid
 import weakref
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 from temporalio import common
-from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.enums.v1 import IndexedValueType, PendingActivityState, TaskQueueType
+from temporalio.api.enums.v1 import IndexedValueType, TaskQueueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import (
     DescribeTaskQueueRequest,
-    DescribeWorkflowExecutionRequest,
-    ResetStickyTaskQueueRequest,
 )
 from temporalio.client import (
     Client,
@@ -47,11 +40,7 @@ from threadline.channels.payload_codec import codec_from_env
 from threadline.models.limits import ErrorType
 from threadline.models.thread import AgentRef, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
 from threadline.workflows.search_attributes import (
-    AGENT_ATTRIBUTE,
-    JOB_STATUS_ATTRIBUTE,
-    ROOM_ATTRIBUTE,
     SEARCH_ATTRIBUTES,
-    STATUS_ATTRIBUTE,
     start_attributes,
 )
 from threadline.workflows.thread import ThreadWorkflow
@@ -140,13 +129,6 @@ def new_turn_id() -> str:
     return f"turn-{uuid.uuid4().hex}"
 
 
-MAX_RECOVERED_THREADS = 1000
-RECOVERIES_IN_FLIGHT = 16
-RETRY_AFTER_WORKER_GONE = timedelta(milliseconds=300)
-"""The attempt failed through no fault of the provider: retry it without the retry policy's backoff, but once the
-recovery pass is over. Retries due while the starting worker is busy with that pass mostly found no poller waiting
-and sat about a second in the task queue's backlog (measured with 50 threads: 10 ms gave 2 prompt retries and 48
-a second later, 300 ms all 50 within 0.2 s)."""
 WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)
 """A workflow task of a thread or a job takes milliseconds (histories are flat: a thread rolls over); one that a
 killed worker had begun is given to another after this, instead of Temporal's default 10 s. Continue-as-new keeps it."""
@@ -307,79 +289,6 @@ async def interrupt_turn(client: Client, thread_id: str, turn_id: str | None = N
 
 async def thread_snapshot(client: Client, thread_id: str) -> ThreadSnapshot:
     return await client.get_workflow_handle(thread_id).query(ThreadWorkflow.snapshot)
-
-
-@dataclasses.dataclass
-class Recovery:
-    moved: int = 0
-    """Threads and jobs moved off the previous worker's sticky queue."""
-    retried: int = 0
-    """Activity attempts of a dead local worker failed so that Temporal retries them at once."""
-
-
-async def recover_running_workflows(client: Client, agent: AgentRef) -> Recovery:
-    """Called as an agent process starts, for the agent's running threads and the room's running queue and mail jobs,
-    after a kill -9 of its predecessor:
-    - sends each thread's next workflow task to the task queue every worker polls, instead of the sticky queue of
-      the worker that ran it last; Temporal would wait for the sticky timeout first (a live replica only replays
-      those threads once);
-    - fails each activity attempt still running on a worker process of this host that no longer exists, so that
-      Temporal retries it now rather than after its heartbeat timeout. A worker elsewhere is never judged dead:
-      its attempts wait for the heartbeat timeout as before."""
-    # A running job names its agent only once it has finished: every running job of the room is looked at, and only
-    # attempts of exited local processes are failed, whichever agent's they were.
-    query = (f'{ROOM_ATTRIBUTE.name} = "{agent.room}" AND ExecutionStatus = "Running" AND '
-             f'(({AGENT_ATTRIBUTE.name} = "{agent.agent_name}" AND {STATUS_ATTRIBUTE.name} = "running") OR '
-             f'{JOB_STATUS_ATTRIBUTE.name} = "running")')
-    recovery = Recovery()
-    in_flight = asyncio.Semaphore(RECOVERIES_IN_FLIGHT)
-
-    async def recover(workflow_id: str) -> None:
-        async with in_flight:
-            with contextlib.suppress(RPCError):  # finished meanwhile
-                retried = await _retry_attempts_of_dead_workers(client, workflow_id)
-                recovery.retried += retried  # not `+= await`: that reads the count before the await and loses updates
-                await client.workflow_service.reset_sticky_task_queue(ResetStickyTaskQueueRequest(
-                    namespace=client.namespace, execution=WorkflowExecution(workflow_id=workflow_id)))
-                recovery.moved += 1
-
-    await asyncio.gather(*[recover(e.id) async for e in client.list_workflows(query, limit=MAX_RECOVERED_THREADS)])
-    return recovery
-
-
-async def _retry_attempts_of_dead_workers(client: Client, workflow_id: str) -> int:
-    description = await client.workflow_service.describe_workflow_execution(DescribeWorkflowExecutionRequest(
-        namespace=client.namespace, execution=WorkflowExecution(workflow_id=workflow_id)))
-    retried = 0
-    for activity in description.pending_activities:
-        if activity.state != PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
-            continue
-        if not local_process_is_gone(activity.last_worker_identity):
-            continue
-        gone = ApplicationError(f"the worker that ran this attempt ({activity.last_worker_identity}) is gone",
-                                type=ErrorType.WORKER_GONE, next_retry_delay=RETRY_AFTER_WORKER_GONE)
-        with contextlib.suppress(RPCError):  # completed or timed out meanwhile
-            await client.get_async_activity_handle(workflow_id=workflow_id, run_id=description.workflow_execution_info
-                                                   .execution.run_id, activity_id=activity.activity_id).fail(gone)
-            retried += 1
-    return retried
-
-
-def local_process_is_gone(identity: str) -> bool:
-    """True when a Temporal worker identity (`pid@host`, the SDK's default) names a process of this host that has
-    exited. Any other identity, and a pid now held by another live process, count as alive."""
-    pid, at, host = identity.partition("@")
-    if not at or host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    with contextlib.suppress(OSError):  # /proc is Linux's: elsewhere an unreaped zombie counts as alive
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    return False
 
 
 async def recent_pollers(client: Client, task_queue: str, window: timedelta = ONLINE_WINDOW) -> set[str]:

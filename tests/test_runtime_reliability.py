@@ -15,10 +15,10 @@ from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.client import Client, WorkflowUpdateFailedError
 from threadline.activities.model_provider import MAX_RETRY_AFTER_SECONDS, retry_delay
 from threadline.activities.thread_store import ThreadStore
+from threadline.channels.attempts import local_process_is_gone
 from threadline.channels.delivery import (
     connect,
     deliver_turn,
-    local_process_is_gone,
     new_thread_name,
     new_turn_id,
     submit_turn,
@@ -174,6 +174,10 @@ async def test_worker_killed_mid_turn(temporal_client: Client, agent_spec, agent
     turn = Turn(turn_id=new_turn_id(), text="survive this")
     call = asyncio.create_task(submit_turn(temporal_client, agent_spec.ref, thread_id, turn))
     await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
+    # Killed once the thread is listed as running: the workflow task of that listing, due a second into the turn,
+    # would otherwise reach the dead worker's sticky queue before any new process is up, and wait out its timeout.
+    listed_running = f"WorkflowId = '{thread_id}' AND ThreadlineStatus = 'running'"
+    await eventually(lambda: _count(temporal_client, listed_running), what="the thread listed as running")
     first_process.kill()
     gate.release()  # the dead worker's request is answered into a closed connection
     agent_process(agent_spec)
@@ -384,3 +388,7 @@ def test_only_an_exited_process_of_this_host_counts_as_a_gone_worker():
     finally:
         alive.kill()
         alive.wait()
+
+
+async def _count(client: Client, query: str) -> int:
+    return (await client.count_workflows(query)).count

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from threadline.activities.thread_store import ThreadStore
+from threadline.channels.attempts import attempt_journal
 from threadline.channels.delivery import (
     connect,
     deliver_turn,
@@ -17,6 +20,7 @@ from threadline.channels.delivery import (
 )
 from threadline.models.spec import AgentSpec
 from threadline.models.thread import Turn
+from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
 
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.runtime_support import ConcurrencyRecorder, Gate, eventually, prompt_texts, record_history, store_items
@@ -228,6 +232,25 @@ async def test_status_search_attributes_and_snapshot(temporal_client: Client, ag
     assert info is not None and info.status == "idle" and info.name == "first"
 
 
+
+
+async def test_a_sub_second_turn_leaves_the_listed_status_alone(temporal_client: Client, agent_spec, agent_worker):
+    """Each status upsert is a visibility write on the server: a thread at rest is listed `running` only once its
+    turn has run a second (LISTED_RUNNING_AFTER), so a quick turn writes none, and leaves no journaled attempt."""
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    for text in ("one", "two"):
+        reply = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text=text))
+        assert reply.text == f"echo: {text}"
+    history = await temporal_client.get_workflow_handle(thread_id).fetch_history()
+    kinds = [e.event_type for e in history.events]
+    upserted = [set(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
+                for e in history.events if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES]
+    assert upserted == [{"TemporalChangeVersion"}]  # the SDK's, once per run, with the patch marker
+    assert kinds.count(EventType.EVENT_TYPE_TIMER_STARTED) == kinds.count(EventType.EVENT_TYPE_TIMER_CANCELED) == 2
+    described = await temporal_client.get_workflow_handle(thread_id).describe()
+    assert described.typed_search_attributes.get(STATUS_ATTRIBUTE) == "idle"
+    assert list((attempt_journal(temporal_client).directory / str(os.getpid())).iterdir()) == []
 
 
 async def test_a_turn_id_the_thread_forgot_is_answered_from_the_thread_store(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from temporalio import workflow
@@ -83,6 +83,11 @@ TOOL_FAILURE_AS_RESULT_PATCH = "tool-failure-as-result"
 
 
 ROLL_OVER_WAITING_PATCH = "roll-over-while-waiting-for-approval"
+LIST_RUNNING_LATE_PATCH = "list-running-after-a-second"
+LISTED_RUNNING_AFTER = timedelta(seconds=1)
+"""A thread at rest is listed `running` (its status search attribute) only once its turn has run this long: each
+upsert is a visibility write on the server, and two per turn were a sixth of its work for a sub-second turn."""
+RESTING_STATUSES = ("idle", "failed")
 
 
 @dataclass
@@ -121,6 +126,7 @@ class ThreadWorkflow:
         self.run_updates = 0
         self.reply_times: dict[str, float] = {}
         self.status: ThreadStatus = "idle"
+        self.listing_as_running: asyncio.Task[None] | None = None
         resume = start.state.resume
         self.approvals = ThreadApprovals(start.state.decisions, resume.waiting if resume else [])
         self.calls: dict[int, CallState] = {}
@@ -578,7 +584,25 @@ class ThreadWorkflow:
         return item
 
     def _set_status(self, status: ThreadStatus) -> None:
-        if status == self.status:
+        if not workflow.patched(LIST_RUNNING_LATE_PATCH):
+            if status != self.status:
+                self.status = status
+                workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(status)])
             return
         self.status = status
-        workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(status)])
+        # The listed status is the one this run started with (continue-as-new carries it) or last upserted.
+        listed = workflow.info().typed_search_attributes.get(STATUS_ATTRIBUTE)
+        if status == "running" and listed in RESTING_STATUSES:
+            if self.listing_as_running is None:
+                self.listing_as_running = asyncio.create_task(self._list_as_running())
+            return
+        if self.listing_as_running is not None:
+            self.listing_as_running.cancel()
+            self.listing_as_running = None
+        if status != listed:
+            workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(status)])
+
+    async def _list_as_running(self) -> None:
+        await workflow.sleep(LISTED_RUNNING_AFTER, summary="list the thread as running")
+        self.listing_as_running = None
+        workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set("running")])
