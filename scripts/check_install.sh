@@ -8,9 +8,17 @@ trap 'rm -rf "$work"' EXIT
 source "$repo/scripts/_python.sh"
 "$python" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null
-# From a copy without build/ and *.egg-info, which an earlier in-tree build leaves behind with stale modules.
+# From exactly the files the agent image copies (deploy/Dockerfile's COPY lines), so a module the image would lack
+# fails here; and not from the tree itself, where an earlier in-tree build leaves build/ with stale modules.
 mkdir "$work/src"
-tar -C "$repo" --exclude=./.venv --exclude=./build --exclude='*.egg-info' --exclude=./.git -cf - . | tar -C "$work/src" -xf -
+while read -r _ args; do
+    read -ra words <<<"$args"
+    for source in "${words[@]:0:${#words[@]}-1}"; do
+        for path in "$repo"/$source; do  # unquoted: a COPY source may be a glob
+            cp -r "$path" "$work/src/${words[-1]}"
+        done
+    done
+done < <(grep '^COPY ' "$repo/deploy/Dockerfile")
 PYTHONWARNINGS=ignore "$work/venv/bin/python" -m pip install --quiet "$work/src"
 cd "$work"
 THREADLINE_HOME="$work/home" "$work/venv/bin/python" "$repo/scripts/check_install.py"

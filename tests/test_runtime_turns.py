@@ -9,6 +9,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.attempts import attempt_journal
+from threadline.channels.base import code_build_id
 from threadline.channels.delivery import (
     connect,
     deliver_turn,
@@ -251,6 +252,10 @@ async def test_a_sub_second_turn_leaves_the_listed_status_alone(temporal_client:
     described = await temporal_client.get_workflow_handle(thread_id).describe()
     assert described.typed_search_attributes.get(STATUS_ATTRIBUTE) == "idle"
     assert list((attempt_journal(temporal_client).directory / str(os.getpid())).iterdir()) == []
+    # Every workflow task names the build that ran it (the UI's "build id", a reset's bad-build filter).
+    completed = [e.workflow_task_completed_event_attributes for e in history.events
+                 if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED]
+    assert {c.worker_version.build_id or c.binary_checksum for c in completed} == {code_build_id()}
 
 
 async def test_a_turn_id_the_thread_forgot_is_answered_from_the_thread_store(
