@@ -14,8 +14,7 @@ import traceback
 
 import typer
 from threadline.cli.errors import USAGE, CliError
-from threadline.cli.options import Verbose
-from threadline.cli.output import error_line, state
+from threadline.cli.output import Verbose, error_line, state
 
 EPILOG = """\
 [bold]Examples[/bold]
@@ -32,49 +31,59 @@ With no --temporal-address, agent commands use the embedded Temporal server on l
 """
 
 
-def _process(app: typer.Typer) -> None:
+def _process(app: typer.Typer, help: str) -> None:
     from threadline.cli.process import process_app
 
-    app.add_typer(process_app, name="process")
+    app.add_typer(process_app, name="process", help=help)
 
 
-def _codec_server(app: typer.Typer) -> None:
+def _codec_server(app: typer.Typer, help: str) -> None:
     from threadline.cli import codec
 
-    app.command("codec-server", epilog=codec.CODEC_EPILOG)(codec.codec_server)
+    app.command("codec-server", help=help, epilog=codec.CODEC_EPILOG)(codec.codec_server)
 
 
-def _server(app: typer.Typer) -> None:
+def _server(app: typer.Typer, help: str) -> None:
     from threadline.cli.server import server_app
 
-    app.add_typer(server_app, name="server")
+    app.add_typer(server_app, name="server", help=help)
 
 
-def _room(app: typer.Typer) -> None:
+def _room(app: typer.Typer, help: str) -> None:
     from threadline.cli.room import room_app
 
-    app.add_typer(room_app, name="room")
+    app.add_typer(room_app, name="room", help=help)
 
 
-def _mailbox(app: typer.Typer) -> None:
+def _mailbox(app: typer.Typer, help: str) -> None:
     from threadline.cli.mail import mailbox_app
 
-    app.add_typer(mailbox_app, name="mailbox")
+    app.add_typer(mailbox_app, name="mailbox", help=help)
 
 
-def _mail(app: typer.Typer) -> None:
+def _mail(app: typer.Typer, help: str) -> None:
     from threadline.cli.mail import mail_app
 
-    app.add_typer(mail_app, name="mail")
+    app.add_typer(mail_app, name="mail", help=help)
 
 
-COMMANDS = {"process": _process, "codec-server": _codec_server, "server": _server, "room": _room,
-            "mailbox": _mailbox, "mail": _mail}
-"""The top-level commands, in the order help lists them. A command line loads only the one it names (scripts that
-send jobs in a loop pay for `room`, not for the agent's whole option tree); help and mistakes load them all."""
+COMMANDS = {
+    "codec-server": ("Serve /decode and /encode for the Temporal UI, with this process's payload keys "
+                     "(THREADLINE_PAYLOAD_KEY).", _codec_server),
+    "process": ("Run agents, talk to them, and read their threads.", _process),
+    "server": ("The embedded Temporal server (state under THREADLINE_HOME, Threadline's search attributes "
+               "registered).", _server),
+    "room": ("Room-level commands.", _room),
+    "mailbox": ("Register the email addresses agents answer (--channel mail:ADDRESS).", _mailbox),
+    "mail": ("The inbound SMTP server.", _mail),
+}
+"""The top-level commands, in the order help lists them, with their help. A command line loads only the one it
+names (scripts that send jobs in a loop pay for `room`, not for the agent's whole option tree), and `threadline`'s
+own help none of them (it lists each name with its help); a mistaken name loads them all."""
 
 
 def build_app(argv: list[str] | None = None) -> typer.Typer:
+    """The whole command tree; given `argv`, only what that command line needs (see COMMANDS)."""
     app = typer.Typer(
         name="threadline",
         help="Durable AI agents on Temporal.",
@@ -85,10 +94,12 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
-    named = next((a for a in argv or [] if not a.startswith("-")), None)
-    for name, add in COMMANDS.items():
-        if named not in COMMANDS or named == name:
-            add(app)
+    named = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    for name, (help, add) in COMMANDS.items():
+        if named == "":  # only the root's options: nothing runs but help or a usage error
+            app.add_typer(typer.Typer(), name=name, help=help)
+        elif named in (None, name) or named not in COMMANDS:
+            add(app, help)
 
     @app.callback()
     def _root(verbose: Verbose = False) -> None:

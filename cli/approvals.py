@@ -21,10 +21,9 @@ from threadline.cli.options import (
     Output,
     OutputFormat,
     Room,
-    Verbose,
     with_options,
 )
-from threadline.cli.output import out
+from threadline.cli.output import Verbose, out
 
 ApprovalId = Annotated[str, typer.Argument(help="The approval id, as `process approvals` lists it.",
                                            show_default=False)]

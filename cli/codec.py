@@ -6,8 +6,7 @@ from typing import Annotated
 
 import typer
 from threadline.cli.errors import usage_error
-from threadline.cli.options import Verbose
-from threadline.cli.output import status
+from threadline.cli.output import Verbose, status
 
 CODEC_EPILOG = """\
 [bold]Examples[/bold]
@@ -32,7 +31,6 @@ def codec_server(
         show_default=False)] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Serve /decode and /encode for the Temporal UI, with this process's payload keys (THREADLINE_PAYLOAD_KEY)."""
     import uvicorn
     from threadline.channels.codec_server import codec_app
     from threadline.channels.payload_codec import PayloadKeyError, codec_from_env

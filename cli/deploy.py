@@ -23,8 +23,8 @@ from typing import Annotated, Any
 import typer
 import yaml
 from threadline.cli.errors import CliError, usage_error
-from threadline.cli.options import AgentOptions, ConnectionOptions, Verbose, with_options
-from threadline.cli.output import status, warn
+from threadline.cli.options import AgentOptions, ConnectionOptions, with_options
+from threadline.cli.output import Verbose, status, warn
 from threadline.cli.spec import (
     ServiceOptions,
     ServiceSpec,

@@ -24,17 +24,14 @@ from threadline.cli.options import (
     SmtpPort,
     StorageUrl,
     ThreadStoreUrl,
-    Verbose,
     spec_default,
     with_options,
 )
-from threadline.cli.output import error_line, status
+from threadline.cli.output import Verbose, error_line, status
 from threadline.models.spec import MailSettings
 
-mailbox_app = typer.Typer(
-    help="Register the email addresses agents answer (--channel mail:ADDRESS).", no_args_is_help=True
-)
-mail_app = typer.Typer(help="The inbound SMTP server.", no_args_is_help=True)
+mailbox_app = typer.Typer(no_args_is_help=True)
+mail_app = typer.Typer(no_args_is_help=True)
 
 Address = Annotated[str, typer.Option("--address", "-a", help="The mailbox's email address.", show_default=False)]
 

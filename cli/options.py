@@ -1,5 +1,5 @@
 """Options shared by commands, declared once: the agent options (join, run; later spec, deploy), the Temporal
-connection options (join, run, use) and `-v/--verbose` (every command).
+connection options (join, run, use); every command's `-v/--verbose` is `cli.output.Verbose`.
 
 Commands take them as one value per group through `with_options`, which adds the group's parameters to the
 command's signature for typer, so a new option shows up in every command that uses its group.
@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
-from threadline.cli.output import set_verbose
 from threadline.models.spec import (
     DEFAULT_HEALTH_HOST,
     AgentSpec,
@@ -461,13 +460,6 @@ TemporalTlsKey = Annotated[
                  rich_help_panel=TEMPORAL_PANEL, show_default=False),
 ]
 
-# Every command.
-
-Verbose = Annotated[
-    bool,
-    typer.Option("--verbose", "-v", envvar="THREADLINE_VERBOSE", callback=set_verbose,
-                 help="Show SDK logs, and tracebacks on errors."),
-]
 Output = Annotated[
     OutputFormat,
     typer.Option("--output", "-o", case_sensitive=False, help="Output format."),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 
@@ -25,6 +27,14 @@ def set_verbose(value: bool) -> bool:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("temporalio").setLevel(logging.INFO if state.verbose else logging.ERROR)
     return value
+
+
+Verbose = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", envvar="THREADLINE_VERBOSE", callback=set_verbose,
+                 help="Show SDK logs, and tracebacks on errors."),
+]
+"""Every command's `-v/--verbose`."""
 
 
 def status(message: str) -> None:

@@ -22,16 +22,14 @@ from threadline.cli.options import (
     Room,
     ThreadDir,
     ThreadStoreUrl,
-    Verbose,
     with_options,
 )
-from threadline.cli.output import err, out, status
+from threadline.cli.output import Verbose, err, out, status
 from threadline.cli.spec import SpecFile, join_from_spec
 from threadline.models.spec import CONTAINER_HEALTH_HOST, DEFAULT_HEALTH_HOST
 
 process_app = typer.Typer(
     name="process",
-    help="Run agents, talk to them, and read their threads.",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )

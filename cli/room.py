@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 """Until the CLI's embedded-server helper is wired in here."""
 
-room_app = typer.Typer(help="Room-level commands.", no_args_is_help=True)
+room_app = typer.Typer(no_args_is_help=True)
 queue_app = typer.Typer(
     help="Durable background jobs: send work to a queue an agent consumes (--channel queue:NAME).",
     no_args_is_help=True,

@@ -19,8 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 from threadline.cli.agent_spec import require
 from threadline.cli.errors import FAILURE, USAGE, CliError, usage_error
-from threadline.cli.options import ConnectionOptions, Room, Verbose, with_options
-from threadline.cli.output import error_line, out, status
+from threadline.cli.options import ConnectionOptions, Room, with_options
+from threadline.cli.output import Verbose, error_line, out, status
 
 agent_app = typer.Typer(
     help="Agents as tools: list a room's toolkits (agents run with --channel toolkit:NAME) and invoke their tools.",

@@ -15,12 +15,10 @@ import typer
 from rich.markup import escape
 from threadline.cli import embedded
 from threadline.cli.errors import CliError
-from threadline.cli.options import Verbose
-from threadline.cli.output import err, out, status
+from threadline.cli.output import Verbose, err, out, status
 
 server_app = typer.Typer(
     name="server",
-    help="The embedded Temporal server (state under THREADLINE_HOME, Threadline's search attributes registered).",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )

@@ -16,8 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 from threadline.cli.agent_spec import require
 from threadline.cli.errors import usage_error
-from threadline.cli.options import AgentName, ModelPrices, Output, OutputFormat, Room, ThreadStoreUrl, Verbose
-from threadline.cli.output import out, status
+from threadline.cli.options import AgentName, ModelPrices, Output, OutputFormat, Room, ThreadStoreUrl
+from threadline.cli.output import Verbose, out, status
 
 USAGE_EPILOG = """\
 [bold]Examples[/bold]

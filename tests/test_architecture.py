@@ -27,7 +27,7 @@ def layer(module: str) -> str:
 
 
 def source_modules() -> dict[str, Path]:
-    files = [REPO / "contracts.py", REPO / "worker.py"]
+    files = sorted(REPO.glob("*.py"))  # the package's top-level modules (`package-dir = {"threadline" = "."}`)
     for package in ("models", "activities", "workflows", "channels", "cli"):
         files += sorted((REPO / package).rglob("*.py"))
     return {module_name(f): f for f in files}

@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from threadline.activities.stream_log import StreamLog
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import connect
-from threadline.cli.app import build_app
+from threadline.cli.app import COMMANDS, build_app
 from threadline.models.thread import AgentRef, ThreadItem
 from typer.testing import CliRunner
 
@@ -384,6 +385,23 @@ def test_help_lists_env_vars_and_examples() -> None:
     for text in ("THREADLINE_ROOM", "THREADLINE_MODEL", "THREADLINE_CHANNEL", "TEMPORAL_API_KEY", "Examples",
                  "--require-storage", "--threading-mode"):
         assert text in result.output, text
+
+
+def test_top_level_help_lists_every_command_with_its_own_help_and_loads_none() -> None:
+    """`threadline --help` is what a new user types first: it lists each top-level command with the help that
+    command's own --help shows, and imports no command's module (0.3 s, not 0.8)."""
+    env = {"COLUMNS": "300"}
+    listed = run_cli("--help", env=env)
+    assert listed.returncode == 0
+    for name, (help, _) in COMMANDS.items():
+        assert re.search(rf"│ {re.escape(name)} +{re.escape(help)} +│", listed.stdout), name
+        assert help in " ".join(run_cli(name, "--help", env=env).stdout.split()), name
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys; from threadline.cli.app import run; run(['--help']); "
+         "print(*sorted(m for m in sys.modules if m.startswith('threadline.')))"],
+        cwd=REPO, env=cli_env(env), capture_output=True, text=True, timeout=60)
+    assert loaded.stdout.splitlines()[-1].split() == ["threadline.cli", "threadline.cli.app", "threadline.cli.errors",
+                                                      "threadline.cli.output"]
 
 
 # The embedded default: no --temporal-address, a server started in the background and reused.
