@@ -4,20 +4,24 @@ Temporal's replay-safe tracer provider, set up the way `telemetry.tracing_plugin
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import create_tracer_provider
+from threadline.channels.approvals import decide_approval, thread_approvals
 from threadline.channels.delivery import connect, new_thread_name, new_turn_id, submit_turn
-from threadline.models.thread import Turn
+from threadline.models.spec import AgentSpec, ApprovalSettings
+from threadline.models.thread import ApprovalDecision, Turn
 
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.mail_support import job_done, mail_agent, mail_spec, new_mail, send
-from tests.runtime_support import eventually, running_agent
+from tests.runtime_support import eventually, running_agent, runs_of
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -69,6 +73,40 @@ async def test_a_turn_is_a_span_with_its_model_and_tool_calls_and_replays_add_no
         assert "turn" in _ancestors(span, by_id), (span.name, _ancestors(span, by_id))
     assert chats[0].attributes["gen_ai.usage.input_tokens"] > 0
     assert len({t.context.trace_id for t in turns}) >= 1
+
+
+async def test_a_turn_that_rolls_over_while_waiting_ends_its_span_without_an_error(
+        rollover_server, room: str, fake_model: FakeOpenAI, spans: InMemorySpanExporter):
+    """A turn waiting for an approval rolls its thread over (continue-as-new): its span in the first run is marked
+    continued, not failed, and the turn goes on in a resumed span of the next run."""
+    traced: Client = await connect(rollover_server.address)
+    spec = AgentSpec(room=room, agent_name="support", model="fake-model",
+                     tools=["tests.tools_for_tests:append_line"], approvals=ApprovalSettings(require=["*"]))
+    thread_id = spec.ref.thread_id(new_thread_name())
+    fake_model.enqueue(FakeResponse.tool_calls([("append_line", {"line": "ship it"})]), FakeResponse.text("done"))
+    async with running_agent(traced, spec):
+        turn = asyncio.create_task(submit_turn(traced, spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="go")))
+        await eventually(lambda: _runs(traced, thread_id, 2), 30, what="a rollover while the call waits")
+        [request] = await thread_approvals(traced, thread_id)
+        await decide_approval(traced, ApprovalDecision(approval_id=request.approval_id, approve=True, by="ann",
+                                                       via="api"))
+        reply = await asyncio.wait_for(turn, 30)
+    assert reply.text == "done"
+
+    def finished() -> list:
+        done = [s for s in spans.get_finished_spans() if s.name == "turn"]
+        return done if any(t.attributes.get("threadline.status") for t in done) else []
+
+    turns = await eventually(finished, 30, what="the resumed turn's span")
+    continued = [t for t in turns if t.attributes.get("threadline.continued_as_new")]
+    assert continued and all(t.status.status_code == StatusCode.UNSET and not t.events for t in continued)
+    assert [t.attributes["threadline.status"] for t in turns if t not in continued] == ["completed"]
+    assert [t.attributes["threadline.resumed"] for t in turns] == [False] + [True] * (len(turns) - 1)
+
+
+async def _runs(client: Client, thread_id: str, count: int):
+    found = await runs_of(client, thread_id)
+    return found if len(found) >= count else None
 
 
 async def test_a_mail_is_one_trace_from_its_receipt_to_its_reply(

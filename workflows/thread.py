@@ -321,8 +321,17 @@ class ThreadWorkflow:
         with trace.get_tracer(telemetry.TRACER_NAME).start_as_current_span("turn", attributes={
             "threadline.thread_id": self.state.thread_id, "threadline.turn_id": turn.turn_id,
             "threadline.channel": turn.channel, "threadline.resumed": resume is not None,
-        }) as span:
-            reply = await self._turn(turn, resume)
+        }, record_exception=False, set_status_on_exception=False) as span:
+            try:
+                reply = await self._turn(turn, resume)
+            except workflow.ContinueAsNewError:
+                # A waiting turn rolls the run over: it goes on in the next run's `turn` span, not a failure.
+                span.set_attribute("threadline.continued_as_new", True)
+                raise
+            except BaseException as e:
+                span.record_exception(e)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(e).__name__}: {e}"))
+                raise
             span.set_attributes({"threadline.status": reply.status, "threadline.steps": reply.steps})
             return reply
 
