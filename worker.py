@@ -36,9 +36,6 @@ log = logging.getLogger("threadline.worker")
 MAX_CACHED_THREADS = 200
 """Idle threads beyond this are evicted from worker memory and replayed from history when they get a turn."""
 
-
-
-
 STREAM_PRUNE_INTERVAL = timedelta(hours=1)
 
 

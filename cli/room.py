@@ -28,8 +28,6 @@ from threadline.models.limits import validate_name, validate_queue_name
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-"""Until the CLI's embedded-server helper is wired in here."""
-
 room_app = typer.Typer(no_args_is_help=True)
 queue_app = typer.Typer(
     help="Durable background jobs: send work to a queue an agent consumes (--channel queue:NAME).",
