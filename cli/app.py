@@ -82,6 +82,9 @@ names (scripts that send jobs in a loop pay for `room`, not for the agent's whol
 own help none of them (it lists each name with its help); a mistaken name loads them all."""
 
 
+HELP_FLAGS = ("-h", "--help")
+
+
 def build_app(argv: list[str] | None = None) -> typer.Typer:
     """The whole command tree; given `argv`, only what that command line needs (see COMMANDS)."""
     app = typer.Typer(
@@ -90,11 +93,13 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
         epilog=EPILOG,
         no_args_is_help=True,
         rich_markup_mode="rich",
-        context_settings={"help_option_names": ["-h", "--help"]},
+        context_settings={"help_option_names": list(HELP_FLAGS)},
         pretty_exceptions_enable=False,
         add_completion=False,
     )
-    named = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    # The first word that is no option names the command; a help flag before it asks for the root's help.
+    named = None if argv is None else next((a for a in argv if not a.startswith("-") or a in HELP_FLAGS), "")
+    named = "" if named in HELP_FLAGS else named
     for name, (help, add) in COMMANDS.items():
         if named == "":  # only the root's options: nothing runs but help or a usage error
             app.add_typer(typer.Typer(), name=name, help=help)

@@ -391,10 +391,10 @@ def test_top_level_help_lists_every_command_with_its_own_help_and_loads_none() -
     """`threadline --help` is what a new user types first: it lists each top-level command with the help that
     command's own --help shows, and imports no command's module (0.3 s, not 0.8)."""
     env = {"COLUMNS": "300"}
-    listed = run_cli("--help", env=env)
-    assert listed.returncode == 0
-    for name, (help, _) in COMMANDS.items():
-        assert re.search(rf"│ {re.escape(name)} +{re.escape(help)} +│", listed.stdout), name
+    for listed in (run_cli("--help", env=env), run_cli("-v", "-h", "process", env=env)):
+        assert listed.returncode == 0
+        for name, (help, _) in COMMANDS.items():
+            assert re.search(rf"│ {re.escape(name)} +{re.escape(help)} +│", listed.stdout), name
         assert help in " ".join(run_cli(name, "--help", env=env).stdout.split()), name
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys; from threadline.cli.app import run; run(['--help']); "
