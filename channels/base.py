@@ -40,8 +40,6 @@ def code_build_id() -> str:
     return f"threadline-{digest.hexdigest()[:32]}"
 
 
-
-
 def temporal_worker(client: Client, task_queue: str, workflows: Sequence[type],
                     activities: Sequence[Callable[..., Any]] = (), max_cached_workflows: int = 1000) -> Worker:
     """Every worker of an agent process, built alike: the agent's own and each channel's.
