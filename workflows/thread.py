@@ -318,22 +318,23 @@ class ThreadWorkflow:
 
     async def _run_turn(self, turn: Turn, resume: TurnResume | None = None) -> Reply:
         """One turn, as one span (with OpenTelemetry configured): its model and tool calls are its children."""
+        rollover: workflow.ContinueAsNewError | None = None
         with trace.get_tracer(telemetry.TRACER_NAME).start_as_current_span("turn", attributes={
             "threadline.thread_id": self.state.thread_id, "threadline.turn_id": turn.turn_id,
             "threadline.channel": turn.channel, "threadline.resumed": resume is not None,
-        }, record_exception=False, set_status_on_exception=False) as span:
+        }) as span:
             try:
                 reply = await self._turn(turn, resume)
-            except workflow.ContinueAsNewError:
-                # A waiting turn rolls the run over: it goes on in the next run's `turn` span, not a failure.
+            except workflow.ContinueAsNewError as e:
+                # A waiting turn rolls the run over and goes on in the next run's `turn` span: raised past this one
+                # so that it does not end as a failure (any other exception does).
                 span.set_attribute("threadline.continued_as_new", True)
-                raise
-            except BaseException as e:
-                span.record_exception(e)
-                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(e).__name__}: {e}"))
-                raise
-            span.set_attributes({"threadline.status": reply.status, "threadline.steps": reply.steps})
-            return reply
+                rollover = e
+            else:
+                span.set_attributes({"threadline.status": reply.status, "threadline.steps": reply.steps})
+        if rollover is not None:
+            raise rollover
+        return reply
 
     async def _turn(self, turn: Turn, resume: TurnResume | None = None) -> Reply:
         self.running = turn
