@@ -151,6 +151,7 @@ async def run_agent(
     for channel in channels:
         workers += channel.workers(context)
     async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(activities.close)  # after every worker has stopped
         for worker in workers:
             await stack.enter_async_context(worker)
         servers = [asyncio.create_task(channel.serve(context, stop)) for channel in channels]

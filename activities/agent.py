@@ -105,6 +105,12 @@ class AgentActivities:
             self._clients[key] = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
         return self._clients[key]
 
+    async def close(self) -> None:
+        """Closes the model clients' connections, once the worker has stopped (left to the garbage collector, their
+        close is a coroutine nobody awaits)."""
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(client.close() for client in clients))
+
     async def _persist(self, thread_id: str, items: list[ThreadItem], **kwargs: Any) -> None:
         # Store calls go to a thread: a slow or locked database must not stall the worker's one event loop,
         # where every activity's heartbeats are sent.
