@@ -42,6 +42,8 @@ from threadline.models.spec import AgentSpec
 from threadline.models.thread import CompactionInput, CompactionResult, ThreadItem, Usage
 
 ClientFor = Callable[[str | None, str | None], openai.AsyncOpenAI]
+KEPT_ITEMS = HISTORY_WINDOW // 2
+"""The most items a compaction leaves verbatim: the next one is due after as many more."""
 
 
 def compaction_reason(window: list[ThreadItem], estimate: int, ratio: float, budget: ContextBudget) -> str | None:
@@ -56,7 +58,7 @@ def compaction_reason(window: list[ThreadItem], estimate: int, ratio: float, bud
     else:
         return None
     shown = unsummarised(window, summary)
-    cut = plan_cut(shown, budget, ratio)
+    cut = plan_cut(shown, budget, ratio, KEPT_ITEMS)
     return f"items {shown[0].seq}–{shown[cut - 1].seq}: {why}" if cut else why
 
 
@@ -90,7 +92,7 @@ class ThreadCompactor:
         budget = ContextBudget.of(requested, self.spec.context, self.spec.max_output_tokens)
         shown = unsummarised(window, summary)
         ratio = calibration(window)
-        cut = plan_cut(shown, budget, ratio)
+        cut = plan_cut(shown, budget, ratio, KEPT_ITEMS)
         before = request.prompt_tokens
         if cut == 0:
             return CompactionResult(tokens_before=before, tokens_after=before)

@@ -146,8 +146,10 @@ def item_tokens(item: ThreadItem, budget: ContextBudget) -> int:
     return min(chars // CHARS_PER_TOKEN, budget.item) + MESSAGE_OVERHEAD_TOKENS
 
 
-def plan_cut(items: Sequence[ThreadItem], budget: ContextBudget, ratio: float) -> int:
-    """How many of the oldest `items` to summarise: the fewest that leave the rest within `budget.keep`. A cut
+def plan_cut(items: Sequence[ThreadItem], budget: ContextBudget, ratio: float, kept_items: int) -> int:
+    """How many of the oldest `items` to summarise: the fewest that leave the rest within `budget.keep` and at most
+    `kept_items` items (a thread of short messages outgrows the item window long before the token budget: cutting
+    only what overflows it would compact again at every turn). A cut
     falls only before a user message or before an answer whose earlier tool calls all have their results, so a
     call and its result are never split; it keeps the newest turn whole unless that turn alone passes the
     threshold. 0: no cut is possible."""
@@ -171,7 +173,7 @@ def plan_cut(items: Sequence[ThreadItem], budget: ContextBudget, ratio: float) -
     suffix = [0] * (len(items) + 1)
     for n in range(len(items) - 1, -1, -1):
         suffix[n] = suffix[n + 1] + int(item_tokens(items[n], budget) * ratio)
-    fitting = [n for n in boundaries if suffix[n] <= budget.keep]
+    fitting = [n for n in boundaries if suffix[n] <= budget.keep and len(items) - n <= kept_items]
     if fitting:
         return fitting[0]
     if turn_starts and suffix[turn_starts[-1]] + budget.summary <= budget.threshold:

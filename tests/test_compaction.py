@@ -9,11 +9,13 @@ import asyncio
 import re
 
 from temporalio.client import Client
+from threadline.activities.compaction import KEPT_ITEMS
 from threadline.activities.context_window import SUMMARY_INSTRUCTIONS, ContextBudget
+from threadline.activities.prompt import HISTORY_WINDOW
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn, thread_snapshot
 from threadline.models.spec import AgentSpec, ContextSettings
-from threadline.models.thread import Turn
+from threadline.models.thread import PriorMessage, Turn
 
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
 from tests.runtime_support import Gate, record_history, store_items
@@ -113,6 +115,34 @@ async def test_a_300_turn_thread_with_tools_stays_within_a_4000_token_window(
     assert len([i for i in items if i.type == "user"]) == turns
     info = ThreadStore.for_room(room).thread(thread_id)
     assert info is not None and info.usage.model_calls == len(requests)
+
+
+async def test_a_thread_of_short_messages_past_the_item_window_compacts_once_not_at_every_turn(
+        temporal_client: Client, room: str, agent_worker, fake_model: FakeOpenAI):
+    """Short messages fill the item window long before the token budget: one compaction makes room for the next
+    KEPT_ITEMS items, instead of summarising the two that fell out of the window at each turn."""
+    spec = AgentSpec(room=room, agent_name="support", model="fake-model", rules=[RULE])
+    fake_model.script(summarising_model)
+    await agent_worker(spec)
+    thread_id = spec.ref.thread_id(new_thread_name())
+    prior = [PriorMessage(role="user" if n % 2 == 0 else "assistant", text=f"short {n}")
+             for n in range(HISTORY_WINDOW + 20)]
+    first = await submit_turn(temporal_client, spec.ref, thread_id,
+                              Turn(turn_id=new_turn_id(), text="FACT: the parcel is blue.", prior=prior))
+    assert first.status == "completed", first.error
+    for n in range(20):
+        reply = await submit_turn(temporal_client, spec.ref, thread_id, Turn(turn_id=new_turn_id(), text=f"next {n}"))
+        assert reply.status == "completed", reply.error
+
+    summaries = [r for r in fake_model.requests if _is_summary_request(r)]
+    answers = [r for r in fake_model.requests if not _is_summary_request(r)]
+    assert len(summaries) == 1 and len(answers) == 21
+    summary = next(i for i in store_items(room, thread_id) if i.type == "summary")
+    assert HISTORY_WINDOW + 21 - summary.data["last_seq"] <= KEPT_ITEMS
+    last = answers[-1]
+    assert "Summary of the earlier part of this conversation" in last.messages[0]["content"]
+    assert len(last.messages) <= 1 + KEPT_ITEMS + 2 * 20 + 1
+    assert last.last_user_text == "next 19"
 
 
 async def test_context_length_exceeded_compacts_once_and_asks_again(
