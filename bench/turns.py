@@ -421,6 +421,7 @@ async def sequential(
 
 async def throughput(system: System, threads: int, turns_each: int, meter_pids: dict[str, int]) -> dict[str, Any]:
     latencies: list[float] = []
+    by_turn: list[list[float]] = [[] for _ in range(turns_each)]
     errors: list[str] = []
 
     async def one_thread() -> None:
@@ -428,6 +429,7 @@ async def throughput(system: System, threads: int, turns_each: int, meter_pids: 
         for n in range(1, turns_each + 1):
             try:
                 latencies.append(await timed(system.turn(thread_id, turn_text(n))))
+                by_turn[n - 1].append(latencies[-1])
             except Exception as e:  # noqa: BLE001 - counted and reported
                 errors.append(f"{type(e).__name__}: {e}")
 
@@ -445,6 +447,7 @@ async def throughput(system: System, threads: int, turns_each: int, meter_pids: 
         "latency_p50_ms": ms(percentile(latencies, 0.5)) if latencies else None,
         "latency_p95_ms": ms(percentile(latencies, 0.95)) if latencies else None,
         "latency_max_ms": ms(max(latencies)) if latencies else None,
+        "latency_p50_ms_by_turn": [ms(percentile(t, 0.5)) if t else None for t in by_turn],
         "turns_over_5_s": sum(1 for t in latencies if t > 5),
         "cpu_ms_per_turn": meter.per_turn_ms(max(done, 1)),
     }

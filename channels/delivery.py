@@ -43,7 +43,7 @@ from threadline.workflows.search_attributes import (
     SEARCH_ATTRIBUTES,
     start_attributes,
 )
-from threadline.workflows.thread import ThreadWorkflow
+from threadline.workflows.thread import THREAD_PATCHES, ThreadWorkflow
 
 POLL_INTERVAL = 0.2
 FORGOTTEN_CHECK_EVERY = 25
@@ -149,7 +149,8 @@ def _start_operation(
 
 
 def _initial_start(agent: AgentRef, thread_id: str, channel: str) -> ThreadStart:
-    state = ThreadState(thread_id=thread_id, room=agent.room, agent_name=agent.agent_name, channel=channel)
+    state = ThreadState(thread_id=thread_id, room=agent.room, agent_name=agent.agent_name, channel=channel,
+                        patches=list(THREAD_PATCHES))
     return ThreadStart(state=state)
 
 

@@ -171,6 +171,9 @@ class ThreadState(BaseModel):
     last_error: str | None = None
     resume: TurnResume | None = Field(None, description="the turn that waited for approvals when the run rolled over")
     decisions: list[ApprovalOutcome] = Field(default_factory=list, description="recent decisions, kept across runs")
+    patches: list[str] = Field(
+        default_factory=list, description="workflow changes (patch ids) in force from this run's first event: the code "
+        "that started the run had them, so they apply without a patch marker")
 
 
 class ThreadStart(BaseModel):

@@ -88,6 +88,11 @@ LISTED_RUNNING_AFTER = timedelta(seconds=1)
 """A thread at rest is listed `running` (its status search attribute) only once its turn has run this long: each
 upsert is a visibility write on the server, and two per turn were a sixth of its work for a sub-second turn."""
 RESTING_STATUSES = ("idle", "failed")
+THREAD_PATCHES = (BOUNDED_STATE_PATCH, REQUEUE_STEERS_PATCH, TOOL_FAILURE_AS_RESULT_PATCH, ROLL_OVER_WAITING_PATCH,
+                  LIST_RUNNING_LATE_PATCH)
+"""Every change of this code that `workflow.patched` guards. A run started by this code (a new thread, a rollover)
+lists them in its input, `ThreadState.patches`: it needs no patch marker, and no `TemporalChangeVersion` upsert (a
+visibility write on the server) in each new run."""
 
 
 @dataclass
@@ -153,6 +158,11 @@ class ThreadWorkflow:
             reply = await self._run_turn(turn)
             self._remember(reply)
 
+    def _patched(self, patch_id: str) -> bool:
+        # A run without the patch in its input was started by older code (or by a channel on older code): the marker
+        # tells whether its history took the patched path.
+        return patch_id in self.state.patches or workflow.patched(patch_id)
+
     def _run_is_full(self) -> bool:
         return workflow.info().is_continue_as_new_suggested() or self.run_updates >= UPDATES_PER_RUN
 
@@ -163,7 +173,7 @@ class ThreadWorkflow:
         return bool(waiting) and self._run_is_full() \
             and all(state.waiting or state.settled for state in self.calls.values()) \
             and all(self.approvals.undecided(self.calls[seq].waiting.approval_id) for seq in waiting) \
-            and workflow.patched(ROLL_OVER_WAITING_PATCH)
+            and self._patched(ROLL_OVER_WAITING_PATCH)
 
     # Admission: one path, two ways in.
 
@@ -201,7 +211,7 @@ class ThreadWorkflow:
             return
         queued = sum(len(t.text.encode()) for t in self.state.queue)
         if self.state.queue and queued + len(turn.text.encode()) > MAX_QUEUED_BYTES \
-                and workflow.patched(BOUNDED_STATE_PATCH):
+                and self._patched(BOUNDED_STATE_PATCH):
             self._refuse(turn, f"the thread already has {len(self.state.queue)} turns waiting ({queued:,} bytes of "
                                f"text; the limit is {MAX_QUEUED_BYTES:,}): send it again once they have run, or put "
                                "large content in room storage")
@@ -219,8 +229,8 @@ class ThreadWorkflow:
         self.state.seen_turn_ids = [*self.state.seen_turn_ids, turn.turn_id][-SEEN_TURN_IDS:]
 
     def _carried_state(self) -> ThreadState:
-        if not workflow.patched(BOUNDED_STATE_PATCH):
-            return self.state
+        if not self._patched(BOUNDED_STATE_PATCH):
+            return self.state.model_copy(update={"patches": list(THREAD_PATCHES)})  # the next run starts on this code
         self.state.decisions = self.approvals.carried()
         carried: list[Reply] = []
         total = 0
@@ -231,7 +241,7 @@ class ThreadWorkflow:
                     "text": _cut(reply.text, CARRIED_CUT_REPLY_BYTES), "error": _cut(reply.error, CARRIED_CUT_REPLY_BYTES),
                 })
             carried.insert(0, reply)
-        return self.state.model_copy(update={"recent_replies": carried})
+        return self.state.model_copy(update={"recent_replies": carried, "patches": list(THREAD_PATCHES)})
 
     def _reply_for(self, turn_id: str) -> Reply | None:
         return next((r for r in self.state.recent_replies if r.turn_id == turn_id), None)
@@ -416,7 +426,7 @@ class ThreadWorkflow:
                 final = self._item("error", turn, text=message)
                 self.state.last_error = message
             await self._record_outcome(turn, [*pending, final], "idle" if interrupted else "failed")
-            if workflow.patched(REQUEUE_STEERS_PATCH):
+            if self._patched(REQUEUE_STEERS_PATCH):
                 self._requeue_steers(turn, [*unanswered, *self.steers])
             return self._finish(turn, reply)
 
@@ -516,7 +526,7 @@ class ThreadWorkflow:
                 static_summary=tool_summary(request.call),
             )))
         except (ActivityError, ChildWorkflowError) as e:
-            if self.interrupted_turn_id == request.turn_id or not workflow.patched(TOOL_FAILURE_AS_RESULT_PATCH):
+            if self.interrupted_turn_id == request.turn_id or not self._patched(TOOL_FAILURE_AS_RESULT_PATCH):
                 raise
             # Past its last attempt a tool that timed out or lost its worker answers the model with the error,
             # like a tool that raised: the turn goes on.
@@ -594,7 +604,7 @@ class ThreadWorkflow:
         return item
 
     def _set_status(self, status: ThreadStatus) -> None:
-        if not workflow.patched(LIST_RUNNING_LATE_PATCH):
+        if not self._patched(LIST_RUNNING_LATE_PATCH):
             if status != self.status:
                 self.status = status
                 workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(status)])
