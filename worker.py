@@ -11,7 +11,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.service import RPCError
 from temporalio.worker import Worker
 from threadline.activities.agent import AgentActivities
 from threadline.activities.mcp_tools import load_mcp_tools
@@ -22,7 +21,7 @@ from threadline.activities.stores import RoomStreamLog, open_stream_log, open_th
 from threadline.activities.tools import Tool, build_toolbox
 from threadline.activities.web import web_tools
 from threadline.channels.approvals import report_waiting_approvals
-from threadline.channels.attempts import recover_dead_local_workers
+from threadline.channels.attempts import recover_dead_workers
 from threadline.channels.base import ChannelAdapter, ChannelContext, temporal_worker
 from threadline.channels.delivery import register_search_attributes
 from threadline.channels.mail.send_tool import send_email_tools
@@ -117,18 +116,6 @@ async def load_extra_tools(spec: AgentSpec, env: Mapping[str, str] | None = None
 def build_worker(client: Client, spec: AgentSpec, activities: AgentActivities) -> Worker:
     return temporal_worker(client, spec.ref.task_queue, [ThreadWorkflow, ToolCallWorkflow], activities.all(),
                            max_cached_workflows=MAX_CACHED_THREADS)
-
-
-async def recover_dead_workers(client: Client) -> None:
-    try:
-        recovery = await recover_dead_local_workers(client)
-    except (RPCError, OSError) as e:  # an optimisation: without it the work still goes on, after Temporal's timeouts
-        log.warning("could not recover the work of a worker that exited: %s", e)
-        return
-    if recovery.moved:
-        log.info("%d workflows moved off the sticky queue of a worker that exited", recovery.moved)
-    if recovery.retried:
-        log.info("%d activity attempts of a worker that exited retried at once", recovery.retried)
 
 
 async def run_agent(

@@ -34,6 +34,7 @@ from temporalio.client import (
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 from threadline import telemetry
 from threadline.channels.payload_codec import codec_from_env
@@ -73,9 +74,10 @@ async def connect(
     tls_key: bytes | None = None,
     tls: bool | TLSConfig | None = None,
     rpc_metadata: Mapping[str, str] | None = None,
+    runtime: Runtime | None = None,
 ) -> Client:
     """`tls` given wins over `tls_cert`/`tls_key`; without either, an API key turns TLS on. With a payload key in
-    the environment every payload is encrypted (channels/payload_codec.py)."""
+    the environment every payload is encrypted (channels/payload_codec.py). Without `runtime`, the SDK's default."""
     if tls is None:
         tls = bool(api_key)
         if tls_cert is not None or tls_key is not None:
@@ -83,7 +85,7 @@ async def connect(
     try:
         return await Client.connect(
             address, namespace=namespace, api_key=api_key, tls=tls, rpc_metadata=rpc_metadata or {},
-            data_converter=data_converter(), plugins=telemetry.tracing_plugins(),
+            data_converter=data_converter(), plugins=telemetry.tracing_plugins(), runtime=runtime,
         )
     except RuntimeError as e:
         raise TemporalUnreachable(f"cannot reach the Temporal server at {address}: {e}") from e

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 from typing import Annotated
 
 import typer
@@ -183,15 +184,19 @@ def join(ctx: typer.Context, agent: AgentOptions, connection: ConnectionOptions,
     """Run one long-lived agent process: its Temporal worker and channels, until SIGINT/SIGTERM."""
     health_port, health_host = agent.health_port, agent.health_host.strip()
     metrics_host = agent.metrics_host.strip()
+    recovering = None
     if spec_file is not None:  # exactly the spec's agent (see cli/spec.py)
         spec, connection, health_port = join_from_spec(ctx, spec_file)
         health_host = metrics_host = CONTAINER_HEALTH_HOST
     else:
         if not agent.channel:
             raise usage_error("process join needs at least one --channel (for example --channel chat)")
+        from threadline.cli.connection import recover_dead_workers_meanwhile
+
+        recovering = recover_dead_workers_meanwhile(connection)  # build_spec imports the whole runtime meanwhile
         spec = build_spec(agent, connection)
     serve_metrics_of(spec, metrics_host)
-    asyncio.run(_join(spec, connection, health_port, health_host))
+    asyncio.run(_join(spec, connection, health_port, health_host, recovering))
 
 
 def serve_metrics_of(spec, host: str) -> None:  # noqa: ANN001
@@ -206,10 +211,12 @@ def serve_metrics_of(spec, host: str) -> None:  # noqa: ANN001
 
 
 async def _join(spec, connection: ConnectionOptions, health_port: int | None = None,  # noqa: ANN001
-                health_host: str = DEFAULT_HEALTH_HOST) -> None:
-    from threadline.cli.connection import open_temporal
+                health_host: str = DEFAULT_HEALTH_HOST, recovering: threading.Thread | None = None) -> None:
+    from threadline.cli.connection import CONNECT_TIMEOUT, open_temporal
 
     temporal = await open_temporal(connection)
+    if recovering is not None:  # else the worker's own recovery pass would look at the same journals
+        await asyncio.to_thread(recovering.join, CONNECT_TIMEOUT)
     runner = AgentRun(temporal.client, spec, health_port, health_host)
     loop = asyncio.get_running_loop()
 

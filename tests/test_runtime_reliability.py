@@ -15,7 +15,7 @@ from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.client import Client, WorkflowUpdateFailedError
 from threadline.activities.model_provider import MAX_RETRY_AFTER_SECONDS, retry_delay
 from threadline.activities.thread_store import ThreadStore
-from threadline.channels.attempts import local_process_is_gone
+from threadline.channels.attempts import attempt_journal, local_process_is_gone
 from threadline.channels.delivery import (
     connect,
     deliver_turn,
@@ -25,6 +25,8 @@ from threadline.channels.delivery import (
     thread_snapshot,
     wait_for_reply,
 )
+from threadline.cli.connection import recover_dead_workers_meanwhile
+from threadline.cli.options import ConnectionOptions
 from threadline.models.limits import ErrorType
 from threadline.models.spec import AgentSpec
 from threadline.models.thread import Turn
@@ -200,6 +202,41 @@ async def test_worker_killed_mid_turn(temporal_client: Client, agent_spec, agent
     failure = model_attempts[0].last_failure
     assert failure.application_failure_info.type == ErrorType.WORKER_GONE
     assert f"({first_process.proc.pid}@" in failure.message
+
+
+async def test_a_starting_process_fails_the_dead_workers_attempts_before_its_worker_polls(
+        temporal_server: TemporalDevServer, temporal_client: Client, agent_spec, agent_process, fake_model: FakeOpenAI):
+    """`process join` recovers on a thread of its own while its start-up checks run (cli/connection.py): the dead
+    worker's attempt is failed with no worker of the new process polling yet, its journal is gone, and the turn then
+    completes once on the new worker."""
+    thread_id = _thread(agent_spec)
+    first_process = agent_process(agent_spec)
+    gate = Gate()
+    fake_model.enqueue(gate.response(FakeResponse.text("answer from the dead worker")))
+    turn = Turn(turn_id=new_turn_id(), text="recover me early")
+    call = asyncio.create_task(submit_turn(temporal_client, agent_spec.ref, thread_id, turn))
+    await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
+    listed_running = f"WorkflowId = '{thread_id}' AND ThreadlineStatus = 'running'"
+    await eventually(lambda: _count(temporal_client, listed_running), what="the thread listed as running")
+    first_process.kill()
+    gate.release()
+    assert attempt_journal(temporal_client).of_dead_processes()
+
+    recovering = recover_dead_workers_meanwhile(ConnectionOptions(temporal_address=temporal_server.address))
+    await asyncio.to_thread(recovering.join, 30)
+    assert not recovering.is_alive()
+    [attempt] = (await temporal_client.get_workflow_handle(thread_id).describe()).raw_description.pending_activities
+    assert attempt.attempt == 2
+    assert attempt.last_failure.application_failure_info.type == ErrorType.WORKER_GONE
+    assert f"({first_process.proc.pid}@" in attempt.last_failure.message
+    assert not attempt_journal(temporal_client).of_dead_processes()
+
+    agent_process(agent_spec)
+    reply = await asyncio.wait_for(call, 60)
+    assert reply.status == "completed" and reply.text == "echo: recover me early"
+    assert fake_model.count() == 2
+    items = items_of_turn(agent_spec.room, thread_id, turn.turn_id)
+    assert [(i.type, i.text) for i in items] == [("user", "recover me early"), ("assistant", "echo: recover me early")]
 
 
 async def test_temporal_server_restart_loses_nothing(temporal_server: TemporalDevServer, temporal_client: Client,
