@@ -7,10 +7,12 @@ tracebacks only with `-v`.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 
 import typer
 from threadline.cli.errors import USAGE, CliError
@@ -31,51 +33,35 @@ With no --temporal-address, agent commands use the embedded Temporal server on l
 """
 
 
-def _process(app: typer.Typer, help: str) -> None:
-    from threadline.cli.process import process_app
+@dataclass(frozen=True)
+class Command:
+    """A top-level command: its help, and where its sub-app (or, for a single command, its function) lives."""
 
-    app.add_typer(process_app, name="process", help=help)
+    help: str
+    module: str
+    attribute: str
+    epilog: str | None = None
+    """For a single command: the module's attribute that holds its examples."""
 
-
-def _codec_server(app: typer.Typer, help: str) -> None:
-    from threadline.cli import codec
-
-    app.command("codec-server", help=help, epilog=codec.CODEC_EPILOG)(codec.codec_server)
-
-
-def _server(app: typer.Typer, help: str) -> None:
-    from threadline.cli.server import server_app
-
-    app.add_typer(server_app, name="server", help=help)
-
-
-def _room(app: typer.Typer, help: str) -> None:
-    from threadline.cli.room import room_app
-
-    app.add_typer(room_app, name="room", help=help)
-
-
-def _mailbox(app: typer.Typer, help: str) -> None:
-    from threadline.cli.mail import mailbox_app
-
-    app.add_typer(mailbox_app, name="mailbox", help=help)
-
-
-def _mail(app: typer.Typer, help: str) -> None:
-    from threadline.cli.mail import mail_app
-
-    app.add_typer(mail_app, name="mail", help=help)
+    def add_to(self, app: typer.Typer, name: str) -> None:
+        module = importlib.import_module(self.module)
+        loaded = getattr(module, self.attribute)
+        if isinstance(loaded, typer.Typer):
+            app.add_typer(loaded, name=name, help=self.help)
+        else:
+            app.command(name, help=self.help, epilog=getattr(module, self.epilog) if self.epilog else None)(loaded)
 
 
 COMMANDS = {
-    "codec-server": ("Serve /decode and /encode for the Temporal UI, with this process's payload keys "
-                     "(THREADLINE_PAYLOAD_KEY).", _codec_server),
-    "process": ("Run agents, talk to them, and read their threads.", _process),
-    "server": ("The embedded Temporal server (state under THREADLINE_HOME, Threadline's search attributes "
-               "registered).", _server),
-    "room": ("Room-level commands.", _room),
-    "mailbox": ("Register the email addresses agents answer (--channel mail:ADDRESS).", _mailbox),
-    "mail": ("The inbound SMTP server.", _mail),
+    "codec-server": Command("Serve /decode and /encode for the Temporal UI, with this process's payload keys "
+                            "(THREADLINE_PAYLOAD_KEY).", "threadline.cli.codec", "codec_server", "CODEC_EPILOG"),
+    "process": Command("Run agents, talk to them, and read their threads.", "threadline.cli.process", "process_app"),
+    "server": Command("The embedded Temporal server (state under THREADLINE_HOME, Threadline's search attributes "
+                      "registered).", "threadline.cli.server", "server_app"),
+    "room": Command("Room-level commands.", "threadline.cli.room", "room_app"),
+    "mailbox": Command("Register the email addresses agents answer (--channel mail:ADDRESS).", "threadline.cli.mail",
+                       "mailbox_app"),
+    "mail": Command("The inbound SMTP server.", "threadline.cli.mail", "mail_app"),
 }
 """The top-level commands, in the order help lists them, with their help. A command line loads only the one it
 names (scripts that send jobs in a loop pay for `room`, not for the agent's whole option tree), and `threadline`'s
@@ -100,11 +86,11 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
     # The first word that is no option names the command; a help flag before it asks for the root's help.
     named = None if argv is None else next((a for a in argv if not a.startswith("-") or a in HELP_FLAGS), "")
     named = "" if named in HELP_FLAGS else named
-    for name, (help, add) in COMMANDS.items():
+    for name, command in COMMANDS.items():
         if named == "":  # only the root's options: nothing runs but help or a usage error
-            app.add_typer(typer.Typer(), name=name, help=help)
+            app.add_typer(typer.Typer(), name=name, help=command.help)
         elif named in (None, name) or named not in COMMANDS:
-            add(app, help)
+            command.add_to(app, name)
 
     @app.callback()
     def _root(verbose: Verbose = False) -> None:

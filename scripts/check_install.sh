@@ -19,6 +19,7 @@ while read -r _ args; do
         done
     done
 done < <(grep '^COPY ' "$repo/deploy/Dockerfile")
+find "$work/src" -name __pycache__ -prune -exec rm -rf {} +  # as .dockerignore keeps them out of the image
 PYTHONWARNINGS=ignore "$work/venv/bin/python" -m pip install --quiet "$work/src"
 cd "$work"
 THREADLINE_HOME="$work/home" "$work/venv/bin/python" "$repo/scripts/check_install.py"

@@ -393,9 +393,10 @@ def test_top_level_help_lists_every_command_with_its_own_help_and_loads_none() -
     env = {"COLUMNS": "300"}
     for listed in (run_cli("--help", env=env), run_cli("-v", "-h", "process", env=env)):
         assert listed.returncode == 0
-        for name, (help, _) in COMMANDS.items():
-            assert re.search(rf"│ {re.escape(name)} +{re.escape(help)} +│", listed.stdout), name
-        assert help in " ".join(run_cli(name, "--help", env=env).stdout.split()), name
+        for name, listed_command in COMMANDS.items():
+            assert re.search(rf"│ {re.escape(name)} +{re.escape(listed_command.help)} +│", listed.stdout), name
+    for name, listed_command in COMMANDS.items():
+        assert listed_command.help in " ".join(run_cli(name, "--help", env=env).stdout.split()), name
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys; from threadline.cli.app import run; run(['--help']); "
          "print(*sorted(m for m in sys.modules if m.startswith('threadline.')))"],
