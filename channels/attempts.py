@@ -1,9 +1,9 @@
 """Recovery after kill -9 of a worker process on this host.
 
 Every worker journals the activity attempts it runs: one small file per attempt, in a directory named after its
-process id, written as the attempt starts and removed as it ends, so a kill -9 leaves the attempts it cut off. An
-agent process that starts on the same host, against the same Temporal server, reads the journals of processes that
-no longer exist, and for each workflow named there:
+process (its id and start time: channels/process_identity.py), written as the attempt starts and removed as it
+ends, so a kill -9 leaves the attempts it cut off. An agent process that starts on the same host, against the same
+Temporal server, reads the journals of processes that no longer exist, and for each workflow named there:
 - sends the workflow's next task (and its parent's, for a tool call's child workflow) to the task queue every
   worker polls, instead of the dead worker's sticky queue, which Temporal would wait out first;
 - fails each attempt still running on a worker process of this host that no longer exists, so that Temporal retries
@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -43,6 +42,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
+from threadline.channels.process_identity import local_process_is_gone, process_identity, process_is_gone
 from threadline.models.limits import ErrorType
 
 log = logging.getLogger("threadline.attempts")
@@ -79,10 +79,10 @@ class AttemptJournal:
     def _own_directory(self) -> Path | None:
         if self._unwritable:
             return None
-        own = self.directory / str(os.getpid())
+        own = self.directory / _journal_name(process_identity())
         if self._own_pid != os.getpid():
             try:
-                shutil.rmtree(own, ignore_errors=True)  # an earlier process that had this pid left it
+                shutil.rmtree(own, ignore_errors=True)  # an earlier process of this pid (no start time known)
                 own.mkdir(parents=True)
             except OSError as e:
                 self._unwritable = True
@@ -97,7 +97,8 @@ class AttemptJournal:
         dead: dict[Path, set[tuple[str, str]]] = {}
         with contextlib.suppress(FileNotFoundError):
             for directory in self.directory.iterdir():
-                if not directory.name.isdigit() or not _pid_is_gone(int(directory.name)):
+                pid, _, start = directory.name.partition("+")
+                if not pid.isdigit() or not process_is_gone(int(pid), start or None):
                     continue
                 dead[directory] = set()
                 for entry in directory.iterdir():
@@ -105,6 +106,13 @@ class AttemptJournal:
                         workflow_id, run_id = json.loads(entry.read_text())
                         dead[directory].add((workflow_id, run_id))
         return dead
+
+
+def _journal_name(identity: str) -> str:
+    """`pid+start` (or `pid`): the identity without its host, which every journal of this host shares."""
+    pid, _, rest = identity.partition("@")
+    _, plus, start = rest.partition("+")
+    return pid + plus + start
 
 
 _journals: dict[Path, AttemptJournal] = {}
@@ -218,24 +226,3 @@ async def _retry_attempts_of_dead_workers(client: Client, description: DescribeW
                                                    activity_id=attempt.activity_id).fail(gone)
             retried += 1
     return retried
-
-
-def local_process_is_gone(identity: str) -> bool:
-    """True when a Temporal worker identity (`pid@host`, the SDK's default) names a process of this host that has
-    exited. Any other identity, and a pid now held by another live process, count as alive."""
-    pid, at, host = identity.partition("@")
-    return bool(at) and host == socket.gethostname() and pid.isdigit() and _pid_is_gone(int(pid))
-
-
-def _pid_is_gone(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    with contextlib.suppress(OSError):  # /proc is Linux's: elsewhere an unreaped zombie counts as alive
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    return False

@@ -38,6 +38,7 @@ from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 from threadline import telemetry
 from threadline.channels.payload_codec import codec_from_env
+from threadline.channels.process_identity import process_identity
 from threadline.models.limits import ErrorType
 from threadline.models.thread import AgentRef, Interrupt, Reply, Steer, ThreadSnapshot, ThreadStart, ThreadState, Turn
 from threadline.workflows.search_attributes import (
@@ -86,6 +87,7 @@ async def connect(
         return await Client.connect(
             address, namespace=namespace, api_key=api_key, tls=tls, rpc_metadata=rpc_metadata or {},
             data_converter=data_converter(), plugins=telemetry.tracing_plugins(), runtime=runtime,
+            identity=process_identity(),  # what recovery after a kill -9 tells this process by (attempts.py)
         )
     except RuntimeError as e:
         raise TemporalUnreachable(f"cannot reach the Temporal server at {address}: {e}") from e

@@ -4,10 +4,12 @@ continue-as-new after every turn."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +17,7 @@ from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.client import Client, WorkflowUpdateFailedError
 from threadline.activities.model_provider import MAX_RETRY_AFTER_SECONDS, retry_delay
 from threadline.activities.thread_store import ThreadStore
-from threadline.channels.attempts import attempt_journal, local_process_is_gone
+from threadline.channels.attempts import AttemptJournal, attempt_journal
 from threadline.channels.delivery import (
     connect,
     deliver_turn,
@@ -25,6 +27,7 @@ from threadline.channels.delivery import (
     thread_snapshot,
     wait_for_reply,
 )
+from threadline.channels.process_identity import local_process_is_gone, process_identity, process_start
 from threadline.cli.connection import recover_dead_workers_meanwhile
 from threadline.cli.options import ConnectionOptions
 from threadline.models.limits import ErrorType
@@ -424,9 +427,31 @@ def test_only_an_exited_process_of_this_host_counts_as_a_gone_worker():
         assert not local_process_is_gone(f"{os.getpid()}@{host}")  # another agent of this very process
         assert not local_process_is_gone(f"{exited.pid}@another-{host}")
         assert not local_process_is_gone("my-worker")
+        started = process_start(alive.pid)
+        assert started and not local_process_is_gone(f"{alive.pid}@{host}+{started}")
+        assert process_identity() == f"{os.getpid()}@{host}+{process_start(os.getpid())}"
+        assert not local_process_is_gone(process_identity())
+        # An agent container restarted in place runs as the same pid on the same host: the start time differs.
+        assert local_process_is_gone(f"{alive.pid}@{host}+{int(started) - 1}")
+        assert local_process_is_gone(f"{os.getpid()}@{host}+{int(process_start(os.getpid())) - 1}")
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_the_journal_of_an_earlier_process_with_this_very_pid_counts_as_dead(tmp_path: Path):
+    """An agent container restarted in place is pid 1 again: its predecessor's journal is still recovered."""
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    own_start = int(process_start(os.getpid()))
+    journal = AttemptJournal(tmp_path)
+    for name, workflow_id in ((f"{os.getpid()}+{own_start - 1}", "predecessor"), (str(exited.pid), "older code"),
+                              (f"{os.getpid()}+{own_start}", "this process")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0").write_text(json.dumps([workflow_id, "run"]))
+    dead = journal.of_dead_processes()
+    assert {d.name: ids for d, ids in dead.items()} == {
+        f"{os.getpid()}+{own_start - 1}": {("predecessor", "run")}, str(exited.pid): {("older code", "run")}}
 
 
 async def _count(client: Client, query: str) -> int:

@@ -19,6 +19,7 @@ from threadline.channels.delivery import (
     thread_snapshot,
     wait_for_reply,
 )
+from threadline.channels.process_identity import process_start
 from threadline.models.spec import AgentSpec
 from threadline.models.thread import Turn
 from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
@@ -252,7 +253,7 @@ async def test_a_sub_second_turn_leaves_the_listed_status_alone(temporal_client:
     assert kinds.count(EventType.EVENT_TYPE_TIMER_STARTED) == kinds.count(EventType.EVENT_TYPE_TIMER_CANCELED) == 2
     described = await temporal_client.get_workflow_handle(thread_id).describe()
     assert described.typed_search_attributes.get(STATUS_ATTRIBUTE) == "idle"
-    assert list((attempt_journal(temporal_client).directory / str(os.getpid())).iterdir()) == []
+    assert list((attempt_journal(temporal_client).directory / f"{os.getpid()}+{process_start(os.getpid())}").iterdir()) == []
     # Every workflow task names the build that ran it (the UI's "build id", a reset's bad-build filter).
     completed = [e.workflow_task_completed_event_attributes for e in history.events
                  if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED]
