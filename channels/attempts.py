@@ -42,7 +42,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
-from threadline.channels.process_identity import local_process_is_gone, process_identity, process_is_gone
+from threadline.channels.process_identity import local_process_is_gone, process_key, process_key_is_gone
 from threadline.models.limits import ErrorType
 
 log = logging.getLogger("threadline.attempts")
@@ -79,7 +79,7 @@ class AttemptJournal:
     def _own_directory(self) -> Path | None:
         if self._unwritable:
             return None
-        own = self.directory / _journal_name(process_identity())
+        own = self.directory / process_key()
         if self._own_pid != os.getpid():
             try:
                 shutil.rmtree(own, ignore_errors=True)  # an earlier process of this pid (no start time known)
@@ -97,8 +97,7 @@ class AttemptJournal:
         dead: dict[Path, set[tuple[str, str]]] = {}
         with contextlib.suppress(FileNotFoundError):
             for directory in self.directory.iterdir():
-                pid, _, start = directory.name.partition("+")
-                if not pid.isdigit() or not process_is_gone(int(pid), start or None):
+                if not process_key_is_gone(directory.name):
                     continue
                 dead[directory] = set()
                 for entry in directory.iterdir():
@@ -106,13 +105,6 @@ class AttemptJournal:
                         workflow_id, run_id = json.loads(entry.read_text())
                         dead[directory].add((workflow_id, run_id))
         return dead
-
-
-def _journal_name(identity: str) -> str:
-    """`pid+start` (or `pid`): the identity without its host, which every journal of this host shares."""
-    pid, _, rest = identity.partition("@")
-    _, plus, start = rest.partition("+")
-    return pid + plus + start
 
 
 _journals: dict[Path, AttemptJournal] = {}

@@ -22,10 +22,22 @@ def process_start(pid: int) -> str | None:
 
 
 @cache
-def process_identity() -> str:
-    """This process's identity; a process id that changes (a fork) is not a concern: an agent process does not fork."""
+def process_key() -> str:
+    """`pid+start` (`pid` where no start time is known): this process among the others of its host, and the name of
+    its attempt journal. An agent process does not fork, so its pid does not change under the cache."""
     start = process_start(os.getpid())
-    return f"{os.getpid()}@{socket.gethostname()}" + (f"+{start}" if start else "")
+    return f"{os.getpid()}+{start}" if start else str(os.getpid())
+
+
+def process_identity() -> str:
+    pid, plus, start = process_key().partition("+")
+    return f"{pid}@{socket.gethostname()}{plus}{start}"
+
+
+def process_key_is_gone(key: str) -> bool:
+    """True when a `pid+start` (or `pid`) key names a process of this host that has exited."""
+    pid, _, start = key.partition("+")
+    return pid.isdigit() and process_is_gone(int(pid), start or None)
 
 
 def process_is_gone(pid: int, start: str | None) -> bool:
@@ -52,5 +64,5 @@ def local_process_is_gone(identity: str) -> bool:
     """True when a worker identity (`pid@host+start` or `pid@host`) names a process of this host that has exited.
     Any other identity, and a process still running, count as alive."""
     pid, at, rest = identity.partition("@")
-    host, _, start = rest.partition("+")
-    return bool(at) and host == socket.gethostname() and pid.isdigit() and process_is_gone(int(pid), start or None)
+    host, plus, start = rest.partition("+")
+    return bool(at) and host == socket.gethostname() and process_key_is_gone(pid + plus + start)

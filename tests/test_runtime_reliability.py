@@ -168,23 +168,31 @@ async def test_400_fails_the_turn_and_the_thread_recovers(temporal_client: Clien
     await record_history(temporal_client.get_workflow_handle(thread_id), "model_failure")
 
 
-async def test_worker_killed_mid_turn(temporal_client: Client, agent_spec, agent_process, fake_model: FakeOpenAI):
-    """kill -9 of the agent process while the model call is in flight: a new process finishes the turn, once,
-    without waiting for the dead worker's sticky queue to time out (the new process moved the thread off it), and
-    without waiting for the model call's heartbeat timeout (the new process failed the dead worker's attempt)."""
-    thread_id = _thread(agent_spec)
-    first_process = agent_process(agent_spec)
+async def _kill_mid_turn(client: Client, spec: AgentSpec, agent_process, fake_model: FakeOpenAI, text: str):
+    """Starts an agent process, submits a turn and kills the process with its model call in flight: the thread id,
+    the dead process, the turn and the task that waits for its reply."""
+    thread_id = _thread(spec)
+    first_process = agent_process(spec)
     gate = Gate()
     fake_model.enqueue(gate.response(FakeResponse.text("answer from the dead worker")))
-    turn = Turn(turn_id=new_turn_id(), text="survive this")
-    call = asyncio.create_task(submit_turn(temporal_client, agent_spec.ref, thread_id, turn))
+    turn = Turn(turn_id=new_turn_id(), text=text)
+    call = asyncio.create_task(submit_turn(client, spec.ref, thread_id, turn))
     await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
     # Killed once the thread is listed as running: the workflow task of that listing, due a second into the turn,
     # would otherwise reach the dead worker's sticky queue before any new process is up, and wait out its timeout.
     listed_running = f"WorkflowId = '{thread_id}' AND ThreadlineStatus = 'running'"
-    await eventually(lambda: _count(temporal_client, listed_running), what="the thread listed as running")
+    await eventually(lambda: _count(client, listed_running), what="the thread listed as running")
     first_process.kill()
     gate.release()  # the dead worker's request is answered into a closed connection
+    return thread_id, first_process, turn, call
+
+
+async def test_worker_killed_mid_turn(temporal_client: Client, agent_spec, agent_process, fake_model: FakeOpenAI):
+    """kill -9 of the agent process while the model call is in flight: a new process finishes the turn, once,
+    without waiting for the dead worker's sticky queue to time out (the new process moved the thread off it), and
+    without waiting for the model call's heartbeat timeout (the new process failed the dead worker's attempt)."""
+    thread_id, first_process, turn, call = await _kill_mid_turn(
+        temporal_client, agent_spec, agent_process, fake_model, "survive this")
     agent_process(agent_spec)
     reply = await asyncio.wait_for(call, 60)
     assert reply.status == "completed" and reply.text == "echo: survive this"
@@ -212,17 +220,8 @@ async def test_a_starting_process_fails_the_dead_workers_attempts_before_its_wor
     """`process join` recovers on a thread of its own while its start-up checks run (cli/connection.py): the dead
     worker's attempt is failed with no worker of the new process polling yet, its journal is gone, and the turn then
     completes once on the new worker."""
-    thread_id = _thread(agent_spec)
-    first_process = agent_process(agent_spec)
-    gate = Gate()
-    fake_model.enqueue(gate.response(FakeResponse.text("answer from the dead worker")))
-    turn = Turn(turn_id=new_turn_id(), text="recover me early")
-    call = asyncio.create_task(submit_turn(temporal_client, agent_spec.ref, thread_id, turn))
-    await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
-    listed_running = f"WorkflowId = '{thread_id}' AND ThreadlineStatus = 'running'"
-    await eventually(lambda: _count(temporal_client, listed_running), what="the thread listed as running")
-    first_process.kill()
-    gate.release()
+    thread_id, first_process, turn, call = await _kill_mid_turn(
+        temporal_client, agent_spec, agent_process, fake_model, "recover me early")
     assert attempt_journal(temporal_client).of_dead_processes()
 
     recovering = recover_dead_workers_meanwhile(ConnectionOptions(temporal_address=temporal_server.address))
