@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 
 from temporalio.client import Client  # noqa: E402
 from threadline.channels.delivery import connect  # noqa: E402
-from threadline.channels.queue import send_job, wait_for_job  # noqa: E402
+from threadline.channels.queue_jobs import send_job, wait_for_job  # noqa: E402
 from threadline.models.jobs import JobStatus
 from threadline.models.spec import AgentSpec  # noqa: E402
 from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402

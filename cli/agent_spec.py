@@ -16,7 +16,8 @@ from threadline.models.spec import AgentSpec
 
 AGENT_PANEL = "Agent"
 TEMPORAL_PANEL = "Temporal"
-from threadline.cli.options import AgentOptions, ConnectionOptions
+from threadline.cli.agent_options import AgentOptions
+from threadline.cli.options import ConnectionOptions
 
 CHANNEL_FORMS = "chat, mail:ADDRESS[?reply-all=true|false], queue:NAME or toolkit:NAME"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

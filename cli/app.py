@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import typer
@@ -35,15 +36,22 @@ With no --temporal-address, agent commands use the embedded Temporal server on l
 
 @dataclass(frozen=True)
 class Command:
-    """A top-level command: its help, and where its sub-app (or, for a single command, its function) lives."""
+    """A command: its help, and where its sub-app (or, for a single command, its function) lives; or, for a group
+    declared here, its own commands."""
 
     help: str
-    module: str
-    attribute: str
+    module: str = ""
+    attribute: str = ""
     epilog: str | None = None
     """For a single command: the module's attribute that holds its examples."""
+    commands: Mapping[str, Command] | None = None
 
-    def add_to(self, app: typer.Typer, name: str) -> None:
+    def add_to(self, app: typer.Typer, name: str, argv: list[str] | None) -> None:
+        if self.commands is not None:
+            group = typer.Typer(no_args_is_help=True, rich_markup_mode="rich")
+            mount(group, self.commands, argv)
+            app.add_typer(group, name=name, help=self.help)
+            return
         module = importlib.import_module(self.module)
         loaded = getattr(module, self.attribute)
         if isinstance(loaded, typer.Typer):
@@ -52,23 +60,47 @@ class Command:
             app.command(name, help=self.help, epilog=getattr(module, self.epilog) if self.epilog else None)(loaded)
 
 
+ROOM_COMMANDS = {
+    "queue": Command("Durable background jobs: send work to a queue an agent consumes (--channel queue:NAME).",
+                     "threadline.cli.queue", "queue_app"),
+    "agent": Command("Agents as tools: list a room's toolkits (agents run with --channel toolkit:NAME) and invoke "
+                     "their tools.", "threadline.cli.room_agent", "agent_app"),
+    "usage": Command("What the room's model calls cost (tokens, and dollars for priced models), from the thread "
+                     "store.", "threadline.cli.usage", "usage", "USAGE_EPILOG"),
+}
+
 COMMANDS = {
     "codec-server": Command("Serve /decode and /encode for the Temporal UI, with this process's payload keys "
                             "(THREADLINE_PAYLOAD_KEY).", "threadline.cli.codec", "codec_server", "CODEC_EPILOG"),
     "process": Command("Run agents, talk to them, and read their threads.", "threadline.cli.process", "process_app"),
     "server": Command("The embedded Temporal server (state under THREADLINE_HOME, Threadline's search attributes "
                       "registered).", "threadline.cli.server", "server_app"),
-    "room": Command("Room-level commands.", "threadline.cli.room", "room_app"),
+    "room": Command("Room-level commands.", commands=ROOM_COMMANDS),
     "mailbox": Command("Register the email addresses agents answer (--channel mail:ADDRESS).", "threadline.cli.mail",
                        "mailbox_app"),
     "mail": Command("The inbound SMTP server.", "threadline.cli.mail", "mail_app"),
 }
 """The top-level commands, in the order help lists them, with their help. A command line loads only the one it
-names (scripts that send jobs in a loop pay for `room`, not for the agent's whole option tree), and `threadline`'s
-own help none of them (it lists each name with its help); a mistaken name loads them all."""
+names, at every level (scripts that send jobs in a loop pay for `room queue`, not for the agent's option tree or
+the other room commands), and a group's own help none of them (it lists each name with its help); a mistaken name
+loads them all."""
 
 
 HELP_FLAGS = ("-h", "--help")
+
+
+def mount(app: typer.Typer, commands: Mapping[str, Command], argv: list[str] | None) -> None:
+    """Adds `commands` to `app`; given `argv` (what follows the group's name), only the one it names."""
+    # The first word that is no option names the command; a help flag before it asks for the group's help.
+    at = None if argv is None else next((i for i, a in enumerate(argv) if not a.startswith("-") or a in HELP_FLAGS),
+                                        len(argv))
+    named = None if argv is None or at is None else (argv[at] if at < len(argv) else "")
+    named = "" if named in HELP_FLAGS else named
+    for name, command in commands.items():
+        if named == "":  # only the group's options: nothing runs but help or a usage error
+            app.add_typer(typer.Typer(), name=name, help=command.help)
+        elif named in (None, name) or named not in commands:
+            command.add_to(app, name, None if argv is None or named != name else argv[at + 1:])
 
 
 def build_app(argv: list[str] | None = None) -> typer.Typer:
@@ -83,14 +115,7 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
-    # The first word that is no option names the command; a help flag before it asks for the root's help.
-    named = None if argv is None else next((a for a in argv if not a.startswith("-") or a in HELP_FLAGS), "")
-    named = "" if named in HELP_FLAGS else named
-    for name, command in COMMANDS.items():
-        if named == "":  # only the root's options: nothing runs but help or a usage error
-            app.add_typer(typer.Typer(), name=name, help=command.help)
-        elif named in (None, name) or named not in COMMANDS:
-            command.add_to(app, name)
+    mount(app, COMMANDS, argv)
 
     @app.callback()
     def _root(verbose: Verbose = False) -> None:

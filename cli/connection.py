@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from temporalio.client import Client
 from temporalio.runtime import Runtime, TelemetryConfig
-from threadline.channels.attempts import attempt_journal_at, recover_dead_workers
 from threadline.channels.delivery import TemporalUnreachable, connect
 from threadline.channels.payload_codec import PayloadKeyError
 from threadline.cli import embedded
@@ -96,6 +95,8 @@ def recover_dead_workers_meanwhile(options: ConnectionOptions) -> threading.Thre
 
 
 async def _recover_dead_workers(options: ConnectionOptions) -> None:
+    from threadline.channels.attempts import attempt_journal_at, recover_dead_workers  # the SDK's worker side
+
     try:
         target = temporal_target(options)
     except CliError:

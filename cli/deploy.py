@@ -22,8 +22,9 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from threadline.cli.agent_options import AgentOptions
 from threadline.cli.errors import CliError, usage_error
-from threadline.cli.options import AgentOptions, ConnectionOptions, with_options
+from threadline.cli.options import ConnectionOptions, with_options
 from threadline.cli.output import Verbose, status, warn
 from threadline.cli.spec import (
     ServiceOptions,

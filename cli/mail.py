@@ -14,10 +14,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import typer
-from threadline.cli.agent_spec import check_mail_allow
-from threadline.cli.errors import FAILURE, USAGE
-from threadline.cli.options import (
-    ConnectionOptions,
+from threadline.cli.agent_options import (
     MailAllow,
     MaxMailSize,
     SmtpHost,
@@ -25,8 +22,10 @@ from threadline.cli.options import (
     StorageUrl,
     ThreadStoreUrl,
     spec_default,
-    with_options,
 )
+from threadline.cli.agent_spec import check_mail_allow
+from threadline.cli.errors import FAILURE, USAGE
+from threadline.cli.options import ConnectionOptions, with_options
 from threadline.cli.output import Verbose, error_line, status
 from threadline.models.spec import MailSettings
 

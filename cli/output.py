@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Annotated
+import os
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    out: Console
+    err: Console
+
+
+@functools.cache
+def console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True, highlight=False)
+
+
+def __getattr__(name: str) -> Any:
+    """`out` and `err`, the rich consoles, made on first use: commands that print only plain lines (`room queue
+    send` in a script) start without loading rich."""
+    if name in ("out", "err"):
+        return console(stderr=name == "err")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _State:
@@ -37,14 +56,24 @@ Verbose = Annotated[
 """Every command's `-v/--verbose`."""
 
 
+def _stderr_line(text: str, style: str) -> None:
+    """One plain-text line on stderr, in `style` where rich would colour it (a terminal, or FORCE_COLOR)."""
+    if sys.stderr.isatty() or os.environ.get("FORCE_COLOR"):
+        from rich.markup import escape
+
+        console(stderr=True).print(escape(text), style=style)
+    else:
+        sys.stderr.write(text + "\n")
+
+
 def status(message: str) -> None:
     """A dim one-line status on stderr (plain text, no markup)."""
-    err.print(escape(message), style="dim")
+    _stderr_line(message, "dim")
 
 
 def warn(message: str) -> None:
-    err.print(f"warning: {escape(message)}", style="yellow")
+    _stderr_line(f"warning: {message}", "yellow")
 
 
 def error_line(message: str) -> None:
-    err.print(f"error: {escape(message)}", style="red")
+    _stderr_line(f"error: {message}", "red")

@@ -12,19 +12,10 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from threadline.cli.agent_options import AgentOptions, ThreadDir, ThreadStoreUrl
 from threadline.cli.agent_spec import build_spec, require
 from threadline.cli.errors import CliError, usage_error
-from threadline.cli.options import (
-    AgentName,
-    AgentOptions,
-    ConnectionOptions,
-    Output,
-    OutputFormat,
-    Room,
-    ThreadDir,
-    ThreadStoreUrl,
-    with_options,
-)
+from threadline.cli.options import AgentName, ConnectionOptions, Output, OutputFormat, Room, with_options
 from threadline.cli.output import Verbose, err, out, status
 from threadline.cli.spec import SpecFile, join_from_spec
 from threadline.models.spec import CONTAINER_HEALTH_HOST, DEFAULT_HEALTH_HOST

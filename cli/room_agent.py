@@ -22,11 +22,7 @@ from threadline.cli.errors import FAILURE, USAGE, CliError, usage_error
 from threadline.cli.options import ConnectionOptions, Room, with_options
 from threadline.cli.output import Verbose, error_line, out, status
 
-agent_app = typer.Typer(
-    help="Agents as tools: list a room's toolkits (agents run with --channel toolkit:NAME) and invoke their tools.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-)
+agent_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich")
 
 LIST_EPILOG = """\
 [bold]Examples[/bold]

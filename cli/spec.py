@@ -24,9 +24,10 @@ from urllib.parse import urlsplit
 import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from threadline.cli.agent_options import AgentOptions
 from threadline.cli.agent_spec import build_spec
 from threadline.cli.errors import CliError, usage_error
-from threadline.cli.options import AgentOptions, ConnectionOptions, with_options
+from threadline.cli.options import ConnectionOptions, with_options
 from threadline.cli.output import Verbose, warn
 from threadline.models.spec import DEFAULT_HTTP_PORT, AgentSpec, validate_thread_store_url
 

@@ -14,9 +14,10 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from threadline.cli.agent_options import ModelPrices, ThreadStoreUrl
 from threadline.cli.agent_spec import require
 from threadline.cli.errors import usage_error
-from threadline.cli.options import AgentName, ModelPrices, Output, OutputFormat, Room, ThreadStoreUrl
+from threadline.cli.options import AgentName, Output, OutputFormat, Room
 from threadline.cli.output import Verbose, out, status
 
 USAGE_EPILOG = """\

@@ -18,7 +18,7 @@ from threadline.channels.delivery import connect
 from threadline.channels.mail.addresses import mail_job_key
 from threadline.channels.mail.channel import MailChannel
 from threadline.channels.mail.registry import MailStore
-from threadline.channels.queue import wait_for_job
+from threadline.channels.queue_jobs import wait_for_job
 from threadline.models.jobs import JobStatus
 from threadline.models.spec import AgentSpec, MailSettings
 from threadline.worker import run_agent

@@ -164,7 +164,8 @@ async def test_workers_killed_while_waiting_and_after_the_decision_run_the_call_
 
 async def test_a_queue_job_shows_what_it_waits_for(temporal_client: Client, room: str, agent_worker,
                                                    fake_model: FakeOpenAI):
-    from threadline.channels.queue import QueueChannel, job_status, send_job, wait_for_job
+    from threadline.channels.queue import QueueChannel
+    from threadline.channels.queue_jobs import job_status, send_job, wait_for_job
 
     spec = _spec(room)
     fake_model.script(tools_done)
@@ -183,7 +184,7 @@ async def test_a_queue_job_shows_what_it_waits_for(temporal_client: Client, room
 
 
 async def _job_waiting(client: Client, room: str, job_id: str):
-    from threadline.channels.queue import job_status
+    from threadline.channels.queue_jobs import job_status
 
     status = await job_status(client, room, job_id)
     return status if status.status == "waiting_approval" else None

@@ -558,8 +558,9 @@ def test_use_streams_the_reply_as_it_is_written(join, address: str, room: str, f
 def test_cli_defaults_are_the_agent_specs_defaults(monkeypatch) -> None:  # noqa: ANN001
     """One configuration schema: an agent built from the options as the CLI defaults them is the spec's default
     agent, field for field (a default changed on one side only fails here)."""
+    from threadline.cli.agent_options import AgentOptions
     from threadline.cli.agent_spec import build_spec
-    from threadline.cli.options import AgentOptions, ConnectionOptions
+    from threadline.cli.options import ConnectionOptions
     from threadline.models.spec import AgentSpec
 
     monkeypatch.delenv("THREADLINE_RULES", raising=False)

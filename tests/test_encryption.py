@@ -16,7 +16,8 @@ from temporalio.client import Client
 from threadline.channels.delivery import connect, new_thread_name, new_turn_id, submit_turn, thread_snapshot
 from threadline.channels.mail.channel import MailChannel
 from threadline.channels.payload_codec import ENCODING
-from threadline.channels.queue import QueueChannel, send_job, wait_for_job
+from threadline.channels.queue import QueueChannel
+from threadline.channels.queue_jobs import send_job, wait_for_job
 from threadline.channels.registry import adapters_for
 from threadline.channels.toolkit.room import Room
 from threadline.models.thread import Turn

@@ -21,7 +21,7 @@ from threadline.channels.mail.activities import MailActivities
 from threadline.channels.mail.addresses import mail_job_key, reply_message_id
 from threadline.channels.mail.registry import MailStore
 from threadline.channels.mail.smtp_server import MailServer, lazy_client
-from threadline.channels.queue import wait_for_job
+from threadline.channels.queue_jobs import wait_for_job
 from threadline.models.jobs import MailEnvelope, MailReplyRequest
 from threadline.models.spec import AgentSpec, MailSettings
 from threadline.workflows.jobs import public_job_id

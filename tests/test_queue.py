@@ -17,9 +17,9 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import thread_snapshot
-from threadline.channels.queue import (
+from threadline.channels.queue import QueueChannel
+from threadline.channels.queue_jobs import (
     JobNotFound,
-    QueueChannel,
     expand_path,
     job_status,
     list_jobs,
@@ -27,7 +27,7 @@ from threadline.channels.queue import (
     send_job,
     wait_for_job,
 )
-from threadline.cli.room import room_app
+from threadline.cli.app import build_app
 from threadline.models.jobs import JobPayloadError, JobStatus
 from threadline.models.limits import MAX_PAYLOAD_BYTES, ErrorType
 from threadline.models.spec import AgentSpec
@@ -284,7 +284,8 @@ async def _eventually(read, check, timeout: float = 10.0):
 
 
 def cli(*args: str, input: str | None = None):
-    return CliRunner().invoke(room_app, ["queue", *args], input=input)
+    argv = ["room", "queue", *args]
+    return CliRunner().invoke(build_app(argv), argv, input=input)
 
 
 async def test_cli_send_wait_prints_result_and_exit_code(temporal_server, temporal_client, agent_spec, consumer, fake_model):

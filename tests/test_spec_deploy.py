@@ -20,10 +20,11 @@ import typer
 import yaml
 from threadline.activities.thread_store import ThreadStore
 from threadline.channels.base import GRACEFUL_SHUTDOWN
-from threadline.channels.queue import send_job, wait_for_job
+from threadline.channels.queue_jobs import send_job, wait_for_job
+from threadline.cli.agent_options import AgentOptions
 from threadline.cli.agent_spec import build_spec
 from threadline.cli.deploy import grace_period_seconds
-from threadline.cli.options import AgentOptions, ConnectionOptions, with_options
+from threadline.cli.options import ConnectionOptions, with_options
 from threadline.cli.spec import SCHEMA_FILE, ServiceSpec, from_service_spec, load_service_spec, schema, schema_text
 from threadline.contracts import HEARTBEAT_TIMEOUT
 from threadline.models.spec import AgentSpec

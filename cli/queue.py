@@ -21,20 +21,13 @@ from threadline.cli.errors import FAILURE, USAGE, CliError, usage_error
 from threadline.cli.options import ConnectionOptions, Namespace, TemporalAddress
 from threadline.cli.output import error_line, warn
 from threadline.cli.output import status as status_line
-from threadline.cli.room_agent import agent_app
 from threadline.models.jobs import JOB_STATES, JobAccepted, JobPayloadError, JobStatus
 from threadline.models.limits import validate_name, validate_queue_name
 
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-room_app = typer.Typer(no_args_is_help=True)
-queue_app = typer.Typer(
-    help="Durable background jobs: send work to a queue an agent consumes (--channel queue:NAME).",
-    no_args_is_help=True,
-)
-room_app.add_typer(queue_app, name="queue")
-room_app.add_typer(agent_app, name="agent")
+queue_app = typer.Typer(no_args_is_help=True)
 
 
 class Format(str, Enum):
@@ -65,7 +58,7 @@ def _reports_errors(fn: Callable[..., int | None]) -> Callable[..., None]:
         except Exception as e:
             # Imported here: `threadline --help` must not pay for the Temporal client.
             from threadline.channels.delivery import TemporalUnreachable
-            from threadline.channels.queue import JobNotFound
+            from threadline.channels.queue_jobs import JobNotFound
 
             if not isinstance(e, (TemporalUnreachable, JobNotFound)):
                 raise
@@ -205,7 +198,7 @@ def send(
     room_name = _need_room(room)
     queue_name = _need_queue(queue)
     payload = _read_payload(json_payload, file)
-    from threadline.channels.queue import check_job, queue_has_consumers, send_job, wait_for_job
+    from threadline.channels.queue_jobs import check_job, queue_has_consumers, send_job, wait_for_job
 
     check_job(room_name, queue_name, payload, idempotency_key)
 
@@ -252,7 +245,7 @@ def status(
     room_name = _need_room(room)
     if not job_id.strip():
         raise usage_error("the job id is empty")
-    from threadline.channels.queue import job_status as read_job_status
+    from threadline.channels.queue_jobs import job_status as read_job_status
 
     async def go() -> int:
         client = await _connect(temporal_address, namespace)
@@ -283,7 +276,7 @@ def list_(
     queue_name = _need_queue(queue)
     if job_status is not None and job_status not in JOB_STATES:
         raise usage_error(f"unknown --status {job_status!r}: use one of {', '.join(JOB_STATES)}")
-    from threadline.channels.queue import list_jobs
+    from threadline.channels.queue_jobs import list_jobs
 
     async def go() -> int:
         client = await _connect(temporal_address, namespace)
@@ -303,9 +296,3 @@ def list_(
         return 0
 
     return _run(go())
-
-
-# `room usage` (cli/usage.py).
-from threadline.cli import usage as _usage  # noqa: E402
-
-room_app.command("usage", epilog=_usage.USAGE_EPILOG)(_usage.usage)
