@@ -160,6 +160,7 @@ async def recover_dead_local_workers(client: Client) -> Recovery:
     dead = await asyncio.to_thread(journal.of_dead_processes)
     recovery = Recovery()
     in_flight = asyncio.Semaphore(RECOVERIES_IN_FLIGHT)
+    sticky = _StickyResets(client)
 
     async def recover(workflow_id: str, run_id: str) -> None:
         async with in_flight:
@@ -167,12 +168,12 @@ async def recover_dead_local_workers(client: Client) -> Recovery:
                 description = await client.workflow_service.describe_workflow_execution(
                     DescribeWorkflowExecutionRequest(namespace=client.namespace, execution=WorkflowExecution(
                         workflow_id=workflow_id, run_id=run_id)))
-                moved = await _move_off_sticky_queue(client, description)
-                recovery.moved += moved  # not `+= await`: that reads the count before the await and loses updates
+                await _move_off_sticky_queue(sticky, description)
                 retried = await _retry_attempts_of_dead_workers(client, description)
-                recovery.retried += retried
+                recovery.retried += retried  # not `+= await`: that reads the count before the await, losing updates
 
     await asyncio.gather(*[recover(*execution) for execution in set().union(*dead.values())])
+    recovery.moved = sticky.done()
     for directory in dead:
         await asyncio.to_thread(shutil.rmtree, directory, True)
     return recovery
@@ -192,15 +193,31 @@ async def recover_dead_workers(client: Client) -> Recovery:
     return recovery
 
 
-async def _move_off_sticky_queue(client: Client, description: DescribeWorkflowExecutionResponse) -> int:
+class _StickyResets:
+    """Each workflow moved off the dead worker's sticky queue once, however many of its children were cut off too."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.resets: dict[tuple[str, str], asyncio.Future[Any]] = {}
+
+    async def reset(self, execution: WorkflowExecution) -> None:
+        key = (execution.workflow_id, execution.run_id)
+        if key not in self.resets:
+            self.resets[key] = asyncio.ensure_future(self.client.workflow_service.reset_sticky_task_queue(
+                ResetStickyTaskQueueRequest(namespace=self.client.namespace, execution=execution)))
+        await asyncio.shield(self.resets[key])  # a child's recovery given up must not cancel its siblings' reset
+
+    def done(self) -> int:
+        return sum(1 for reset in self.resets.values() if reset.done() and not reset.cancelled()
+                   and reset.exception() is None)
+
+
+async def _move_off_sticky_queue(sticky: _StickyResets, description: DescribeWorkflowExecutionResponse) -> None:
     """Moved before any attempt is failed, so that an attempt retried at once reports to a live worker; the parent
     too, as a tool call's child workflow completes into it."""
     info = description.workflow_execution_info
-    executions = [info.execution, *([info.parent_execution] if info.HasField("parent_execution") else [])]
-    for execution in executions:
-        await client.workflow_service.reset_sticky_task_queue(ResetStickyTaskQueueRequest(
-            namespace=client.namespace, execution=execution))
-    return len(executions)
+    for execution in [info.execution, *([info.parent_execution] if info.HasField("parent_execution") else [])]:
+        await sticky.reset(execution)
 
 
 async def _retry_attempts_of_dead_workers(client: Client, description: DescribeWorkflowExecutionResponse) -> int:

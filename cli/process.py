@@ -175,15 +175,15 @@ def join(ctx: typer.Context, agent: AgentOptions, connection: ConnectionOptions,
     """Run one long-lived agent process: its Temporal worker and channels, until SIGINT/SIGTERM."""
     health_port, health_host = agent.health_port, agent.health_host.strip()
     metrics_host = agent.metrics_host.strip()
-    recovering = None
+    from threadline.cli.connection import recover_dead_workers_meanwhile
+
     if spec_file is not None:  # exactly the spec's agent (see cli/spec.py)
         spec, connection, health_port = join_from_spec(ctx, spec_file)
         health_host = metrics_host = CONTAINER_HEALTH_HOST
+        recovering = recover_dead_workers_meanwhile(connection)  # the worker's start-up imports the runtime meanwhile
     else:
         if not agent.channel:
             raise usage_error("process join needs at least one --channel (for example --channel chat)")
-        from threadline.cli.connection import recover_dead_workers_meanwhile
-
         recovering = recover_dead_workers_meanwhile(connection)  # build_spec imports the whole runtime meanwhile
         spec = build_spec(agent, connection)
     serve_metrics_of(spec, metrics_host)

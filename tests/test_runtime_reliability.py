@@ -13,11 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.client import Client, WorkflowUpdateFailedError
 from threadline.activities.model_provider import MAX_RETRY_AFTER_SECONDS, retry_delay
 from threadline.activities.thread_store import ThreadStore
-from threadline.channels.attempts import AttemptJournal, attempt_journal
+from threadline.channels.attempts import AttemptJournal, _StickyResets, attempt_journal
 from threadline.channels.delivery import (
     connect,
     deliver_turn,
@@ -455,3 +456,17 @@ def test_the_journal_of_an_earlier_process_with_this_very_pid_counts_as_dead(tmp
 
 async def _count(client: Client, query: str) -> int:
     return (await client.count_workflows(query)).count
+
+
+async def test_recovery_moves_a_parent_of_several_cut_off_children_off_the_sticky_queue_once(temporal_client: Client):
+    """Two children of one thread cut off by the same kill share their parent: it is reset (and counted) once."""
+    handles = [await temporal_client.start_workflow("ParkedWorkflow", id=f"parked-{n}-{new_turn_id()}",
+                                                    task_queue=f"nobody-{new_turn_id()}") for n in range(2)]
+    try:
+        executions = [WorkflowExecution(workflow_id=h.id, run_id=h.result_run_id) for h in handles]
+        sticky = _StickyResets(temporal_client)
+        await asyncio.gather(*(sticky.reset(e) for e in [executions[0], executions[0], executions[1]]))
+        assert sticky.done() == 2
+    finally:
+        for handle in handles:
+            await handle.terminate()
