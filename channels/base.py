@@ -44,12 +44,12 @@ def temporal_worker(client: Client, task_queue: str, workflows: Sequence[type],
                     activities: Sequence[Callable[..., Any]] = (), max_cached_workflows: int = 1000) -> Worker:
     """Every worker of an agent process, built alike: the agent's own and each channel's.
 
-    The sandbox still guards workflow code, but Threadline's own modules are imported once, not again for every
-    thread the worker starts or replays: they hold no mutable state, and their workflow code calls only
-    `workflow.*`. Re-running them cost about a third of the worker's CPU with many new threads (compiling their
-    source each time where Python writes no bytecode, as in the container image)."""
-    from temporalio.worker import Worker
-    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+    Workflow code runs without the SDK's sandbox. The sandbox passed Threadline's own modules through (re-importing
+    them for every thread cost a third of the worker's CPU), so it no longer saw their calls (`datetime.now()` ran
+    unguarded), yet it still ran a compiled snippet in its importer for each activation and for each payload of every
+    workflow task: a quarter of the worker's CPU per turn under load. Determinism is checked in CI instead, where
+    every recorded history replays in the full sandbox (tests/test_runtime_replay.py)."""
+    from temporalio.worker import UnsandboxedWorkflowRunner, Worker
     from threadline.channels.attempts import AttemptJournalInterceptor, attempt_journal
 
     return Worker(
@@ -58,8 +58,7 @@ def temporal_worker(client: Client, task_queue: str, workflows: Sequence[type],
         workflows=list(workflows),
         activities=list(activities),
         max_cached_workflows=max_cached_workflows,
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules("threadline")),
+        workflow_runner=UnsandboxedWorkflowRunner(),
         # A crashed worker's sticky queue is abandoned quickly so another worker replays its workflows.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,

@@ -14,12 +14,16 @@ means threads running the old code would break on deploy (use `workflow.patched`
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+from threadline.channels.base import temporal_worker
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
 from threadline.models.thread import Turn
 from threadline.workflows.mail_job import MailJobWorkflow
@@ -30,6 +34,7 @@ from threadline.workflows.toolkit import ToolkitWorkflow
 
 from tests.fake_openai import FakeResponse
 from tests.runtime_support import HISTORIES
+from tests.wall_clock_workflow import WallClockWorkflow
 
 EXPECTED = {
     "plain_turns", "tool_loop", "steer", "interrupt", "model_failure", "continue_as_new", "toolkit_call",
@@ -41,8 +46,12 @@ WORKFLOWS = [ThreadWorkflow, ToolCallWorkflow, QueueJobWorkflow, MailJobWorkflow
 """Every workflow type the worker registers: each has a recorded history above."""
 
 
-def _replayer() -> Replayer:
-    return Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+def _replayer(workflows: list[type] = WORKFLOWS) -> Replayer:
+    """Workers run workflow code unsandboxed (channels/base.temporal_worker), so this full sandbox, which re-imports
+    Threadline's modules and restricts every call they make, is what catches wall-clock time, randomness or I/O in
+    workflow code."""
+    return Replayer(workflows=workflows, data_converter=pydantic_data_converter,
+                    workflow_runner=SandboxedWorkflowRunner())
 
 
 def test_every_scenario_has_a_recorded_history():
@@ -72,3 +81,16 @@ async def test_fresh_history_replays(temporal_client: Client, agent_spec, agent_
     history = await temporal_client.get_workflow_handle(thread_id).fetch_history()
     result = await _replayer().replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None
+
+
+async def test_replay_sandbox_rejects_a_wall_clock_read(temporal_client: Client):
+    """The guard above can fail: a workflow reading the wall clock completes on the agent's (unsandboxed) worker, and
+    its history then fails to replay."""
+    task_queue = f"replay-guard-{uuid.uuid4().hex[:8]}"
+    async with temporal_worker(temporal_client, task_queue, [WallClockWorkflow]):
+        handle = await temporal_client.start_workflow(WallClockWorkflow.run, id=task_queue, task_queue=task_queue)
+        assert datetime.fromisoformat(await handle.result())
+    history = await handle.fetch_history()
+    result = await _replayer([WallClockWorkflow]).replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is not None
+    assert "datetime.datetime.now" in str(result.replay_failure)
