@@ -6,7 +6,8 @@ token. No thread store, no search attributes, no heartbeats.
 
 Diagnostic variants (the workflow's start input, `FloorOptions`) add one of Threadline's costs at a time, so a gap
 between the floor and Threadline can be attributed: `heartbeat` (the model activity heartbeats as Threadline's does,
-heartbeat timeout 5 s), `upsert` (the status search attribute is set to running, then idle, in every turn).
+heartbeat timeout 5 s), `upsert` (the status search attribute is set to running, then idle, in every turn), `timer`
+(a one-second timer started as the turn starts and cancelled when it ends, as Threadline's listing timer is).
 
     python -m bench.floor ADDRESS TASK_QUEUE [MAX_CACHED_WORKFLOWS]
 
@@ -85,6 +86,7 @@ async def floor_call_model_heartbeat(text: str) -> str:
 class FloorOptions:
     heartbeat: bool = False
     upsert: bool = False
+    timer: bool = False
 
 
 @workflow.defn(name="FloorWorkflow")
@@ -101,6 +103,8 @@ class FloorWorkflow:
     async def turn(self, text: str) -> str:
         if self.options.upsert:
             workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set("running")])
+        listing = asyncio.create_task(workflow.sleep(timedelta(seconds=1), summary="list the thread as running")) \
+            if self.options.timer else None
         if self.options.heartbeat:
             result = await workflow.execute_activity(
                 floor_call_model_heartbeat, text, start_to_close_timeout=timedelta(minutes=5),
@@ -110,6 +114,8 @@ class FloorWorkflow:
             result = await workflow.execute_activity(
                 floor_call_model, text, start_to_close_timeout=timedelta(minutes=5)
             )
+        if listing is not None:
+            listing.cancel()
         if self.options.upsert:
             workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set("idle")])
         return result

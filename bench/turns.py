@@ -690,8 +690,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         machine: dict[str, Any] = {"loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
         variants = [
             FloorSystem(f"floor+{v}", client, server.address, env, work, worker=floor.worker,
-                        extra={"options": FloorOptions(heartbeat="heartbeat" in v.split("+"),
-                                                       upsert="upsert" in v.split("+"))})
+                        extra={"options": FloorOptions(**{cost: True for cost in v.split("+")})})
             for v in filter(None, (args.variants or "").split(","))
         ]
         for v in variants:
@@ -801,7 +800,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="run the fake model in this process instead of its own (for comparison)")
     p.add_argument("--variants", default="heartbeat,upsert",
                    help="floor variants measured as diagnostics (comma-separated; '' for none): "
-                        "heartbeat, upsert, heartbeat+upsert (default heartbeat,upsert)")
+                        "heartbeat, upsert, timer, or several joined by + (default heartbeat,upsert)")
     p.add_argument("--variants-throughput", action="store_true",
                    help="also measure the variants' throughput (A..B..A with floor and Threadline; adds minutes)")
     p.add_argument("--variants-concurrency", type=int,
@@ -809,6 +808,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--phase-timeout", type=float, default=300, help="seconds before a phase is abandoned")
     p.add_argument("--keep", action="store_true", help="keep the work dir (server db, worker logs)")
     args = p.parse_args(argv)
+    costs = {cost for v in (args.variants or "").split(",") if v for cost in v.split("+")}
+    if unknown := sorted(costs - set(FloorOptions.__dataclass_fields__)):
+        p.error(f"--variants: unknown cost {', '.join(unknown)} (known: {', '.join(FloorOptions.__dataclass_fields__)})")
     result = asyncio.run(run(args))
     emit(result, Path(args.out) if args.out else None)
 
