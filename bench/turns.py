@@ -690,8 +690,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         machine: dict[str, Any] = {"loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
         variants = [
             FloorSystem(f"floor+{v}", client, server.address, env, work, worker=floor.worker,
-                        extra={"options": FloorOptions(**{cost: True for cost in v.split("+")})})
-            for v in filter(None, (args.variants or "").split(","))
+                        extra={"options": options})
+            for v, options in args.variant_options.items()
         ]
         for v in variants:
             await warm_up(v)
@@ -808,9 +808,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--phase-timeout", type=float, default=300, help="seconds before a phase is abandoned")
     p.add_argument("--keep", action="store_true", help="keep the work dir (server db, worker logs)")
     args = p.parse_args(argv)
-    costs = {cost for v in (args.variants or "").split(",") if v for cost in v.split("+")}
-    if unknown := sorted(costs - set(FloorOptions.__dataclass_fields__)):
-        p.error(f"--variants: unknown cost {', '.join(unknown)} (known: {', '.join(FloorOptions.__dataclass_fields__)})")
+    known = FloorOptions.__dataclass_fields__
+    variants = [v for v in (args.variants or "").split(",") if v]
+    if unknown := sorted({cost for v in variants for cost in v.split("+")} - set(known)):
+        p.error(f"--variants: unknown cost {', '.join(unknown)} (known: {', '.join(known)})")
+    args.variant_options = {v: FloorOptions(**dict.fromkeys(v.split("+"), True)) for v in variants}
     result = asyncio.run(run(args))
     emit(result, Path(args.out) if args.out else None)
 
