@@ -2,7 +2,8 @@
 
 One workflow per thread; a turn is one update-with-start whose handler runs one activity that calls the model with
 the real `openai` client (retries off); `stream_turn` streams it instead, for bench.chat's time to the first
-token. No thread store, no search attributes, no heartbeats.
+token; `tool_turn` is model -> tool -> model (the model's tool calls each run as an activity, `current_time`, then
+the model is called again with their results). No thread store, no search attributes, no heartbeats.
 
 Diagnostic variants (the workflow's start input, `FloorOptions`) add one of Threadline's costs at a time, so a gap
 between the floor and Threadline can be attributed: `heartbeat` (the model activity heartbeats as Threadline's does,
@@ -23,7 +24,8 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from temporalio import activity, workflow
 
@@ -32,6 +34,10 @@ with workflow.unsafe.imports_passed_through():
     from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
 
 FLOOR_MODEL = "fake-model"
+TOOL_TURN_TOOLS = [{"type": "function", "function": {
+    "name": "current_time", "description": "Returns the current date and time (ISO 8601, UTC).",
+    "parameters": {"type": "object", "properties": {}},
+}}]
 _client: openai.AsyncOpenAI | None = None
 
 
@@ -48,6 +54,19 @@ def _model() -> openai.AsyncOpenAI:
 async def floor_call_model(text: str) -> str:
     response = await _model().chat.completions.create(model=FLOOR_MODEL, messages=[{"role": "user", "content": text}])
     return response.choices[0].message.content or ""
+
+
+@activity.defn(name="floor_chat")
+async def floor_chat(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model call of a tool turn: the conversation in, the assistant's message (text or tool calls) out."""
+    response = await _model().chat.completions.create(model=FLOOR_MODEL, messages=messages, tools=TOOL_TURN_TOOLS)
+    return response.choices[0].message.model_dump(exclude_none=True)
+
+
+@activity.defn(name="current_time")
+async def current_time() -> str:
+    """Returns the current date and time (ISO 8601) in UTC."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @activity.defn(name="floor_stream_model")
@@ -120,6 +139,18 @@ class FloorWorkflow:
             workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set("idle")])
         return result
 
+    @workflow.update(name="tool_turn")
+    async def tool_turn(self, text: str) -> str:
+        messages: list[dict[str, Any]] = [{"role": "user", "content": text}]
+        while True:
+            message = await workflow.execute_activity(floor_chat, messages, start_to_close_timeout=timedelta(minutes=5))
+            if not message.get("tool_calls"):
+                return message.get("content") or ""
+            messages.append(message)
+            for call in message["tool_calls"]:
+                result = await workflow.execute_activity(current_time, start_to_close_timeout=timedelta(minutes=1))
+                messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
+
     @workflow.update(name="stream_turn")
     async def stream_turn(self, text: str) -> float:
         return await workflow.execute_activity(
@@ -138,7 +169,7 @@ async def _main(address: str, task_queue: str, max_cached: int) -> None:
         client,
         task_queue=task_queue,
         workflows=[FloorWorkflow],
-        activities=[floor_call_model, floor_call_model_heartbeat, floor_stream_model],
+        activities=[floor_call_model, floor_call_model_heartbeat, floor_stream_model, floor_chat, current_time],
         max_cached_workflows=max_cached,
     ):
         print("ready", flush=True)

@@ -12,6 +12,7 @@ Phases:
 1. sequential turns, one thread per system, round-robin across systems (turn n of each, then n+1; never
    overlapping), so drift of the server (its SQLite file grows) favours no one: p50/p95 latency, CPU per turn of
    every process, and Temporal history bytes added by turns 1, 2, N-1 and N (sum of the new events' protobuf sizes);
+   then tool turns the same way (model -> one `current_time` tool call, run as an activity -> model; `--tool-turns`);
 2. throughput: C threads at once, each doing K turns in a row, for each C; each system runs twice in the order
    floor, Threadline, Threadline, floor, and turns/s is all turns over both runs' wall time;
 3. memory: a fresh worker per system, VmRSS when idle (after 4 warm-up turns), then after T threads of one turn each.
@@ -236,6 +237,10 @@ class System:
     async def turn(self, thread_id: str, text: str) -> str:
         raise NotImplementedError
 
+    async def tool_turn(self, thread_id: str, text: str) -> str:
+        """A turn whose model calls the `current_time` tool once, then answers with its result."""
+        return await self.turn(thread_id, text)
+
     async def start_worker(self) -> None:
         self.workers_started += 1
         self.worker = await Child(f"{self.name}-worker-{self.workers_started}", self.worker_argv(), self.env,
@@ -257,8 +262,14 @@ class FloorSystem(System):
         return f"bench/floor/{new_thread_name()}-{uuid.uuid4().hex[:6]}"
 
     async def turn(self, thread_id: str, text: str) -> str:
+        return await self._update(FloorWorkflow.turn, thread_id, text)
+
+    async def tool_turn(self, thread_id: str, text: str) -> str:
+        return await self._update(FloorWorkflow.tool_turn, thread_id, text)
+
+    async def _update(self, update: Any, thread_id: str, text: str) -> str:
         return await self.client.execute_update_with_start_workflow(
-            FloorWorkflow.turn,
+            update,
             text,
             start_workflow_operation=WithStartWorkflowOperation(
                 FloorWorkflow.run,
@@ -282,8 +293,14 @@ class PeerSystem(System):
         return f"bench/peer/{new_thread_name()}-{uuid.uuid4().hex[:6]}"
 
     async def turn(self, thread_id: str, text: str) -> str:
+        return await self._update("turn", thread_id, text)
+
+    async def tool_turn(self, thread_id: str, text: str) -> str:
+        return await self._update("tool_turn", thread_id, text)
+
+    async def _update(self, update: str, thread_id: str, text: str) -> str:
         return await self.client.execute_update_with_start_workflow(
-            "turn",
+            update,
             text,
             result_type=str,
             start_workflow_operation=WithStartWorkflowOperation(
@@ -320,6 +337,15 @@ class ThreadlineSystem(System):
 def turn_text(n: int) -> str:
     """Same size for every turn, so history bytes per turn are comparable."""
     return f"benchmark message {n:06d}: what is the status?"
+
+
+def tool_turn_text(n: int) -> str:
+    """The fake model answers it with one `current_time` call, then with `tools done: <the tool's result>`."""
+    return f"benchmark message {n:06d}: what time is it?\nCALL_TOOL current_time {{}}"
+
+
+TOOL_TURN_REPLY = "tools done: 20"
+"""How a tool turn's reply starts when the tool ran: the fake echoes the tool's result, an ISO date."""
 
 
 # ---------------------------------------------------------------- history
@@ -385,11 +411,13 @@ def _latency_summary(latencies: list[float]) -> dict[str, Any]:
 
 
 async def sequential(
-    systems: list[System], turns: int, pids_of: Callable[[System], dict[str, int]], history_of: set[str]
+    systems: list[System], turns: int, pids_of: Callable[[System], dict[str, int]], history_of: set[str],
+    tool: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """`turns` turns in a row on one thread per system, round-robin across systems (turn n of each, then n+1), so
     every system meets the same server state. Turns never overlap. CPU is read around each turn; history (of the
-    systems in `history_of`) is read outside the timing after turns 1, 2, N-1 and N."""
+    systems in `history_of`) is read outside the timing after turns 1, 2, N-1 and N. With `tool`, every turn is
+    model -> tool -> model, and one whose reply does not carry the tool's result fails the phase."""
     thread_ids = {s.name: s.new_thread_id() for s in systems}
     cursors = {s.name: HistoryCursor() for s in systems}
     latencies: dict[str, list[float]] = {s.name: [] for s in systems}
@@ -399,7 +427,14 @@ async def sequential(
     for n in range(1, turns + 1):
         for s in systems:
             meter = CpuMeter(pids_of(s)).start()
-            latencies[s.name].append(await timed(s.turn(thread_ids[s.name], turn_text(n))))
+            t0 = time.perf_counter()
+            if tool:
+                reply = await s.tool_turn(thread_ids[s.name], tool_turn_text(n))
+                if not reply.startswith(TOOL_TURN_REPLY):
+                    raise RuntimeError(f"{s.name}: tool turn {n} replied {reply[:200]!r}, not the tool's result")
+            else:
+                await s.turn(thread_ids[s.name], turn_text(n))
+            latencies[s.name].append(time.perf_counter() - t0)
             for k, v in meter.per_turn_ms(1).items():
                 cpu[s.name][k] = cpu[s.name].get(k, 0.0) + v
             if s.name in history_of and (n in fetch_after or n + 1 in fetch_after):
@@ -542,6 +577,7 @@ async def idle_memory(system: System, threads: int, concurrency: int, settle: fl
 @dataclass
 class Counts:
     sequential: int
+    tool_sequential: int
     concurrency: list[int]
     turns_per_thread: int
     idle_threads: int
@@ -549,9 +585,9 @@ class Counts:
     settle_s: float
 
 
-FULL = Counts(sequential=200, concurrency=[50, 200], turns_per_thread=3, idle_threads=1000, idle_concurrency=50,
+FULL = Counts(sequential=200, tool_sequential=100, concurrency=[50, 200], turns_per_thread=3, idle_threads=1000, idle_concurrency=50,
               settle_s=3.0)
-QUICK = Counts(sequential=30, concurrency=[10, 50], turns_per_thread=2, idle_threads=100, idle_concurrency=25,
+QUICK = Counts(sequential=30, tool_sequential=10, concurrency=[10, 50], turns_per_thread=2, idle_threads=100, idle_concurrency=25,
                settle_s=1.0)
 
 
@@ -580,17 +616,20 @@ def targets(floor: dict[str, Any], tl: dict[str, Any], peer: dict[str, Any] | No
             "floor_per_thread_kib": floor["idle_memory"]["per_thread_kib"],
             "note": "no target here; the workers' max_cached_workflows differ (see each system's max_cached_workflows)",
         }
-    for q in ("p50", "p95"):
-        key = f"{q}_ms"
-        r = ratio(tl["sequential"][key], floor["sequential"][key])
-        entry = {"threadline_ms": tl["sequential"][key], "floor_ms": floor["sequential"][key], "ratio": r,
-                 "target": f"<= {TARGET_LATENCY_RATIO} x floor" + (" and < peer" if peer else "")}
-        ok = r is not None and r <= TARGET_LATENCY_RATIO
-        if peer:
-            entry["peer_ms"] = peer["sequential"][key]
-            entry["ratio_vs_peer"] = ratio(tl["sequential"][key], peer["sequential"][key])
-            ok = ok and tl["sequential"][key] < peer["sequential"][key]
-        out[f"latency_{q}"] = {**entry, "pass": ok}
+    for phase, prefix in (("sequential", "latency"), ("sequential_tool", "tool_turn_latency")):
+        if phase not in tl:
+            continue
+        for q in ("p50", "p95"):
+            key = f"{q}_ms"
+            r = ratio(tl[phase][key], floor[phase][key])
+            entry = {"threadline_ms": tl[phase][key], "floor_ms": floor[phase][key], "ratio": r,
+                     "target": f"<= {TARGET_LATENCY_RATIO} x floor" + (" and < peer" if peer else "")}
+            ok = r is not None and r <= TARGET_LATENCY_RATIO
+            if peer:
+                entry["peer_ms"] = peer[phase][key]
+                entry["ratio_vs_peer"] = ratio(tl[phase][key], peer[phase][key])
+                ok = ok and tl[phase][key] < peer[phase][key]
+            out[f"{prefix}_{q}"] = {**entry, "pass": ok}
     server = {name: system["sequential"]["cpu_ms_per_turn"].get("temporal_server")
               for name, system in (("floor", floor), ("threadline", tl), ("peer", peer)) if system}
     r = ratio(server["threadline"], server["floor"])
@@ -627,6 +666,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     counts = QUICK if args.quick else FULL
     if args.sequential:
         counts.sequential = args.sequential
+    if args.tool_turns is not None:
+        counts.tool_sequential = args.tool_turns
     if args.concurrency:
         counts.concurrency = [int(c) for c in args.concurrency.split(",")]
     if args.idle_threads is not None:
@@ -708,6 +749,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, res in seq.items():
             (results[name] if name in results else diagnostics[name])["sequential"] = res
             log(f"{name}: p50 {res['p50_ms']} ms, p95 {res['p95_ms']} ms")
+        if counts.tool_sequential:
+            log(f"{counts.tool_sequential} sequential tool turns (model -> tool -> model) on one thread each, "
+                f"round-robin: {', '.join(s.name for s in systems)}")
+            meter = MachineMeter(our_pids).start()
+            for s in systems:
+                await s.tool_turn(s.new_thread_id(), tool_turn_text(0))
+            seq = await asyncio.wait_for(
+                sequential(systems, counts.tool_sequential, pids, set(), tool=True), args.phase_timeout * 2)
+            machine["sequential_tool"] = meter.stop()
+            for name, res in seq.items():
+                results[name]["sequential_tool"] = res
+                log(f"{name}: tool turns p50 {res['p50_ms']} ms, p95 {res['p95_ms']} ms")
         for c in counts.concurrency:
             meter = MachineMeter(our_pids).start()
             for name, res in (await throughput_palindrome(
@@ -790,6 +843,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="small counts: a smoke run of about a minute")
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--sequential", type=int, help="turns on one thread (default 200, quick 30)")
+    p.add_argument("--tool-turns", type=int,
+                   help="model -> tool -> model turns on one thread (default 100, quick 10; 0 skips the phase)")
     p.add_argument("--concurrency", help="comma-separated thread counts (default 50,200; quick 10,50)")
     p.add_argument("--idle-threads", type=int, help="threads for the memory phase (default 1000, quick 100)")
     p.add_argument("--no-peer", dest="peer", action="store_false",
