@@ -8,7 +8,10 @@ the model is called again with their results). No thread store, no search attrib
 Diagnostic variants (the workflow's start input, `FloorOptions`) add one of Threadline's costs at a time, so a gap
 between the floor and Threadline can be attributed: `heartbeat` (the model activity heartbeats as Threadline's does,
 heartbeat timeout 5 s), `upsert` (the status search attribute is set to running, then idle, in every turn), `timer`
-(a one-second timer started as the turn starts and cancelled when it ends, as Threadline's listing timer is).
+(a one-second timer started as the turn starts and cancelled when it ends, as Threadline's listing timer is),
+`payload` (the model activity's input, its result and the update's result padded to the sizes of Threadline's),
+`start_attributes` (every update-with-start carries Threadline's search attributes and task timeout; the driver
+reads it, bench/turns.py).
 
     python -m bench.floor ADDRESS TASK_QUEUE [MAX_CACHED_WORKFLOWS]
 
@@ -83,6 +86,15 @@ async def floor_stream_model(text: str) -> float:
     return first
 
 
+PAYLOAD_PADDING = {"activity_input": 640, "activity_result": 280, "update_result": 360}
+"""Bytes Threadline's turn payloads have beyond the floor's (bench.turns --keep, one turn's events)."""
+
+
+@activity.defn(name="floor_call_model_padded")
+async def floor_call_model_padded(text: str, padding: str) -> list[str]:
+    return [await floor_call_model(text), "x" * PAYLOAD_PADDING["activity_result"]]
+
+
 @activity.defn(name="floor_call_model_heartbeat")
 async def floor_call_model_heartbeat(text: str) -> str:
     """Same call, heartbeating every second while it runs (as Threadline's `heartbeating()` does)."""
@@ -106,6 +118,8 @@ class FloorOptions:
     heartbeat: bool = False
     upsert: bool = False
     timer: bool = False
+    payload: bool = False
+    start_attributes: bool = False
 
 
 @workflow.defn(name="FloorWorkflow")
@@ -124,7 +138,12 @@ class FloorWorkflow:
             workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set("running")])
         listing = asyncio.create_task(workflow.sleep(timedelta(seconds=1), summary="list the thread as running")) \
             if self.options.timer else None
-        if self.options.heartbeat:
+        if self.options.payload:
+            result, _ = await workflow.execute_activity(
+                floor_call_model_padded, args=[text, "x" * PAYLOAD_PADDING["activity_input"]],
+                start_to_close_timeout=timedelta(minutes=5),
+            )
+        elif self.options.heartbeat:
             result = await workflow.execute_activity(
                 floor_call_model_heartbeat, text, start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(seconds=5),
@@ -137,6 +156,8 @@ class FloorWorkflow:
             listing.cancel()
         if self.options.upsert:
             workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set("idle")])
+        if self.options.payload:
+            result += "\n" + "x" * PAYLOAD_PADDING["update_result"]
         return result
 
     @workflow.update(name="tool_turn")
@@ -169,7 +190,8 @@ async def _main(address: str, task_queue: str, max_cached: int) -> None:
         client,
         task_queue=task_queue,
         workflows=[FloorWorkflow],
-        activities=[floor_call_model, floor_call_model_heartbeat, floor_stream_model, floor_chat, current_time],
+        activities=[floor_call_model, floor_call_model_heartbeat, floor_call_model_padded, floor_stream_model,
+                    floor_chat, current_time],
         max_cached_workflows=max_cached,
     ):
         print("ready", flush=True)

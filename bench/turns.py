@@ -47,10 +47,16 @@ if str(REPO) not in sys.path:
 from temporalio import common  # noqa: E402
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
-from threadline.channels.delivery import connect, new_thread_name, new_turn_id, submit_turn  # noqa: E402
+from threadline.channels.delivery import (  # noqa: E402
+    WORKFLOW_TASK_TIMEOUT,
+    connect,
+    new_thread_name,
+    new_turn_id,
+    submit_turn,
+)
 from threadline.models.spec import AgentSpec  # noqa: E402
 from threadline.models.thread import Turn  # noqa: E402
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
+from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES, start_attributes  # noqa: E402
 
 from bench.floor import FloorOptions, FloorWorkflow  # noqa: E402
 from bench.report import emit  # noqa: E402
@@ -268,15 +274,20 @@ class FloorSystem(System):
         return await self._update(FloorWorkflow.tool_turn, thread_id, text)
 
     async def _update(self, update: Any, thread_id: str, text: str) -> str:
+        options = self.extra.get("options", FloorOptions())
+        threadline_start = {"search_attributes": start_attributes(room="bench", agent="floor", channel="chat",
+                                                                  status="idle"),
+                            "task_timeout": WORKFLOW_TASK_TIMEOUT} if options.start_attributes else {}
         return await self.client.execute_update_with_start_workflow(
             update,
             text,
             start_workflow_operation=WithStartWorkflowOperation(
                 FloorWorkflow.run,
-                self.extra.get("options", FloorOptions()),
+                options,
                 id=thread_id,
                 task_queue=self.task_queue,
                 id_conflict_policy=common.WorkflowIDConflictPolicy.USE_EXISTING,
+                **threadline_start,
             ),
         )
 
@@ -855,7 +866,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="run the fake model in this process instead of its own (for comparison)")
     p.add_argument("--variants", default="heartbeat,upsert",
                    help="floor variants measured as diagnostics (comma-separated; '' for none): "
-                        "heartbeat, upsert, timer, or several joined by + (default heartbeat,upsert)")
+                        "heartbeat, upsert, timer, payload, start_attributes, or several joined by + "
+                        "(default heartbeat,upsert)")
     p.add_argument("--variants-throughput", action="store_true",
                    help="also measure the variants' throughput (A..B..A with floor and Threadline; adds minutes)")
     p.add_argument("--variants-concurrency", type=int,

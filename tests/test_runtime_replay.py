@@ -14,17 +14,17 @@ means threads running the old code would break on deploy (use `workflow.patched`
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from threadline.channels.base import temporal_worker
-from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
+from threadline.channels.delivery import data_converter, new_thread_name, new_turn_id, submit_turn
 from threadline.models.thread import Turn
 from threadline.workflows.mail_job import MailJobWorkflow
 from threadline.workflows.queue_job import QueueJobWorkflow
@@ -50,7 +50,7 @@ def _replayer(workflows: list[type] = WORKFLOWS) -> Replayer:
     """Workers run workflow code unsandboxed (channels/base.temporal_worker), so this full sandbox, which re-imports
     Threadline's modules and restricts every call they make, is what catches wall-clock time, randomness or I/O in
     workflow code."""
-    return Replayer(workflows=workflows, data_converter=pydantic_data_converter,
+    return Replayer(workflows=workflows, data_converter=data_converter(),
                     workflow_runner=SandboxedWorkflowRunner())
 
 
@@ -94,3 +94,19 @@ async def test_replay_sandbox_rejects_a_wall_clock_read(temporal_client: Client)
     result = await _replayer([WallClockWorkflow]).replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is not None
     assert "datetime.datetime.now" in str(result.replay_failure)
+
+
+def test_payloads_are_the_sdks_pydantic_payloads() -> None:
+    """Apps that call threads with the SDK's own `pydantic_data_converter` (as `channels/toolkit/room.py` tells them
+    to) read and write the same bytes as Threadline's shared converter, and a worker's converter, rebuilt by the SDK
+    for every activation, keeps decoding the same."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    turn = Turn(turn_id=new_turn_id(), text="héllo", metadata={"k": [1, 2]})
+    ours = data_converter().payload_converter
+    sdks = pydantic_data_converter.payload_converter
+    assert ours.to_payloads([turn]) == sdks.to_payloads([turn])
+    assert ours.from_payloads(sdks.to_payloads([turn]), [Turn]) == [turn]
+    rebuilt = dataclasses.replace(data_converter()).payload_converter
+    assert rebuilt is not ours
+    assert rebuilt.from_payloads(ours.to_payloads([turn, None, b"raw"]), [Turn, type(None), bytes]) == [turn, None, b"raw"]

@@ -56,7 +56,7 @@ async def run_turn(client: Client, agent: AgentRef, thread_id: str, turn: Turn) 
 @dataclass
 class Room:
     """A room's toolkits, for applications: `await Room(client, "support").invoke_tool("billing", "run_billing_task",
-    {"prompt": "..."})`. The client must use `pydantic_data_converter` (`channels.delivery.connect` does)."""
+    {"prompt": "..."})`. The client must use pydantic payloads (`channels.delivery.connect` does)."""
 
     client: Client
     room: str
