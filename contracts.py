@@ -81,6 +81,12 @@ class ActivityContract(Generic[Arg, Result]):
     async def execute(self, arg: Arg, *, summary: str, **overrides: Any) -> Result:
         return await self.start(arg, summary=summary, **overrides)
 
+    def start_local(self, arg: Arg, *, summary: str, **overrides: Any) -> workflow.ActivityHandle[Result]:
+        """As a local activity: run by the worker inside the workflow task that asks for it (no heartbeats)."""
+        typed = {} if self.result_type is type(None) else {"result_type": self.result_type}
+        options = {k: v for k, v in self.options(**overrides).items() if k != "heartbeat_timeout"}
+        return workflow.start_local_activity(self.name, arg, summary=summary, **typed, **options)
+
 
 CALL_MODEL = ActivityContract(
     "call_model", ModelCallInput, ModelStep,

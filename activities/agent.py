@@ -215,6 +215,7 @@ class AgentActivities:
                     timeout_seconds=tool.timeout_seconds if tool else 10.0,
                     max_attempts=tool.max_attempts if tool else 1,
                     calls_agent=tool.calls_agent if tool else False,
+                    local=tool.local if tool else False,
                     approval_timeout_seconds=self.spec.approvals.timeout_seconds
                     if self.toolbox.needs_approval(tool_name, self.spec.approvals.require) else None,
                 )

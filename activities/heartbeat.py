@@ -20,6 +20,9 @@ async def heartbeating(*details: Any, at_start: bool = False) -> AsyncIterator[N
     """Heartbeats (with `details`) while the body runs, paced from the activity's heartbeat timeout. The server
     times a missing first heartbeat from the activity's start, so a short call needs none; `at_start` sends one at
     once, for details that others read from the pending activity (who runs a job)."""
+    if activity.info().is_local:  # a local activity has no heartbeats: it lives inside one workflow task
+        yield
+        return
     timeout = activity.info().heartbeat_timeout
     interval = timeout.total_seconds() / BEATS_PER_TIMEOUT if timeout else DEFAULT_INTERVAL
 

@@ -135,6 +135,7 @@ class ToolCall(BaseModel):
     timeout_seconds: float = 60.0
     max_attempts: int = 3
     calls_agent: bool = Field(False, description="run in a child workflow: a turn of another agent")
+    local: bool = Field(False, description="run as a local activity: an instant, in-process built-in")
     approval_timeout_seconds: float | None = Field(
         None, description="set: a person approves the call first, within this long (or it is denied)")
 

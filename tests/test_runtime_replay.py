@@ -3,7 +3,7 @@ change that breaks determinism for running threads fails CI instead of stalling 
 
 The histories in tests/histories/ were recorded by the scenario tests (plain turns, tool loop, steer, interrupt,
 model failure, continue-as-new, an agent-to-agent call in a child workflow, interrupted parallel tools, steers
-and tool failures handled by the patched paths) and by the queue, mail and toolkit tests, one for each workflow type. To re-record them after an intended, versioned workflow change:
+and tool failures handled by the patched paths, instant tools as local activities) and by the queue, mail and toolkit tests, one for each workflow type. To re-record them after an intended, versioned workflow change:
 
     THREADLINE_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_runtime_*.py tests/test_queue.py tests/test_mail.py \
         tests/test_toolkit.py
@@ -41,6 +41,7 @@ EXPECTED = {
     "interrupt_parallel_tools", "steer_after_failure", "tool_timeout_hangs", "tool_timeout_hangs_blocking",
     "tool_lost_worker", "tool_call_child", "toolkit_registry", "queue_job", "mail_job", "queue_job_claimed_retry",
     "compaction", "approval", "approval_rolls_over", "approval_resumed_after_rollover",
+    "local_tools",
 }
 WORKFLOWS = [ThreadWorkflow, ToolCallWorkflow, QueueJobWorkflow, MailJobWorkflow, ToolkitWorkflow]
 """Every workflow type the worker registers: each has a recorded history above."""

@@ -260,6 +260,30 @@ async def test_a_sub_second_turn_leaves_the_listed_status_alone(temporal_client:
     assert {c.worker_version.build_id or c.binary_checksum for c in completed} == {code_build_id()}
 
 
+async def test_an_instant_built_in_tool_runs_as_a_local_activity(temporal_client: Client, agent_spec, agent_worker,
+                                                                fake_model: FakeOpenAI):
+    """`current_time` runs inside the workflow task that asked for it: the Temporal UI shows it as a local activity
+    marker with its summary, no activity task and no extra workflow task; its result is in the thread and the model's
+    next call sees it. A tool that does I/O (`storage_read`) stays an activity of its own."""
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    fake_model.enqueue(FakeResponse.tool_calls([("current_time", {}), ("storage_read", {"path": "missing.txt"})]))
+    reply = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(),
+                                                                              text="CALL_TOOL x"))
+    assert reply.status == "completed" and reply.text.startswith("tools done: 20")
+    results = [i for i in store_items(agent_spec.room, thread_id) if i.type == "tool_result"]
+    assert [r.tool_name for r in results] == ["current_time", "storage_read"]
+    assert results[0].data == {"ok": True} and results[1].data == {"ok": False}
+    history = await temporal_client.get_workflow_handle(thread_id).fetch_history()
+    markers = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+    assert [m.marker_recorded_event_attributes.marker_name for m in markers] == ["core_local_activity"]
+    assert markers[0].user_metadata.summary.data == b'"tool current_time"'
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events
+                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    assert scheduled == ["call_model", "run_tool", "call_model"]
+    await record_history(temporal_client.get_workflow_handle(thread_id), "local_tools")
+
+
 async def test_a_turn_id_the_thread_forgot_is_answered_from_the_thread_store(
         temporal_client: Client, agent_spec, agent_worker, fake_model: FakeOpenAI, monkeypatch):
     """A thread remembers its last SEEN_TURN_IDS turn ids; a redelivery older than that (a mail server's, a

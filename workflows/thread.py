@@ -84,12 +84,13 @@ TOOL_FAILURE_AS_RESULT_PATCH = "tool-failure-as-result"
 
 ROLL_OVER_WAITING_PATCH = "roll-over-while-waiting-for-approval"
 LIST_RUNNING_LATE_PATCH = "list-running-after-a-second"
+LOCAL_TOOLS_PATCH = "local-activity-for-instant-tools"
 LISTED_RUNNING_AFTER = timedelta(seconds=1)
 """A thread at rest is listed `running` (its status search attribute) only once its turn has run this long: each
 upsert is a visibility write on the server, and two per turn were a sixth of its work for a sub-second turn."""
 RESTING_STATUSES = ("idle", "failed")
 THREAD_PATCHES = (BOUNDED_STATE_PATCH, REQUEUE_STEERS_PATCH, TOOL_FAILURE_AS_RESULT_PATCH, ROLL_OVER_WAITING_PATCH,
-                  LIST_RUNNING_LATE_PATCH)
+                  LIST_RUNNING_LATE_PATCH, LOCAL_TOOLS_PATCH)
 """Every change of this code that `workflow.patched` guards. A run started by this code (a new thread, a rollover)
 lists them in its input, `ThreadState.patches`: it needs no patch marker, and no `TemporalChangeVersion` upsert (a
 visibility write on the server) in each new run."""
@@ -515,6 +516,11 @@ class ThreadWorkflow:
                 return await self._record_tool_result(
                     request, f"denied by {outcome.by}: {outcome.reason or 'no reason given'}")
         try:
+            if request.call.local and self._patched(LOCAL_TOOLS_PATCH):
+                return await self._interruptible(RUN_TOOL.start_local(
+                    request, summary=tool_summary(request.call),
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    **run_tool_options(request.call)))
             if not request.call.calls_agent:
                 return await self._activity(RUN_TOOL, request, tool_summary(request.call),
                                             **run_tool_options(request.call))
