@@ -689,7 +689,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     server = TemporalDevServer(
         search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES},
         data_dir=work / "temporal", db_filename=work / "temporal" / "bench.db",
-        extra_args=[arg for pragma in args.sqlite_pragma for arg in ("--sqlite-pragma", pragma)],
+        extra_args=[*(arg for pragma in args.sqlite_pragma for arg in ("--sqlite-pragma", pragma)),
+                    *(arg for value in args.dynamic_config for arg in ("--dynamic-config-value", value))],
     )
     fake_child: Child | None = None
     fake_inproc = None
@@ -876,6 +877,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--phase-timeout", type=float, default=300, help="seconds before a phase is abandoned")
     p.add_argument("--sqlite-pragma", action="append", default=[], metavar="PRAGMA=VALUE",
                    help="passed to the dev server's SQLite (temporal server start-dev --sqlite-pragma), repeatable")
+    p.add_argument("--dynamic-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dynamic config value of the dev server (start-dev --dynamic-config-value), repeatable")
     p.add_argument("--keep", action="store_true", help="keep the work dir (server db, worker logs)")
     args = p.parse_args(argv)
     known = FloorOptions.__dataclass_fields__

@@ -4,6 +4,7 @@ the embedded default on a port of its own), the fake model, and each test's own 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -422,6 +423,15 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
+def command_lines() -> list[list[bytes]]:
+    """Every running process's argv (a process that exits meanwhile is skipped)."""
+    found = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            found.append(path.read_bytes().split(b"\0"))
+    return found
+
+
 def test_embedded_server_starts_in_background_and_is_reused(tmp_path: Path, room: str) -> None:
     port = free_port_pair()
     env = {"THREADLINE_TEMPORAL_PORT": str(port), "THREADLINE_HOME": str(tmp_path / "embedded-home")}
@@ -432,6 +442,9 @@ def test_embedded_server_starts_in_background_and_is_reused(tmp_path: Path, room
         assert f"started the embedded Temporal server on 127.0.0.1:{port} in the background" in first.stderr
         assert f"Temporal UI: http://localhost:{port + 1000}/namespaces/default/workflows" in first.stderr
         assert (tmp_path / "embedded-home" / "temporal" / "temporal.db").exists()
+        # Started as the embedded server is meant to run: workflow tasks dispatched without the dev default's wait.
+        servers = [cmd for cmd in command_lines() if b"start-dev" in cmd and str(port).encode() in cmd]
+        assert len(servers) == 1 and b"history.transferProcessorMaxPollRPS=1000" in servers[0], servers
 
         # The server outlived the first process; the second one reuses it and its threads.
         second = run_cli(*args, "--thread-id", thread_name(first.stderr), "-m", "two", env=env)
