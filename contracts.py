@@ -74,18 +74,18 @@ class ActivityContract(Generic[Arg, Result]):
         }
         return {key: value for key, value in (scheduled | overrides).items() if value is not None}
 
-    def start(self, arg: Arg, *, summary: str, **overrides: Any) -> workflow.ActivityHandle[Result]:
+    def start(self, arg: Arg, *, summary: str, local: bool = False,
+              **overrides: Any) -> workflow.ActivityHandle[Result]:
+        """`local`: run by the worker inside the workflow task that asks for it (no heartbeats, no task round trip)."""
         typed = {} if self.result_type is type(None) else {"result_type": self.result_type}
-        return workflow.start_activity(self.name, arg, summary=summary, **typed, **self.options(**overrides))
+        options = self.options(**overrides)
+        if local:
+            options.pop("heartbeat_timeout", None)
+            return workflow.start_local_activity(self.name, arg, summary=summary, **typed, **options)
+        return workflow.start_activity(self.name, arg, summary=summary, **typed, **options)
 
     async def execute(self, arg: Arg, *, summary: str, **overrides: Any) -> Result:
         return await self.start(arg, summary=summary, **overrides)
-
-    def start_local(self, arg: Arg, *, summary: str, **overrides: Any) -> workflow.ActivityHandle[Result]:
-        """As a local activity: run by the worker inside the workflow task that asks for it (no heartbeats)."""
-        typed = {} if self.result_type is type(None) else {"result_type": self.result_type}
-        options = {k: v for k, v in self.options(**overrides).items() if k != "heartbeat_timeout"}
-        return workflow.start_local_activity(self.name, arg, summary=summary, **typed, **options)
 
 
 CALL_MODEL = ActivityContract(

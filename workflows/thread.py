@@ -516,13 +516,9 @@ class ThreadWorkflow:
                 return await self._record_tool_result(
                     request, f"denied by {outcome.by}: {outcome.reason or 'no reason given'}")
         try:
-            if request.call.local and self._patched(LOCAL_TOOLS_PATCH):
-                return await self._interruptible(RUN_TOOL.start_local(
-                    request, summary=tool_summary(request.call),
-                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    **run_tool_options(request.call)))
             if not request.call.calls_agent:
-                return await self._activity(RUN_TOOL, request, tool_summary(request.call),
+                local = request.call.local and self._patched(LOCAL_TOOLS_PATCH)
+                return await self._activity(RUN_TOOL, request, tool_summary(request.call), local=local,
                                             **run_tool_options(request.call))
             # Cancelling the child (an interrupt) waits until its activity has stopped, like `_activity`.
             return await self._interruptible(asyncio.ensure_future(workflow.execute_child_workflow(
