@@ -256,7 +256,12 @@ async def test_failed_jobs_keep_their_error(temporal_client, agent_spec, consume
 
     with pytest.raises(JobNotFound):
         await job_status(temporal_client, agent_spec.room, f"{QUEUE}/no-such-job")
-    failed = await _eventually(lambda: list_jobs(temporal_client, agent_spec.room, QUEUE, "failed"), lambda jobs: len(jobs) == 2)
+
+    async def two_failed():
+        jobs = await list_jobs(temporal_client, agent_spec.room, QUEUE, "failed")
+        return jobs if len(jobs) == 2 else None
+
+    failed = await eventually(two_failed, 10, what="two failed jobs listed")
     assert {j.job_id for j in failed} == {accepted.job_id, bad.job_id}
 
 
@@ -268,16 +273,6 @@ async def test_reply_to_sends_the_result_to_another_queue(temporal_client, agent
     reply = await finished(temporal_client, agent_spec.room, job.reply_job_id)
     assert reply.text == "echo: echo: draft"
     assert reply.metadata == {"source_job": accepted.job_id, "source_thread": job.thread_id}
-
-
-async def _eventually(read, check, timeout: float = 10.0):
-    """Visibility is eventually consistent: re-read until the check passes."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await read()
-        if check(value) or asyncio.get_running_loop().time() > deadline:
-            return value
-        await asyncio.sleep(0.2)
 
 
 # The CLI.
@@ -315,10 +310,13 @@ async def test_cli_send_wait_prints_result_and_exit_code(temporal_server, tempor
     missing = await asyncio.to_thread(cli, "status", f"{QUEUE}/nope", *where[:2], *where[4:])
     assert missing.exit_code == 1 and missing.stderr.startswith("error: there is no job")
 
-    listed = await _eventually(
-        lambda: asyncio.to_thread(cli, "list", *where, "-o", "json"), lambda r: len(json.loads(r.stdout)) == 3
-    )
-    assert {j["status"] for j in json.loads(listed.stdout)} == {"completed", "failed"}
+    # Visibility is eventually consistent: a finished job may be listed with the status it had a moment before.
+    async def settled_list():
+        listed = await asyncio.to_thread(cli, "list", *where, "-o", "json")
+        assert listed.exit_code == 0, listed.output
+        return sorted(j["status"] for j in json.loads(listed.stdout)) == ["completed", "completed", "failed"]
+
+    await eventually(settled_list, 10, interval=0.2, what="three jobs listed with their final status")
     await record_history(temporal_client.get_workflow_handle(f"{agent_spec.room}/.queues/{accepted['job_id']}"),
                          "queue_job")
 
@@ -335,10 +333,10 @@ async def test_queue_named_like_an_address_works_everywhere(temporal_server, tem
     assert result["job_id"].startswith(f"{queue}/")
     status = await asyncio.to_thread(cli, "status", result["job_id"], *where[:2], *where[4:], "-o", "json")
     assert status.exit_code == 0 and json.loads(status.stdout)["status"] == "completed", status.output
-    listed = await _eventually(
-        lambda: asyncio.to_thread(cli, "list", *where, "-o", "json"), lambda r: len(json.loads(r.stdout)) == 1
-    )
-    assert [j["job_id"] for j in json.loads(listed.stdout)] == [result["job_id"]]
+    async def listed_ids():
+        return [j["job_id"] for j in json.loads((await asyncio.to_thread(cli, "list", *where, "-o", "json")).stdout)]
+
+    assert await eventually(listed_ids, 10, interval=0.2, what="the job listed") == [result["job_id"]]
 
 
 async def test_a_job_payload_over_the_limit_is_refused_before_sending(temporal_server, temporal_client, room,
