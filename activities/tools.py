@@ -92,8 +92,9 @@ class Tool:
     requires_approval: bool = False
     """A person approves each call first (`fn.requires_approval = True`, or `--require-approval NAME`)."""
     local: bool = False
-    """Instant and in-process (a built-in that reads a clock): the thread runs it as a local activity, in the workflow
-    task that asked for it, which saves the activity's task round trip and a workflow task (about 40 ms a call)."""
+    """Instant and in-process (a built-in that reads a clock, `fn.local = True`): the thread runs it as a local
+    activity, in the workflow task that asked for it, which saves the activity's task round trip and a workflow task
+    (about 40 ms a call). The thread takes no steer or update while it runs."""
     source: ClassVar[str] = "python"
     """What `--require-approval SOURCE:*` matches besides the name (`mcp:*` for every MCP tool)."""
 
@@ -208,6 +209,7 @@ def load_tool(reference: str) -> Tool:
         timeout_seconds=float(getattr(fn, "timeout_seconds", 60.0)),
         max_attempts=int(getattr(fn, "max_attempts", 3)),
         requires_approval=bool(getattr(fn, "requires_approval", False)),
+        local=bool(getattr(fn, "local", False)),
     )
 
 

@@ -40,6 +40,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from threadline.cli.embedded import dynamic_config_args
+
 __all__ = ["TemporalDevServer", "TemporalServerError", "find_temporal_binary", "free_port"]
 
 _T = TypeVar("_T")
@@ -164,7 +166,8 @@ class TemporalDevServer:
             cmd += ["--search-attribute", f"{name}={typ}"]
         for ns in self.namespaces:
             cmd += ["--namespace", ns]
-        return cmd + self.extra_args
+        # The embedded server's tuning: tests run on the server `process run` starts.
+        return cmd + dynamic_config_args() + self.extra_args
 
     def log_tail(self, max_bytes: int = 4000, *, since_start: bool = True) -> str:
         """The end of the server log (by default only output of the current/last start)."""

@@ -442,9 +442,12 @@ def test_embedded_server_starts_in_background_and_is_reused(tmp_path: Path, room
         assert f"started the embedded Temporal server on 127.0.0.1:{port} in the background" in first.stderr
         assert f"Temporal UI: http://localhost:{port + 1000}/namespaces/default/workflows" in first.stderr
         assert (tmp_path / "embedded-home" / "temporal" / "temporal.db").exists()
-        # Started as the embedded server is meant to run: workflow tasks dispatched without the dev default's wait.
+        # Started as the embedded server is meant to run: workflow tasks dispatched without the dev default's wait,
+        # short timers firing on time.
         servers = [cmd for cmd in command_lines() if b"start-dev" in cmd and str(port).encode() in cmd]
-        assert len(servers) == 1 and b"history.transferProcessorMaxPollRPS=1000" in servers[0], servers
+        assert len(servers) == 1, servers
+        assert b"history.transferProcessorMaxPollRPS=1000" in servers[0], servers
+        assert b'history.timerProcessorMaxTimeShift="10ms"' in servers[0], servers
 
         # The server outlived the first process; the second one reuses it and its threads.
         second = run_cli(*args, "--thread-id", thread_name(first.stderr), "-m", "two", env=env)

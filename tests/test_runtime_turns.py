@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 from temporalio.api.enums.v1 import EventType
@@ -282,6 +283,28 @@ async def test_an_instant_built_in_tool_runs_as_a_local_activity(temporal_client
                  if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
     assert scheduled == ["call_model", "run_tool", "call_model"]
     await record_history(temporal_client.get_workflow_handle(thread_id), "local_tools")
+
+
+async def test_a_tool_function_marked_local_runs_as_a_local_activity(temporal_client: Client, agent_spec,
+                                                                     agent_worker, fake_model: FakeOpenAI):
+    """`fn.local = True` makes a `--tool` function a local activity like `current_time`; its error still goes to the
+    model as the tool's answer, once its attempts are spent, and the turn goes on."""
+    await agent_worker(agent_spec.model_copy(update={"tools": ["tests.tools_for_tests:shout"]}))
+    thread_id = _thread(agent_spec)
+    fake_model.enqueue(FakeResponse.tool_calls([("shout", {"text": "hi"}), ("shout", {"text": ""})]))
+    reply = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(),
+                                                                              text="CALL_TOOL x"))
+    assert reply.status == "completed", reply
+    assert reply.text.startswith("tools done: HI | ") and "nothing to shout" in reply.text, reply.text
+    results = [i for i in store_items(agent_spec.room, thread_id) if i.type == "tool_result"]
+    assert [(r.tool_name, r.data) for r in results] == [("shout", {"ok": True}), ("shout", {"ok": False})]
+    history = await temporal_client.get_workflow_handle(thread_id).fetch_history()
+    markers = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+    assert sorted(json.loads(m.user_metadata.summary.data) for m in markers) == [
+        'tool shout {"text": ""}', 'tool shout {"text": "hi"}']
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events
+                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    assert scheduled == ["call_model", "call_model"]
 
 
 async def test_a_turn_id_the_thread_forgot_is_answered_from_the_thread_store(

@@ -105,3 +105,13 @@ append_line.requires_approval = True  # type: ignore[attr-defined]
 def note_line(line: str) -> str:
     """Notes a line (asks for approval only when --require-approval names it)."""
     return f"noted {line!r}"
+
+
+def shout(text: str) -> str:
+    """Upper-cases a text, at once."""
+    if not text:
+        raise ValueError("nothing to shout")
+    return text.upper()
+
+
+shout.local = True  # type: ignore[attr-defined]
