@@ -94,7 +94,7 @@ class Tool:
     local: bool = False
     """Instant and in-process (a built-in that reads a clock, `fn.local = True`): the thread runs it as a local
     activity, in the workflow task that asked for it, which saves the activity's task round trip and a workflow task
-    (about 40 ms a call). The thread takes no steer or update while it runs."""
+    (about 40 ms a call). A steer or update to the thread waits until it returns."""
     source: ClassVar[str] = "python"
     """What `--require-approval SOURCE:*` matches besides the name (`mcp:*` for every MCP tool)."""
 
