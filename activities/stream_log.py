@@ -21,8 +21,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from threadline.activities.storage import room_dir
 
-EventKind = Literal["delta", "retry", "tool_started", "tool_finished", "accepted"]
-"""`accepted`: a channel handed the turn to its thread (published by the HTTP chat channel, attempt 0)."""
+EventKind = Literal["delta", "retry", "tool_started", "tool_finished", "accepted", "refused"]
+"""`accepted`: a channel handed the turn to its thread (published by the HTTP chat channel, attempt 0, just before
+delivering it); `refused`: that delivery failed after all."""
 
 COALESCE_SECONDS = 0.1
 KEEP_SECONDS = 24 * 3600

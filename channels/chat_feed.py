@@ -95,6 +95,8 @@ def _stream_event(event: StreamEvent) -> tuple[str, dict[str, Any]]:
         return "retry", {**base, "step": event.data.get("step")}
     if event.kind == "accepted":
         return "turn", {"turn_id": event.turn_id, "phase": "accepted", **event.data}
+    if event.kind == "refused":
+        return "turn", {"turn_id": event.turn_id, "phase": "ended", "status": "failed", **event.data}
     phase = "started" if event.kind == "tool_started" else "finished"
     return "tool", {**base, "phase": phase, **event.data}
 

@@ -7,6 +7,7 @@ turn (signal-with-start: mail, queue). Both start the thread on its first turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import secrets
@@ -29,7 +30,9 @@ from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
     WorkflowUpdateFailedError,
+    WorkflowUpdateHandle,
     WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
 )
 from temporalio.contrib.pydantic import PydanticPayloadConverter
 from temporalio.converter import (
@@ -229,36 +232,94 @@ UPDATE_OUTLIVED_RUN = "AcceptedUpdateCompletedWorkflow"
 """Temporal's error type for an accepted update whose workflow run ended (here: continued as new) first."""
 
 
+ACCEPT_WAIT_SECONDS = 2.0
+"""How long `start_turn` waits for the thread's worker to accept the turn before it queues it by signal instead."""
+
+_turns_awaited: set[asyncio.Task[None]] = set()
+
+
 async def submit_turn(
     client: Client, agent: AgentRef, thread_id: str, turn: Turn
 ) -> Reply:
     """Delivers the turn and waits for its reply. Delivering the same turn id again returns the same reply."""
-    in_flight = _updates_in_flight.setdefault(client, Counter())
-    if in_flight[thread_id] < UPDATES_IN_FLIGHT_PER_THREAD:
-        in_flight[thread_id] += 1
+    if _take_update_slot(client, thread_id):
         operation = _start_operation(agent, thread_id, turn.channel)
         try:
             return await client.execute_update_with_start_workflow(
                 ThreadWorkflow.submit_turn, turn, id=turn.turn_id, start_workflow_operation=operation
             )
-        except WorkflowUpdateFailedError as e:
-            # A run that rolls over refuses new updates, and leaves a turn waiting for approvals unanswered: the turn
-            # goes on in the next run, where the signal path finds it and its reply.
-            if not (isinstance(e.cause, ApplicationError) and e.cause.type in (ErrorType.THREAD_ROLLING_OVER,
-                                                                               UPDATE_OUTLIVED_RUN)):
-                raise
-        except RPCError as e:
-            # Temporal allows 10 updates in flight per workflow (other processes count too): past that the turn
-            # queues by signal instead.
-            if e.status != RPCStatusCode.RESOURCE_EXHAUSTED:
-                raise
+        except (WorkflowUpdateFailedError, RPCError) as e:
+            _fall_back_to_signal_or_raise(e)
         finally:
-            in_flight[thread_id] -= 1
-            if not in_flight[thread_id]:
-                del in_flight[thread_id]
+            _release_update_slot(client, thread_id)
             _retrieve_start_error(operation)
     await deliver_turn(client, agent, thread_id, turn)
     return await wait_for_reply(client, thread_id, turn.turn_id)
+
+
+async def start_turn(client: Client, agent: AgentRef, thread_id: str, turn: Turn) -> None:
+    """Returns once the turn is durably the thread's, without waiting for its reply. An update accepted by the running
+    thread gets the turn going sooner than a signal (its workflow task is dispatched at once, not through the
+    server's transfer queue); with no worker to accept it within ACCEPT_WAIT_SECONDS the turn is queued by signal
+    (delivering a turn id twice runs it once)."""
+    if _take_update_slot(client, thread_id):
+        operation = _start_operation(agent, thread_id, turn.channel)
+        try:
+            handle = await asyncio.wait_for(client.start_update_with_start_workflow(
+                ThreadWorkflow.submit_turn, turn, id=turn.turn_id, start_workflow_operation=operation,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            ), ACCEPT_WAIT_SECONDS)
+        except (WorkflowUpdateFailedError, RPCError, TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as e:
+            _release_update_slot(client, thread_id)
+            # The SDK turns the wait's cancellation into WorkflowUpdateRPCTimeoutOrCancelledError.
+            if not isinstance(e, (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError)):
+                _fall_back_to_signal_or_raise(e)
+        else:
+            # Temporal counts the update as in flight until the turn ends: so does this process.
+            awaited = asyncio.create_task(_release_when_answered(client, thread_id, handle))
+            _turns_awaited.add(awaited)
+            awaited.add_done_callback(_turns_awaited.discard)
+            return
+        finally:
+            _retrieve_start_error(operation)
+    await deliver_turn(client, agent, thread_id, turn)
+
+
+async def _release_when_answered(client: Client, thread_id: str, handle: WorkflowUpdateHandle[Reply]) -> None:
+    try:
+        with contextlib.suppress(Exception):  # the caller follows the reply elsewhere (the feed, wait_for_reply)
+            await handle.result()
+    finally:
+        _release_update_slot(client, thread_id)
+
+
+def _take_update_slot(client: Client, thread_id: str) -> bool:
+    """One of this process's UPDATES_IN_FLIGHT_PER_THREAD updates to the thread, if one is free."""
+    in_flight = _updates_in_flight.setdefault(client, Counter())
+    if in_flight[thread_id] >= UPDATES_IN_FLIGHT_PER_THREAD:
+        return False
+    in_flight[thread_id] += 1
+    return True
+
+
+def _release_update_slot(client: Client, thread_id: str) -> None:
+    in_flight = _updates_in_flight[client]
+    in_flight[thread_id] -= 1
+    if not in_flight[thread_id]:
+        del in_flight[thread_id]
+
+
+def _fall_back_to_signal_or_raise(e: WorkflowUpdateFailedError | RPCError) -> None:
+    if isinstance(e, WorkflowUpdateFailedError):
+        # A run that rolls over refuses new updates, and leaves a turn waiting for approvals unanswered: the turn
+        # goes on in the next run, where the signal path finds it and its reply.
+        if not (isinstance(e.cause, ApplicationError) and e.cause.type in (ErrorType.THREAD_ROLLING_OVER,
+                                                                           UPDATE_OUTLIVED_RUN)):
+            raise e
+    # Temporal allows 10 updates in flight per workflow (other processes count too): past that the turn queues by
+    # signal instead.
+    elif e.status != RPCStatusCode.RESOURCE_EXHAUSTED:
+        raise e
 
 
 def _retrieve_start_error(operation: WithStartWorkflowOperation[ThreadWorkflow, None]) -> None:

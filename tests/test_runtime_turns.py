@@ -16,6 +16,7 @@ from threadline.channels.delivery import (
     deliver_turn,
     new_thread_name,
     new_turn_id,
+    start_turn,
     submit_turn,
     thread_snapshot,
     wait_for_reply,
@@ -135,6 +136,37 @@ async def test_update_limit_reached_by_two_clients_falls_back_to_signal(temporal
     replies = await asyncio.wait_for(asyncio.gather(*calls), 60)
     assert [r.text for r in replies] == [f"echo: {t.text}" for t in turns]
     assert fake_model.count() == 14
+
+
+async def test_start_turn_goes_by_update_and_by_signal_when_no_worker_accepts(
+        temporal_client: Client, agent_spec, agent_worker, fake_model, monkeypatch):
+    """`start_turn` (the chat API's POST) returns once the turn is the thread's. With no worker up it waits
+    ACCEPT_WAIT_SECONDS for one, then queues the turn by signal; the worker that comes later gets that turn twice (the
+    waiting update and the signal) and runs it once. With the worker up the update is accepted: no signal."""
+    from threadline.channels import delivery
+
+    monkeypatch.setattr(delivery, "ACCEPT_WAIT_SECONDS", 0.5)
+    early = _thread(agent_spec)
+    turn = Turn(turn_id=new_turn_id(), text="before the worker")
+    await asyncio.wait_for(start_turn(temporal_client, agent_spec.ref, early, turn), 10)
+    await agent_worker(agent_spec)
+    reply = await wait_for_reply(temporal_client, early, turn.turn_id, timeout=30)
+    assert reply.text == "echo: before the worker"
+    later = _thread(agent_spec)
+    second = Turn(turn_id=new_turn_id(), text="worker up")
+    await start_turn(temporal_client, agent_spec.ref, later, second)
+    assert (await wait_for_reply(temporal_client, later, second.turn_id, timeout=30)).text == "echo: worker up"
+    assert fake_model.count() == 2
+    assert [i.type for i in store_items(agent_spec.room, early)] == ["user", "assistant"]
+
+    def kinds(history) -> list[str]:
+        return [EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in history.events
+                if e.event_type in (EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED,
+                                    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED)]
+
+    assert "WORKFLOW_EXECUTION_SIGNALED" in kinds(await temporal_client.get_workflow_handle(early).fetch_history())
+    assert kinds(await temporal_client.get_workflow_handle(later).fetch_history()) == [
+        "WORKFLOW_EXECUTION_UPDATE_ACCEPTED"]
 
 
 async def test_duplicate_turn_id_runs_once(temporal_client: Client, agent_spec, agent_worker, fake_model):

@@ -39,6 +39,7 @@ from threadline.channels.delivery import (
     interrupt_turn,
     new_thread_name,
     new_turn_id,
+    start_turn,
     steer_turn,
     submit_turn,
 )
@@ -191,8 +192,14 @@ class ChatApi:
             reply = await submit_turn(self.client, self.ref, thread_id, turn)
             return JSONResponse(TurnAccepted(thread_id=thread_id, turn_id=turn.turn_id, reply=reply)
                                 .model_dump(mode="json"))
-        await deliver_turn(self.client, self.ref, thread_id, turn)
+        # Announced first: the thread may start the turn (and announce that) before start_turn returns.
         await self.store_call(self.log.publish, thread_id, turn.turn_id, 0, "accepted", {"channel": "chat"})
+        try:
+            await start_turn(self.client, self.ref, thread_id, turn)
+        except Exception as e:
+            await self.store_call(self.log.publish, thread_id, turn.turn_id, 0, "refused",
+                                  {"error": f"the turn could not be delivered: {e}"})
+            raise
         self.watcher.poke(thread_id)
         return JSONResponse(TurnAccepted(thread_id=thread_id, turn_id=turn.turn_id).model_dump(mode="json"),
                             status_code=202)
