@@ -688,7 +688,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"work dir {work}")
     server = TemporalDevServer(
         search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES},
-        data_dir=work / "temporal", db_filename=work / "temporal" / "bench.db",
+        data_dir=work / "temporal", db_filename=work / "temporal" / "bench.db", embedded_config=False,
         extra_args=[*(arg for pragma in args.sqlite_pragma for arg in ("--sqlite-pragma", pragma)),
                     *(arg for value in args.dynamic_config for arg in ("--dynamic-config-value", value))],
     )

@@ -269,11 +269,11 @@ async def start_turn(client: Client, agent: AgentRef, thread_id: str, turn: Turn
                 ThreadWorkflow.submit_turn, turn, id=turn.turn_id, start_workflow_operation=operation,
                 wait_for_stage=WorkflowUpdateStage.ACCEPTED,
             ), ACCEPT_WAIT_SECONDS)
-        except (WorkflowUpdateFailedError, RPCError, TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as e:
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):  # the SDK's word for the wait's cancellation
             _release_update_slot(client, thread_id)
-            # The SDK turns the wait's cancellation into WorkflowUpdateRPCTimeoutOrCancelledError.
-            if not isinstance(e, (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError)):
-                _fall_back_to_signal_or_raise(e)
+        except (WorkflowUpdateFailedError, RPCError) as e:
+            _release_update_slot(client, thread_id)
+            _fall_back_to_signal_or_raise(e)
         else:
             # Temporal counts the update as in flight until the turn ends: so does this process.
             awaited = asyncio.create_task(_release_when_answered(client, thread_id, handle))

@@ -112,7 +112,10 @@ class TemporalDevServer:
         start_timeout: float = 60.0,
         temporal_bin: str | None = None,
         keep_data: bool = False,
+        embedded_config: bool = True,
     ) -> None:
+        """`embedded_config`: with the dynamic config the embedded server runs with (cli/embedded.py); False is the
+        stock dev server."""
         self.port = port if port is not None else free_port()
         self.search_attributes = dict(search_attributes or {})
         self.namespaces = list(namespaces)
@@ -126,6 +129,7 @@ class TemporalDevServer:
         self.start_timeout = start_timeout
         self.temporal_bin = temporal_bin or find_temporal_binary()
         self.keep_data = keep_data
+        self.embedded_config = embedded_config
         self.last_start_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
@@ -166,8 +170,8 @@ class TemporalDevServer:
             cmd += ["--search-attribute", f"{name}={typ}"]
         for ns in self.namespaces:
             cmd += ["--namespace", ns]
-        # The embedded server's tuning: tests run on the server `process run` starts.
-        return cmd + dynamic_config_args() + self.extra_args
+        # Tests run on the server `process run` starts.
+        return cmd + (dynamic_config_args() if self.embedded_config else []) + self.extra_args
 
     def log_tail(self, max_bytes: int = 4000, *, since_start: bool = True) -> str:
         """The end of the server log (by default only output of the current/last start)."""
