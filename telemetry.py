@@ -13,10 +13,14 @@ Without `--metrics-port` the SDK's default runtime has no exporter and these cal
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.util.types import AttributeValue
 from temporalio import activity, workflow
 from temporalio.common import MetricMeter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
@@ -45,7 +49,6 @@ def tracing_plugins(env: Mapping[str, str] | None = None) -> list[Any]:
     env = os.environ if env is None else env
     if not any(env.get(name) for name in TRACE_ENDPOINTS) or env.get("OTEL_TRACES_EXPORTER", "otlp") == "none":
         return []
-    from opentelemetry import trace
     from temporalio.contrib.opentelemetry import OpenTelemetryPlugin, create_tracer_provider
     from temporalio.contrib.opentelemetry._tracer_provider import ReplaySafeTracerProvider
 
@@ -59,6 +62,30 @@ def tracing_plugins(env: Mapping[str, str] | None = None) -> list[Any]:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(provider)
     return [OpenTelemetryPlugin()]
+
+
+@contextlib.contextmanager
+def workflow_span(name: str, attributes: Mapping[str, AttributeValue]) -> Iterator[trace.Span]:
+    """A span current for the workflow code in the block, as `start_as_current_span` makes one, but for an
+    eviction: an evicted run's coroutine is closed (GeneratorExit) from another context, where its token cannot be
+    detached (OpenTelemetry logs an ERROR with a traceback for each try), and its span is not over: the next worker
+    replays the run."""
+    span = trace.get_tracer(TRACER_NAME).start_span(name, attributes=attributes)
+    token = otel_context.attach(trace.set_span_in_context(span))
+    evicted = False
+    try:
+        yield span
+    except GeneratorExit:
+        evicted = True
+        raise
+    except BaseException as e:
+        span.record_exception(e)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(e).__name__}: {e}"))
+        raise
+    finally:
+        if not evicted:
+            otel_context.detach(token)
+            span.end()
 
 
 def serve_metrics(host: str, port: int) -> None:

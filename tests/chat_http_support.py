@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import openai
 from temporalio.client import Client
 from threadline.channels.chat_http.app import ChatHttpChannel
 from threadline.models.spec import AgentSpec, HttpSettings
@@ -23,12 +24,20 @@ class ChatServer:
     token: str | None
     stop: asyncio.Event
     task: asyncio.Task[None]
+    openai_clients: list[openai.AsyncOpenAI] = field(default_factory=list)
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, headers=self.headers(), timeout=30, **kwargs)
+
+    def openai_client(self, api_key: str = "unused") -> openai.AsyncOpenAI:
+        """An OpenAI client of the server's /v1, closed with the server: left to the garbage collector, its close
+        runs on whatever loop is current then (once a workflow's, which the SDK refuses, noisily)."""
+        client = openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0)
+        self.openai_clients.append(client)
+        return client
 
 
 @contextlib.asynccontextmanager
@@ -44,7 +53,11 @@ async def chat_server(client: Client, spec: AgentSpec, *, token: str | None = No
             task.result()  # the agent or its HTTP server failed: show why
         assert ready.is_set() and channel.bound.is_set(), "the agent's HTTP server did not start in 30 s"
         assert channel.url is not None
-        yield ChatServer(spec, channel.url.rstrip("/"), token, stop, task)
+        server = ChatServer(spec, channel.url.rstrip("/"), token, stop, task)
+        try:
+            yield server
+        finally:
+            await asyncio.gather(*(c.close() for c in server.openai_clients))
     finally:
         stop.set()
         with contextlib.suppress(Exception):

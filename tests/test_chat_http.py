@@ -187,7 +187,7 @@ def test_binding_beyond_loopback_needs_a_token():
 
 async def test_openai_client_stream_and_not(temporal_client: Client, agent_spec, fake_model: FakeOpenAI):
     async with chat_server(temporal_client, agent_spec, token="tok") as server:
-        client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="tok", max_retries=0)
+        client = server.openai_client("tok")
         models = await client.models.list()
         assert [m.id for m in models.data] == ["support"]
 
@@ -219,7 +219,7 @@ async def test_openai_client_stream_and_not(temporal_client: Client, agent_spec,
         with pytest.raises(openai.NotFoundError):
             await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
         with pytest.raises(openai.AuthenticationError):
-            await openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="bad", max_retries=0).models.list()
+            await server.openai_client("bad").models.list()
 
 
 async def test_the_threading_mode_none_uses_the_main_thread(temporal_client: Client, agent_spec):
@@ -259,7 +259,7 @@ async def test_large_content_is_refused_with_413_and_nothing_runs(temporal_clien
                                   headers={"Content-Type": "application/json"})
         assert chunked.status_code == 413, chunked.text
 
-        openai_client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        openai_client = server.openai_client("unused")
         with pytest.raises(openai.APIStatusError) as refused:
             await openai_client.chat.completions.create(model="support", messages=[{"role": "user", "content": big}])
         assert refused.value.status_code == 413

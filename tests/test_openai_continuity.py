@@ -26,7 +26,7 @@ async def _ask(client: openai.AsyncOpenAI, messages: list[dict[str, str]], **ext
 async def test_a_stateless_client_keeps_one_thread_and_forks_on_an_edit(temporal_client: Client, agent_spec,
                                                                        fake_model: FakeOpenAI):
     async with chat_server(temporal_client, agent_spec, token="tok") as server:
-        client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="tok", max_retries=0)
+        client = server.openai_client("tok")
         messages = [{"role": "system", "content": "Answer as a pirate."}, {"role": "user", "content": "first"}]
         answer, thread = await _ask(client, messages)
         assert answer == "echo: first"
@@ -71,7 +71,7 @@ async def test_a_stateless_client_keeps_one_thread_and_forks_on_an_edit(temporal
 async def test_identical_histories_of_other_callers_are_other_threads(temporal_client: Client, agent_spec,
                                                                       fake_model: FakeOpenAI):
     async with chat_server(temporal_client, agent_spec) as server:
-        client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        client = server.openai_client("unused")
         history = [{"role": "user", "content": "hi"}]
         _, ann = await _ask(client, history, user="ann")
         _, bob = await _ask(client, history, user="bob")
@@ -93,7 +93,7 @@ async def test_the_openai_agents_sdk_talks_to_the_agent_as_a_model(temporal_clie
 
     set_tracing_disabled(True)
     async with chat_server(temporal_client, agent_spec, token="tok") as server:
-        client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="tok", max_retries=0)
+        client = server.openai_client("tok")
         caller = Agent(name="caller", instructions="Be brief.",
                        model=OpenAIChatCompletionsModel(model="support", openai_client=client))
         history = [{"role": "user", "content": "my name is Ann"}, {"role": "assistant", "content": "hello Ann"},

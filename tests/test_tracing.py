@@ -5,6 +5,7 @@ Temporal's replay-safe tracer provider, set up the way `telemetry.tracing_plugin
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import pytest
@@ -21,7 +22,7 @@ from threadline.models.thread import ApprovalDecision, Turn
 
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.mail_support import job_done, mail_agent, mail_spec, new_mail, send
-from tests.runtime_support import eventually, running_agent, runs_of
+from tests.runtime_support import Gate, eventually, running_agent, runs_of
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -176,3 +177,25 @@ def test_an_agent_process_exports_its_spans_over_otlp(temporal_server, room: str
     finally:
         agent.kill()
         collector.shutdown()
+
+
+async def test_a_thread_evicted_mid_turn_logs_no_context_error(temporal_client: Client, agent_spec,
+                                                               fake_model: FakeOpenAI, caplog: pytest.LogCaptureFixture):
+    """A worker that stops mid-turn evicts the thread, whose coroutine is then closed from another context: the
+    turn's span must not try to detach its token there (OpenTelemetry logs that as an ERROR with a traceback)."""
+    thread_id = agent_spec.ref.thread_id(new_thread_name())
+    gate = Gate()
+    fake_model.script(lambda req: gate.response() if req.last_user_text == "held" else None)
+    turn = Turn(turn_id=new_turn_id(), text="held")
+    async with running_agent(temporal_client, agent_spec):
+        pending = asyncio.create_task(submit_turn(temporal_client, agent_spec.ref, thread_id, turn))
+        await fake_model.wait_for_async(lambda: fake_model.count() == 1)
+    gate.release()
+    async with running_agent(temporal_client, agent_spec):
+        reply = await asyncio.wait_for(pending, 60)
+    assert reply.text == "echo: held"
+    # The evicted run's coroutine is closed when the collector finds it, after its worker's tasks have gone.
+    for _ in range(3):
+        gc.collect()
+        await asyncio.sleep(0)
+    assert not [r for r in caplog.records if r.name == "opentelemetry.context"], caplog.text

@@ -88,7 +88,7 @@ class JobRun:
     def span(self) -> AbstractContextManager[Any]:
         """The job as one span (with OpenTelemetry configured), from its start to `finish`: the turn it runs and the
         reply it sends are in its trace."""
-        return trace.get_tracer(telemetry.TRACER_NAME).start_as_current_span(f"job {self.state.queue}", attributes={
+        return telemetry.workflow_span(f"job {self.state.queue}", {
             "threadline.job_id": self.state.job_id, "threadline.queue": self.state.queue,
         })
 

@@ -16,7 +16,6 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from opentelemetry import trace
     from threadline import telemetry
     from threadline.contracts import (
         CALL_MODEL,
@@ -330,7 +329,7 @@ class ThreadWorkflow:
     async def _run_turn(self, turn: Turn, resume: TurnResume | None = None) -> Reply:
         """One turn, as one span (with OpenTelemetry configured): its model and tool calls are its children."""
         rollover: workflow.ContinueAsNewError | None = None
-        with trace.get_tracer(telemetry.TRACER_NAME).start_as_current_span("turn", attributes={
+        with telemetry.workflow_span("turn", {
             "threadline.thread_id": self.state.thread_id, "threadline.turn_id": turn.turn_id,
             "threadline.channel": turn.channel, "threadline.resumed": resume is not None,
         }) as span:
