@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,11 +55,10 @@ from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
 from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
 from threadline.channels import chat_feed  # noqa: E402
 from threadline.models.spec import AgentSpec, HttpSettings  # noqa: E402
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
 from bench.floor import FloorOptions, FloorWorkflow  # noqa: E402
 from bench.report import emit  # noqa: E402
-from tests.temporal_server import TemporalDevServer  # noqa: E402
+from tests.temporal_server import TemporalDevServer, free_port  # noqa: E402
 
 TARGET_FIRST_DELTA_OVERHEAD_MS = 150.0
 FLOOR_QUEUE = "bench-chat-floor"
@@ -69,12 +67,6 @@ ISSUE_12_P50_MS, ISSUE_12_P95_MS = 50.0, 150.0
 
 def log(message: str) -> None:
     print(f"[bench.chat {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -278,7 +270,7 @@ async def chat_agent(room: str, words: int, chunk_delay: float) -> AsyncIterator
     """Its own Temporal dev server, the fake model in a process of its own, and an agent process with the chat
     channel's HTTP server; all stopped on exit."""
     home = Path(tempfile.mkdtemp(prefix="threadline-bench-"))
-    server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES})
+    server = TemporalDevServer()
     procs: list[subprocess.Popen[str]] = []
     log("starting Temporal, the fake model and the agent")
     server.start()

@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
-
 from bench.report import emit
 from bench.turns import REPO, cpu_seconds, machine_busy_seconds, percentile
 from tests.temporal_server import TemporalDevServer
@@ -49,8 +47,7 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="threadline-cli-"))
-    server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES},
-                               data_dir=work / "temporal")
+    server = TemporalDevServer(data_dir=work / "temporal")
     env = {**os.environ, "THREADLINE_HOME": str(work / "home")}
     if not args.from_source:
         env.pop("PYTHONDONTWRITEBYTECODE", None)

@@ -34,7 +34,6 @@ from threadline.channels.delivery import connect, new_thread_name, submit_turn
 from threadline.models.spec import AgentSpec, ContextSettings
 from threadline.models.thread import Turn
 from threadline.worker import run_agent
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
 from bench.report import emit
 from tests.fake_openai import FakeOpenAI, FakeRequest, FakeResponse
@@ -119,7 +118,7 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
         os.environ["THREADLINE_HOME"] = home
-        server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES})
+        server = TemporalDevServer()
         await server.astart()
         try:
             with FakeOpenAI(chars_per_token=3) as fake:

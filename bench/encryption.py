@@ -28,7 +28,6 @@ from threadline.channels.delivery import connect, new_thread_name, new_turn_id, 
 from threadline.models.spec import AgentSpec
 from threadline.models.thread import Turn
 from threadline.worker import run_agent
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
 from bench.report import emit
 from tests.fake_openai import FakeOpenAI
@@ -72,7 +71,7 @@ async def main() -> None:
                           OTEL_SERVICE_NAME="bench")
     with tempfile.TemporaryDirectory() as home, FakeOpenAI(record=False) as fake:
         os.environ.update(THREADLINE_HOME=home, OPENAI_BASE_URL=fake.base_url, OPENAI_API_KEY="bench")
-        server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES})
+        server = TemporalDevServer()
         await server.astart()
         stops = []
         try:

@@ -34,7 +34,6 @@ from threadline.channels.delivery import connect  # noqa: E402
 from threadline.channels.queue_jobs import send_job, wait_for_job  # noqa: E402
 from threadline.models.jobs import JobStatus
 from threadline.models.spec import AgentSpec  # noqa: E402
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # noqa: E402
 
 from tests.fake_openai import FakeOpenAI  # noqa: E402
 from tests.temporal_server import TemporalDevServer  # noqa: E402
@@ -144,8 +143,7 @@ async def main() -> None:
 
     home = tempfile.mkdtemp(prefix="threadline-bench-queue-")
     os.environ["THREADLINE_HOME"] = home
-    server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES},
-                               data_dir=Path(home) / "temporal")
+    server = TemporalDevServer(data_dir=Path(home) / "temporal")
     with FakeOpenAI(default_delay=0.0) as fake, server:
         os.environ["OPENAI_BASE_URL"] = fake.base_url
         os.environ["OPENAI_API_KEY"] = "bench"

@@ -24,7 +24,6 @@ from threadline.activities.thread_store import ThreadStore
 from threadline.channels.delivery import connect, new_thread_name, new_turn_id, submit_turn
 from threadline.models.spec import AgentSpec
 from threadline.models.thread import Turn
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
 from bench.report import emit
 from bench.turns import REPO, Child, log, percentile
@@ -101,8 +100,7 @@ async def one_round(address: str, env: dict[str, str], work: Path, fake: FakeOpe
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="threadline-recovery-"))
-    server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES},
-                               data_dir=work / "temporal")
+    server = TemporalDevServer(data_dir=work / "temporal")
     fake = FakeOpenAI(default_delay=args.latency, record=True).start()
     os.environ["THREADLINE_HOME"] = str(work / "home")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": "x", "OPENAI_BASE_URL": fake.base_url,

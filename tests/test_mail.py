@@ -25,7 +25,6 @@ from threadline.channels.queue_jobs import wait_for_job
 from threadline.models.jobs import MailEnvelope, MailReplyRequest
 from threadline.models.spec import AgentSpec, MailSettings
 from threadline.workflows.jobs import public_job_id
-from threadline.workflows.search_attributes import SEARCH_ATTRIBUTES
 
 from tests.cli_helpers import run_cli
 from tests.conftest import REPO
@@ -307,7 +306,7 @@ async def test_attachment_saved_under_the_thread_and_read_by_a_tool(
 
 
 async def test_temporal_down_answers_451_and_the_retry_succeeds(room, sink):
-    server = TemporalDevServer(search_attributes={key.name: "Keyword" for key in SEARCH_ATTRIBUTES})
+    server = TemporalDevServer()
     await server.astart()
     try:
         MailStore.default().create_mailbox(ADDRESS, room)

@@ -23,14 +23,9 @@ from threadline.models.thread import Turn
 
 from tests.cli_helpers import REPO, run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
+from tests.temporal_server import free_port
 
 BUCKET = "threadline-tests"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +35,7 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         import moto.server  # noqa: F401
     except ImportError as e:
         pytest.skip(f"moto[server] is not installed (pip install -e '.[test]'): {e}")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -200,7 +195,7 @@ def test_require_storage_fails_at_start_with_an_unreachable_endpoint(temporal_se
     result = run_cli(
         "process", "run", "--room", room, "--agent-name", "support", "--model", "offline", "-m", "hi",
         "--require-storage", "--storage-url", url, "--temporal-address", temporal_server.address,
-        env={**_s3_env(f"http://127.0.0.1:{_free_port()}"), "THREADLINE_S3_ENDPOINT_URL": None}, timeout=60,
+        env={**_s3_env(f"http://127.0.0.1:{free_port()}"), "THREADLINE_S3_ENDPOINT_URL": None}, timeout=60,
     )
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -210,7 +205,7 @@ def test_require_storage_fails_at_start_with_an_unreachable_endpoint(temporal_se
 
 def test_unusable_storage_urls_are_refused(room: str) -> None:
     with pytest.raises(StorageUnavailable, match=rf"room storage s3://{BUCKET}/x/{room} is not usable"):
-        RoomStorage.for_url(f"s3://{BUCKET}/x", room, _s3_env(f"http://127.0.0.1:{_free_port()}")).check_writable()
+        RoomStorage.for_url(f"s3://{BUCKET}/x", room, _s3_env(f"http://127.0.0.1:{free_port()}")).check_writable()
     result = run_cli("process", "run", "--room", room, "--agent-name", "a", "--model", "offline", "-m", "hi",
                      "--storage-url", "ftp://files/x")
     assert result.returncode == 2 and "--storage-url" in result.stderr and "s3://BUCKET" in result.stderr

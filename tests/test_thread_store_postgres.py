@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -32,12 +31,7 @@ from threadline.models.thread import ParsedItems, ThreadItem, Turn, Usage
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.runtime_support import eventually
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.temporal_server import free_port
 
 
 def _pg_bin_dir() -> Path | None:
@@ -67,7 +61,7 @@ def postgres_url() -> Iterator[str]:
             pytest.skip(f"running as root and no usable postgres user for the test server: {e}")
         as_user = ["runuser", "-u", "postgres", "--"]
     data, log = base / "data", base / "server.log"
-    port = _free_port()
+    port = free_port()
 
     def run(*args: str) -> None:
         result = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120)
@@ -266,7 +260,7 @@ def test_cli_readers_take_the_thread_store_url(postgres_url: str, room: str) -> 
     wrong = run_cli("process", "threads", "--room", room, "--thread-store-url", "mysql://u:hunter2@h/db")
     assert wrong.returncode == 2 and "postgresql://" in wrong.stderr and "hunter2" not in wrong.stderr
     down = run_cli("process", "threads", "--room", room,
-                   "--thread-store-url", f"postgresql://postgres:hunter2@127.0.0.1:{_free_port()}/threadline")
+                   "--thread-store-url", f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/threadline")
     assert down.returncode == 1 and "thread store" in down.stderr and "hunter2" not in down.stderr
 
 
