@@ -29,6 +29,9 @@ class NoStatus:
     def poke(self, thread_id: str) -> None:
         pass
 
+    def observe(self, thread_id: str, events: list) -> None:
+        pass
+
 
 def item(thread_id: str, seq: int, text: str) -> ThreadItem:
     return ThreadItem(seq=seq, turn_id="t1", type="assistant", text=text, created_at=time.time())

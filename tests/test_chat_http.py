@@ -156,6 +156,41 @@ async def test_tools_interrupt_and_steer(temporal_client: Client, agent_spec, fa
         assert any(e.event == "status" and queued["turn_id"] in e.data["queued_turn_ids"] for e in reader.events)
 
 
+async def test_turn_events_set_the_status_without_asking_the_workflow(temporal_client: Client, agent_spec,
+                                                                      fake_model: FakeOpenAI, monkeypatch):
+    """Ten turns in a row on a followed thread: its status follows their events (a turn waiting behind the
+    running one is listed as queued, the thread is idle at the end) with a few queries, not three per turn."""
+    from threadline.channels import chat_feed
+
+    queries = 0
+    snapshot = chat_feed.thread_snapshot
+
+    async def counted(client: Client, thread_id: str):  # noqa: ANN202
+        nonlocal queries
+        queries += 1
+        return await snapshot(client, thread_id)
+
+    monkeypatch.setattr(chat_feed, "thread_snapshot", counted)
+    release = threading.Event()
+    fake_model.script(lambda req: FakeResponse.block(release, then=FakeResponse.text("first"), timeout=60)
+                      if req.last_user_text == "turn 0" else None)
+    async with chat_server(temporal_client, agent_spec) as server, server.client() as http:
+        thread_id = await _new_thread(http)
+        async with sse(http, f"/api/threads/{thread_id}/events") as reader:
+            await reader.wait_for(lambda evs: any(e.event == "status" for e in evs))
+            turn_ids = [(await http.post(f"/api/threads/{thread_id}/turns", json={"text": f"turn {n}"})).json()[
+                "turn_id"] for n in range(10)]
+            await reader.wait_for(lambda evs: any(e.event == "status" and e.data["queued_turn_ids"] == turn_ids[1:]
+                                                  for e in evs))
+            release.set()
+            await reader.wait_for(ended(turn_ids[-1]), timeout=60)
+            await reader.wait_for(lambda evs: [e.data for e in evs if e.event == "status"][-1]["status"] == "idle")
+    last = [e.data for e in reader.events if e.event == "status"][-1]
+    assert last["running_turn_id"] is None and last["queued_turn_ids"] == []
+    assert any(e.event == "status" and e.data["running_turn_id"] == turn_ids[0] for e in reader.events)
+    assert queries <= 6, f"{queries} snapshot queries for 10 turns"  # 2 here; 11 when every turn event asked
+
+
 async def test_a_token_is_required_on_every_api_request(temporal_client: Client, agent_spec):
     async with chat_server(temporal_client, agent_spec, token="s3cret") as server:
         async with httpx.AsyncClient(base_url=server.url) as anonymous:

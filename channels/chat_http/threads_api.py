@@ -200,7 +200,6 @@ class ChatApi:
             await self.store_call(self.log.publish, thread_id, turn.turn_id, 0, "refused",
                                   {"error": f"the turn could not be delivered: {e}"})
             raise
-        self.watcher.poke(thread_id)
         return JSONResponse(TurnAccepted(thread_id=thread_id, turn_id=turn.turn_id).model_dump(mode="json"),
                             status_code=202)
 
