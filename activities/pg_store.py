@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg
+from threadline.activities import local_writes
 from threadline.activities.stream_log import KEEP_SECONDS, StreamEvent
 from threadline.activities.thread_store import display_name, optional_filters
 from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, Usage, UsageRow, parse_items
@@ -206,6 +207,7 @@ class PgThreadStore:
                         [(self.room, thread_id, i.seq, i.turn_id, i.type, i.model_dump_json(), i.created_at)
                          for i in items],
                     )
+        local_writes.written()
 
     def ensure_thread(self, thread_id: str, *, room: str, agent: str, channel: str = "chat", name: str = "") -> None:
         """Creates the thread's row (no items yet) unless it exists; its first message names it when `name` is empty."""
@@ -358,6 +360,7 @@ class PgStreamLog:
                 " VALUES (%s,%s,%s,%s,%s,%s,%s)",
                 (self.room, thread_id, turn_id, attempt, kind, json.dumps(data), time.time()),
             )
+        local_writes.written()
 
     def events(self, thread_id: str, *, after_id: int = 0, turn_id: str | None = None) -> list[Any]:
         query = ("SELECT id, thread_id, turn_id, attempt, kind, data, created_at FROM threadline_stream_events"

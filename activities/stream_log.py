@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from threadline.activities import local_writes
 from threadline.activities.storage import room_dir
 
 EventKind = Literal["delta", "retry", "tool_started", "tool_finished", "accepted", "refused"]
@@ -79,6 +80,7 @@ class StreamLog:
             "INSERT INTO stream_events (thread_id, turn_id, attempt, kind, data, created_at) VALUES (?,?,?,?,?,?)",
             (thread_id, turn_id, attempt, kind, json.dumps(data), time.time()),
         )
+        local_writes.written()
 
     def events(self, thread_id: str, *, after_id: int = 0, turn_id: str | None = None) -> list[StreamEvent]:
         query = "SELECT id, thread_id, turn_id, attempt, kind, data, created_at FROM stream_events WHERE thread_id=? AND id>?"

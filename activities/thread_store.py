@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from threadline.activities import local_writes
 from threadline.activities.storage import room_dir
 from threadline.models.thread import ThreadInfo, ThreadItem, ThreadStatus, Usage, UsageRow, parse_items
 
@@ -139,6 +140,7 @@ class ThreadStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        local_writes.written()
 
     def ensure_thread(self, thread_id: str, *, room: str, agent: str, channel: str = "chat", name: str = "") -> None:
         """Creates the thread's row (no items yet) unless it exists; its first message names it when `name` is empty."""

@@ -17,18 +17,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio.client import Client
+from threadline.activities import local_writes
 from threadline.activities.stores import RoomStreamLog, RoomThreadStore
 from threadline.activities.stream_log import StreamEvent
 from threadline.channels.delivery import thread_snapshot
 from threadline.models.thread import ThreadItem
 
 POLL_SECONDS = 0.02
-"""How often the feed's poller asks the store what changed while the room is busy: the reader's share of the
-streaming latency."""
+"""How often the feed's poller asks the store what changed while the room is busy, for writes of other processes
+(this process's own writes wake it at once: activities/local_writes.py)."""
 QUIET_POLL_SECONDS = 0.1
 """How often it asks once nothing has changed for QUIET_AFTER_SECONDS (a turn's first write, its `accepted` event,
 comes well before its first delta, so streaming runs at POLL_SECONDS)."""
 QUIET_AFTER_SECONDS = 2.0
+MIN_TICK_SECONDS = 0.005
+"""The least time from one tick to the next, however often this process writes: deltas of many turns are read in
+one tick, not in one each."""
 STATUS_POLL_SECONDS = 0.5
 """How soon a thread's status is asked again after it changed, or after a steer, an interrupt or a decision.
 Each quiet ask doubles the wait, up to STATUS_REFRESH_SECONDS: a turn's own events (accepted, started, ended) set the
@@ -355,6 +359,8 @@ class RoomFeed:
             tail.waiters.discard(wake)
             if tail.users == 0:
                 self._tails.pop(thread_id, None)
+                if not self._tails:
+                    self._poked.set()  # the poller ends now, not after its wait
 
     def poke(self) -> None:
         """A turn was just delivered here: poll at the busy pace from now on."""
@@ -363,32 +369,42 @@ class RoomFeed:
 
     async def _poll(self) -> None:
         self._changed_at = time.monotonic()
-        while self._tails:
-            try:
-                found = await asyncio.to_thread(self._tick, {t: tail.cursor for t, tail in self._tails.items()})
-            except Exception:  # noqa: BLE001 - a store that fails now may answer next tick; followers wait
-                log.warning("chat feed: reading the room's store failed", exc_info=True)
-                found = {}
-            if any(found.values()):
-                self._changed_at = time.monotonic()
-            for thread_id, events in found.items():
-                tail = self._tails.get(thread_id)
-                if tail is None or not events:
-                    continue
-                tail.cursor = events[-1].cursor or tail.cursor
-                tail.groups += _groups(events)
-                if len(tail.groups) > self.KEPT_GROUPS:
-                    cut = len(tail.groups) - self.KEPT_GROUPS
-                    del tail.groups[:cut]
-                    tail.offset += cut
-                self.watcher.observe(thread_id, events)
-                tail.wake()
-            self._poked.clear()
-            if time.monotonic() - self._changed_at > QUIET_AFTER_SECONDS:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._poked.wait(), QUIET_POLL_SECONDS)
-            else:
-                await asyncio.sleep(POLL_SECONDS)
+        written = local_writes.listen()
+        try:
+            while self._tails:
+                await self._poll_once(written)
+        finally:
+            local_writes.forget(written)
+
+    async def _poll_once(self, written: asyncio.Event) -> None:
+        """One tick, then the wait for the next: a write of this process (a turn's deltas, from its model activity)
+        ends the wait at once, after at least MIN_TICK_SECONDS; other processes' writes are found at the pace."""
+        ticked = time.monotonic()
+        written.clear()  # before the tick: a write during it is news for the next one
+        try:
+            found = await asyncio.to_thread(self._tick, {t: tail.cursor for t, tail in self._tails.items()})
+        except Exception:  # noqa: BLE001 - a store that fails now may answer next tick; followers wait
+            log.warning("chat feed: reading the room's store failed", exc_info=True)
+            found = {}
+        if any(found.values()):
+            self._changed_at = time.monotonic()
+        for thread_id, events in found.items():
+            tail = self._tails.get(thread_id)
+            if tail is None or not events:
+                continue
+            tail.cursor = events[-1].cursor or tail.cursor
+            tail.groups += _groups(events)
+            if len(tail.groups) > self.KEPT_GROUPS:
+                cut = len(tail.groups) - self.KEPT_GROUPS
+                del tail.groups[:cut]
+                tail.offset += cut
+            self.watcher.observe(thread_id, events)
+            tail.wake()
+        self._poked.clear()
+        quiet = time.monotonic() - self._changed_at > QUIET_AFTER_SECONDS
+        await _until_either(written, self._poked, QUIET_POLL_SECONDS if quiet else POLL_SECONDS)
+        if (rest := MIN_TICK_SECONDS - (time.monotonic() - ticked)) > 0:
+            await asyncio.sleep(rest)
 
     def _tick(self, followed: dict[str, Cursor]) -> dict[str, list[FeedEvent]]:
         if self._marks is None:

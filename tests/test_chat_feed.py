@@ -9,6 +9,7 @@ import time
 
 from threadline.activities.stream_log import StreamLog
 from threadline.activities.thread_store import ThreadStore
+from threadline.channels import chat_feed
 from threadline.channels.chat_feed import Cursor, RoomFeed
 from threadline.models.thread import ThreadItem
 
@@ -87,3 +88,22 @@ async def test_followers_share_one_poller_and_get_each_event_once(tmp_path) -> N
     ]
     assert [e.cursor for e in late] == [e.cursor for e in early[3:]]
     assert all(seen[t] == [] for t in quiet)
+
+
+async def test_a_write_of_this_process_reaches_its_followers_at_once(tmp_path, monkeypatch) -> None:
+    """The model activity and the HTTP channel of an agent share a process: a delta the activity writes (from a worker
+    thread) wakes the feed's poller, which would otherwise look again only after its poll interval (here 30 s)."""
+    monkeypatch.setattr(chat_feed, "POLL_SECONDS", 30.0)
+    monkeypatch.setattr(chat_feed, "QUIET_POLL_SECONDS", 30.0)
+    store, log = ThreadStore(tmp_path / "room.sqlite3"), StreamLog(tmp_path / "room.sqlite3")
+    feed = RoomFeed(store, log, NoStatus())  # type: ignore[arg-type]
+    thread, stop, seen = "room/.threads/a/t", asyncio.Event(), []
+    task = asyncio.create_task(collect(feed, thread, Cursor(), stop, seen))
+    await asyncio.to_thread(log.publish, thread, "t1", 1, "delta", {"text": "one "})
+    await until(lambda: len(seen) == 1, "the first delta")
+    await asyncio.to_thread(log.publish, thread, "t1", 1, "delta", {"text": "two"})
+    await asyncio.to_thread(store.append, thread, [item(thread, 1, "one two")], room="room", agent="a")
+    await until(lambda: [e.event for e in seen] == ["delta", "delta", "item", "turn"], "the rest of the turn", 5)
+    stop.set()
+    await task
+    await until(lambda: feed._poller is not None and feed._poller.done(), "the poller's end, with its last follower")
