@@ -61,7 +61,8 @@ ONLINE_WINDOW = timedelta(seconds=75)
 """A worker long-polls for about a minute: one that has not polled for longer is gone."""
 UPDATES_IN_FLIGHT_PER_THREAD = 8
 """Temporal keeps at most 10 updates in flight per workflow and answers the 11th with RESOURCE_EXHAUSTED, but only
-after the client's own retries (about 15 s): callers of one process past this many go by signal + poll at once."""
+after the client's own retries (about 15 s): callers of one process past this many go by signal + poll at once, and
+those behind this process's own turns wait for acceptance at most ACCEPT_WAIT_SECONDS (other processes count too)."""
 
 _updates_in_flight: weakref.WeakKeyDictionary[Client, Counter[str]] = weakref.WeakKeyDictionary()
 
@@ -233,7 +234,8 @@ UPDATE_OUTLIVED_RUN = "AcceptedUpdateCompletedWorkflow"
 
 
 ACCEPT_WAIT_SECONDS = 2.0
-"""How long `start_turn` waits for the thread's worker to accept the turn before it queues it by signal instead."""
+"""How long `start_turn` (and `submit_turn` on a thread busy with this process's turns) waits for the thread's worker
+to accept the turn before it queues it by signal instead."""
 
 _turns_awaited: set[asyncio.Task[None]] = set()
 
@@ -242,12 +244,19 @@ async def submit_turn(
     client: Client, agent: AgentRef, thread_id: str, turn: Turn
 ) -> Reply:
     """Delivers the turn and waits for its reply. Delivering the same turn id again returns the same reply."""
+    # Behind this process's own turns the thread may be at Temporal's limit of updates in flight (other processes'
+    # count too), which the client would retry for about 15 s: there the update waits only for acceptance, bounded.
+    busy = bool(_updates_in_flight.get(client, {}).get(thread_id))
     if _take_update_slot(client, thread_id):
         operation = _start_operation(agent, thread_id, turn.channel)
         try:
-            return await client.execute_update_with_start_workflow(
-                ThreadWorkflow.submit_turn, turn, id=turn.turn_id, start_workflow_operation=operation
-            )
+            if not busy:
+                return await client.execute_update_with_start_workflow(
+                    ThreadWorkflow.submit_turn, turn, id=turn.turn_id, start_workflow_operation=operation
+                )
+            handle = await _accepted_update(client, turn, operation)
+            if handle is not None:
+                return await handle.result()
         except (WorkflowUpdateFailedError, RPCError) as e:
             _fall_back_to_signal_or_raise(e)
         finally:
@@ -260,29 +269,39 @@ async def submit_turn(
 async def start_turn(client: Client, agent: AgentRef, thread_id: str, turn: Turn) -> None:
     """Returns once the turn is durably the thread's, without waiting for its reply. An update accepted by the running
     thread gets the turn going sooner than a signal (its workflow task is dispatched at once, not through the
-    server's transfer queue); with no worker to accept it within ACCEPT_WAIT_SECONDS the turn is queued by signal
-    (delivering a turn id twice runs it once)."""
+    server's transfer queue); one not accepted in time goes by signal."""
     if _take_update_slot(client, thread_id):
         operation = _start_operation(agent, thread_id, turn.channel)
         try:
-            handle = await asyncio.wait_for(client.start_update_with_start_workflow(
-                ThreadWorkflow.submit_turn, turn, id=turn.turn_id, start_workflow_operation=operation,
-                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-            ), ACCEPT_WAIT_SECONDS)
-        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):  # the SDK's word for the wait's cancellation
-            _release_update_slot(client, thread_id)
+            handle = await _accepted_update(client, turn, operation)
         except (WorkflowUpdateFailedError, RPCError) as e:
             _release_update_slot(client, thread_id)
             _fall_back_to_signal_or_raise(e)
         else:
-            # Temporal counts the update as in flight until the turn ends: so does this process.
-            awaited = asyncio.create_task(_release_when_answered(client, thread_id, handle))
-            _turns_awaited.add(awaited)
-            awaited.add_done_callback(_turns_awaited.discard)
-            return
+            if handle is not None:
+                # Temporal counts the update as in flight until the turn ends: so does this process.
+                awaited = asyncio.create_task(_release_when_answered(client, thread_id, handle))
+                _turns_awaited.add(awaited)
+                awaited.add_done_callback(_turns_awaited.discard)
+                return
+            _release_update_slot(client, thread_id)
         finally:
             _retrieve_start_error(operation)
     await deliver_turn(client, agent, thread_id, turn)
+
+
+async def _accepted_update(client: Client, turn: Turn, operation: WithStartWorkflowOperation[ThreadWorkflow, None]
+                           ) -> WorkflowUpdateHandle[Reply] | None:
+    """The turn's update once the running thread accepted it; None when it was not accepted within
+    ACCEPT_WAIT_SECONDS: no worker is up, or the client is retrying Temporal's RESOURCE_EXHAUSTED. The caller then
+    sends the turn by signal (delivered twice, a turn id runs once)."""
+    try:
+        return await asyncio.wait_for(client.start_update_with_start_workflow(
+            ThreadWorkflow.submit_turn, turn, id=turn.turn_id, start_workflow_operation=operation,
+            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+        ), ACCEPT_WAIT_SECONDS)
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):  # the SDK's word for the wait's cancellation
+        return None
 
 
 async def _release_when_answered(client: Client, thread_id: str, handle: WorkflowUpdateHandle[Reply]) -> None:

@@ -126,9 +126,10 @@ async def test_update_limit_reached_by_two_clients_falls_back_to_signal(temporal
         snap = await thread_snapshot(temporal_client, thread_id)
         return snap.running_turn_id and len(snap.queued_turn_ids) == 13
 
-    # The extra turns wait out the client's own retries of RESOURCE_EXHAUSTED (13-16 s here); on a loaded 2-core CI
-    # machine a workflow task carrying updates was once lost ("Task not found when completing") and the turns took
-    # longer than 45 s to be admitted again.
+    # A turn behind this process's own waits for acceptance at most ACCEPT_WAIT_SECONDS, then goes by signal (3 s for
+    # all 14 here; waiting out the client's retries of RESOURCE_EXHAUSTED took 16 s). On a loaded 2-core CI machine a
+    # workflow task carrying updates was once lost ("Task not found when completing") and the turns took longer than
+    # 45 s to be admitted again.
     await eventually(all_admitted, timeout=120, what="all 14 turns admitted")
     snap = await thread_snapshot(temporal_client, thread_id)
     assert snap.run_updates <= 10, "more than Temporal's 10 updates in flight: the signal fallback was not needed"
