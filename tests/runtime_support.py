@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import inspect
 import json
 import os
@@ -137,13 +138,30 @@ def payload_json(payloads: Any) -> list[Any]:
     return [json.loads(p.data) for p in payloads.payloads]
 
 
+GZIPPED_HISTORY_BYTES = 256 * 1024
+"""A recorded history larger than this is kept gzipped (large turns are mostly one repeated character)."""
+
+
 async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
-    """With THREADLINE_RECORD_HISTORIES=1, saves the run's history as tests/histories/<name>.json."""
+    """With THREADLINE_RECORD_HISTORIES=1, saves the run's history as tests/histories/<name>.json(.gz)."""
     if os.environ.get(RECORD_ENV) != "1":
         return
-    history = await handle.fetch_history()
+    text = (await handle.fetch_history()).to_json()
     HISTORIES.mkdir(exist_ok=True)
-    (HISTORIES / f"{name}.json").write_text(history.to_json())
+    for stale in (HISTORIES / f"{name}.json", HISTORIES / f"{name}.json.gz"):
+        stale.unlink(missing_ok=True)
+    if len(text) > GZIPPED_HISTORY_BYTES:
+        (HISTORIES / f"{name}.json.gz").write_bytes(gzip.compress(text.encode(), mtime=0))
+    else:
+        (HISTORIES / f"{name}.json").write_text(text)
+
+
+def recorded_histories() -> dict[str, str]:
+    """Every recorded history's JSON, by scenario name."""
+    found = {p.name.removesuffix(".json"): p.read_text() for p in HISTORIES.glob("*.json")}
+    found |= {p.name.removesuffix(".json.gz"): gzip.decompress(p.read_bytes()).decode()
+              for p in HISTORIES.glob("*.json.gz")}
+    return dict(sorted(found.items()))
 
 
 def activity_events(history: Any, event_type: int) -> list[Any]:

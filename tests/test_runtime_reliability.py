@@ -416,6 +416,36 @@ async def test_many_large_queued_turns_and_long_replies_roll_over(rollover: Clie
     assert (await thread_snapshot(client, thread_id)).turns_completed == 12
 
 
+async def test_a_turn_refused_for_the_queue_size_is_recorded_as_an_error(temporal_client: Client, agent_spec,
+                                                                         agent_worker, fake_model):
+    """A turn that would take the waiting text past MAX_QUEUED_BYTES fails at once, and the thread store says why
+    (readers of the thread, the chat feed among them, see the turn end failed), without the turn's text."""
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    gate = Gate()
+    fake_model.script(lambda req: gate.response(FakeResponse.text("first done")) if req.last_user_text == "first"
+                      else FakeResponse.text("done"))
+    first = Turn(turn_id=new_turn_id(), text="first")
+    await deliver_turn(temporal_client, agent_spec.ref, thread_id, first)
+    await fake_model.wait_for_async(lambda: fake_model.in_flight == 1)
+    queued = [Turn(turn_id=new_turn_id(), text=f"{n} " + "y" * 262_000) for n in range(4)]
+    refused = Turn(turn_id=new_turn_id(), text="one more " + "z" * 1000)
+    for turn in [*queued, refused]:
+        await deliver_turn(temporal_client, agent_spec.ref, thread_id, turn)
+    reply = await wait_for_reply(temporal_client, thread_id, refused.turn_id, timeout=30)
+    assert reply.status == "failed" and "the thread already has 4 turns waiting" in reply.error
+    errors = await eventually(lambda: [i for i in items_of_turn(agent_spec.room, thread_id, refused.turn_id)], 30,
+                              what="the refusal in the thread store")
+    assert [(i.type, i.text) for i in errors] == [("error", f"the turn was not run: {reply.error}")]
+    gate.release()
+    replies = [await wait_for_reply(temporal_client, thread_id, t.turn_id, timeout=60) for t in [first, *queued]]
+    assert [r.text for r in replies] == ["first done"] + ["done"] * 4
+    # The refusal's seq comes after the answer's that the running turn's model call had taken.
+    assert [i.type for i in store_items(agent_spec.room, thread_id)] == [
+        "user", "assistant", "error", *["user", "assistant"] * 4]
+    await record_history(temporal_client.get_workflow_handle(thread_id), "refused_turn")
+
+
 def test_only_an_exited_process_of_this_host_counts_as_a_gone_worker():
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
     exited.wait()

@@ -3,7 +3,7 @@ change that breaks determinism for running threads fails CI instead of stalling 
 
 The histories in tests/histories/ were recorded by the scenario tests (plain turns, tool loop, steer, interrupt,
 model failure, continue-as-new, an agent-to-agent call in a child workflow, interrupted parallel tools, steers
-and tool failures handled by the patched paths, instant tools as local activities) and by the queue, mail and toolkit tests, one for each workflow type. To re-record them after an intended, versioned workflow change:
+and tool failures handled by the patched paths, instant tools as local activities, a turn refused for the size of the queue) and by the queue, mail and toolkit tests, one for each workflow type. To re-record them after an intended, versioned workflow change:
 
     THREADLINE_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_runtime_*.py tests/test_queue.py tests/test_mail.py \
         tests/test_toolkit.py
@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowHistory
@@ -33,7 +32,7 @@ from threadline.workflows.tool_call import ToolCallWorkflow
 from threadline.workflows.toolkit import ToolkitWorkflow
 
 from tests.fake_openai import FakeResponse
-from tests.runtime_support import HISTORIES
+from tests.runtime_support import recorded_histories
 from tests.wall_clock_workflow import WallClockWorkflow
 
 EXPECTED = {
@@ -41,8 +40,9 @@ EXPECTED = {
     "interrupt_parallel_tools", "steer_after_failure", "tool_timeout_hangs", "tool_timeout_hangs_blocking",
     "tool_lost_worker", "tool_call_child", "toolkit_registry", "queue_job", "mail_job", "queue_job_claimed_retry",
     "compaction", "approval", "approval_rolls_over", "approval_resumed_after_rollover",
-    "local_tools",
+    "local_tools", "refused_turn",
 }
+RECORDED = recorded_histories()
 WORKFLOWS = [ThreadWorkflow, ToolCallWorkflow, QueueJobWorkflow, MailJobWorkflow, ToolkitWorkflow]
 """Every workflow type the worker registers: each has a recorded history above."""
 
@@ -56,19 +56,19 @@ def _replayer(workflows: list[type] = WORKFLOWS) -> Replayer:
 
 
 def test_every_scenario_has_a_recorded_history():
-    assert {p.stem for p in HISTORIES.glob("*.json")} >= EXPECTED
-    recorded_types = {WorkflowHistory.from_json(p.stem, p.read_text()).events[0]
+    assert set(RECORDED) >= EXPECTED
+    recorded_types = {WorkflowHistory.from_json(name, text).events[0]
                       .workflow_execution_started_event_attributes.workflow_type.name
-                      for p in HISTORIES.glob("*.json")}
+                      for name, text in RECORDED.items()}
     assert recorded_types == {w.__temporal_workflow_definition.name for w in WORKFLOWS}
 
 
-@pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
-async def test_recorded_history_replays(path: Path):
-    history = WorkflowHistory.from_json(f"replay/{path.stem}", path.read_text())
+@pytest.mark.parametrize("name", sorted(RECORDED))
+async def test_recorded_history_replays(name: str):
+    history = WorkflowHistory.from_json(f"replay/{name}", RECORDED[name])
     assert len(history.events) > 5
     result = await _replayer().replay_workflow(history, raise_on_replay_failure=False)
-    assert result.replay_failure is None, f"{path.name} no longer replays: {result.replay_failure!r}"
+    assert result.replay_failure is None, f"{name} no longer replays: {result.replay_failure!r}"
 
 
 async def test_fresh_history_replays(temporal_client: Client, agent_spec, agent_worker, fake_model):

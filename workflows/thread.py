@@ -84,12 +84,13 @@ TOOL_FAILURE_AS_RESULT_PATCH = "tool-failure-as-result"
 ROLL_OVER_WAITING_PATCH = "roll-over-while-waiting-for-approval"
 LIST_RUNNING_LATE_PATCH = "list-running-after-a-second"
 LOCAL_TOOLS_PATCH = "local-activity-for-instant-tools"
+RECORD_REFUSALS_PATCH = "record-refused-turns"
 LISTED_RUNNING_AFTER = timedelta(seconds=1)
 """A thread at rest is listed `running` (its status search attribute) only once its turn has run this long: each
 upsert is a visibility write on the server, and two per turn were a sixth of its work for a sub-second turn."""
 RESTING_STATUSES = ("idle", "failed")
 THREAD_PATCHES = (BOUNDED_STATE_PATCH, REQUEUE_STEERS_PATCH, TOOL_FAILURE_AS_RESULT_PATCH, ROLL_OVER_WAITING_PATCH,
-                  LIST_RUNNING_LATE_PATCH, LOCAL_TOOLS_PATCH)
+                  LIST_RUNNING_LATE_PATCH, LOCAL_TOOLS_PATCH, RECORD_REFUSALS_PATCH)
 """Every change of this code that `workflow.patched` guards. A run started by this code (a new thread, a rollover)
 lists them in its input, `ThreadState.patches`: it needs no patch marker, and no `TemporalChangeVersion` upsert (a
 visibility write on the server) in each new run."""
@@ -132,6 +133,7 @@ class ThreadWorkflow:
         self.reply_times: dict[str, float] = {}
         self.status: ThreadStatus = "idle"
         self.listing_as_running: asyncio.Task[None] | None = None
+        self.recording_refusals: dict[asyncio.Task[None], None] = {}
         resume = start.state.resume
         self.approvals = ThreadApprovals(start.state.decisions, resume.waiting if resume else [])
         self.calls: dict[int, CallState] = {}
@@ -151,8 +153,8 @@ class ThreadWorkflow:
             await workflow.wait_condition(lambda: bool(self.state.queue) or self._run_is_full())
             if self._run_is_full():
                 # Update handlers of queued turns wait for their replies, so roll over only once none is waiting.
-                await workflow.wait_condition(lambda: workflow.all_handlers_finished() or bool(self.state.queue))
-                if workflow.all_handlers_finished():
+                await workflow.wait_condition(lambda: self._may_roll_over() or bool(self.state.queue))
+                if self._may_roll_over():
                     workflow.continue_as_new(ThreadStart(state=self._carried_state()))
             turn = self.state.queue.pop(0)
             reply = await self._run_turn(turn)
@@ -165,6 +167,9 @@ class ThreadWorkflow:
 
     def _run_is_full(self) -> bool:
         return workflow.info().is_continue_as_new_suggested() or self.run_updates >= UPDATES_PER_RUN
+
+    def _may_roll_over(self) -> bool:
+        return workflow.all_handlers_finished() and not self.recording_refusals
 
     def _may_roll_over_waiting(self) -> bool:
         """A turn that waits for people (hours, maybe) lets the run roll over, once nothing of it runs: every call
@@ -221,12 +226,19 @@ class ThreadWorkflow:
             self._set_status("running")
 
     def _refuse(self, turn: Turn, reason: str) -> None:
-        """Answers a turn that was not admitted: its callers get the reason as a failed reply at once."""
+        """Answers a turn that was not admitted: its callers get the reason as a failed reply at once, and readers of
+        the thread (the chat feed, `process messages`) an error item with it, but not the turn's text, whose size is
+        the reason."""
         self.state.recent_replies = [*self.state.recent_replies, Reply(
             thread_id=self.state.thread_id, turn_id=turn.turn_id, status="failed", error=reason,
         )][-MAX_KEPT_REPLIES:]
         self.reply_times[turn.turn_id] = workflow.now().timestamp()
         self.state.seen_turn_ids = [*self.state.seen_turn_ids, turn.turn_id][-SEEN_TURN_IDS:]
+        if self._patched(RECORD_REFUSALS_PATCH):
+            refusal = self._item("error", turn, text=f"the turn was not run: {reason}")
+            recording = asyncio.create_task(self._record_items([refusal], self.status))
+            self.recording_refusals[recording] = None
+            recording.add_done_callback(self.recording_refusals.pop)
 
     def _carried_state(self) -> ThreadState:
         if not self._patched(BOUNDED_STATE_PATCH):
