@@ -12,6 +12,7 @@ import pytest
 from temporalio.client import Client
 from threadline.channels.chat_http import threads_api
 from threadline.channels.chat_http.settings import HttpConfigError, check_settings
+from threadline.channels.delivery import connect, new_turn_id
 from threadline.models.limits import MAX_TURN_TEXT_BYTES
 from threadline.models.spec import HttpSettings
 
@@ -19,6 +20,7 @@ from tests.chat_http_support import chat_server, deltas, ended, sse
 from tests.cli_helpers import run_cli
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.runtime_support import eventually
+from tests.temporal_server import TemporalDevServer
 
 
 async def _new_thread(http: httpx.AsyncClient) -> str:
@@ -189,6 +191,33 @@ async def test_turn_events_set_the_status_without_asking_the_workflow(temporal_c
     assert last["running_turn_id"] is None and last["queued_turn_ids"] == []
     assert any(e.event == "status" and e.data["running_turn_id"] == turn_ids[0] for e in reader.events)
     assert queries <= 6, f"{queries} snapshot queries for 10 turns"  # 2 here; 11 when every turn event asked
+
+
+async def test_a_turn_temporal_does_not_take_ends_failed_in_the_feed(agent_spec, fake_model: FakeOpenAI):
+    """A POST while the Temporal server is down: the turn was announced (`accepted`) before its delivery, so the feed
+    also ends it, failed, saying why, and the POST answers 503. Nothing reaches the model."""
+    temporal = TemporalDevServer()
+    await temporal.astart()
+    try:
+        async with chat_server(await connect(temporal.address), agent_spec) as server, server.client() as http:
+            thread_id = await _new_thread(http)
+            async with sse(http, f"/api/threads/{thread_id}/events") as reader:
+                await reader.wait_for(lambda evs: any(e.event == "hello" for e in evs))
+                await temporal.astop()
+                turn_id = new_turn_id()
+                posted = await http.post(f"/api/threads/{thread_id}/turns", json={"text": "hi", "turn_id": turn_id})
+                assert posted.status_code == 503, posted.text
+                assert posted.json()["error"]["code"] == "temporal_unavailable"
+                await reader.wait_for(ended(turn_id))
+            await temporal.astart()  # the agent's worker stops cleanly
+        phases = [(e.data["phase"], e.data.get("status")) for e in reader.events
+                  if e.event == "turn" and e.data["turn_id"] == turn_id]
+        assert phases == [("accepted", None), ("ended", "failed")]
+        end = next(e for e in reader.events if e.event == "turn" and e.data["phase"] == "ended")
+        assert end.data["error"].startswith("the turn could not be delivered: ")
+        assert fake_model.count() == 0
+    finally:
+        temporal.close()
 
 
 async def test_a_token_is_required_on_every_api_request(temporal_client: Client, agent_spec):
