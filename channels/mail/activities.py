@@ -102,6 +102,14 @@ class MailActivities:
         return MailTurnPlan(thread_id=thread_id, new_thread=new_thread, subject=mail.subject, turn=turn,
                             envelope=envelope)
 
+    def _name_thread(self, request: MailReplyRequest) -> None:
+        try:
+            open_thread_store(request.room, self.spec.thread_store_url).rename(
+                request.thread_id, request.thread_title or "(no subject)"
+            )
+        except Exception as e:  # noqa: BLE001 - a name is cosmetic: the reply still goes out
+            activity.logger.warning("could not name thread %s after the mail's subject: %s", request.thread_id, e)
+
     def _authentic(self, mail: ParsedMail) -> tuple[bool, str]:
         if not self.spec.mail.require_auth:
             return True, ""
@@ -145,20 +153,16 @@ class MailActivities:
 
     @SEND_MAIL_REPLY.defn
     async def send_mail_reply(self, request: MailReplyRequest) -> str:
+        # Registry and store calls go to a thread, as every store call of an activity: they block.
         if request.thread_title:
-            try:
-                open_thread_store(request.room, self.spec.thread_store_url).rename(
-                    request.thread_id, request.thread_title or "(no subject)"
-                )
-            except Exception as e:  # noqa: BLE001 - a name is cosmetic: the reply still goes out
-                activity.logger.warning("could not name thread %s after the mail's subject: %s", request.thread_id, e)
+            await asyncio.to_thread(self._name_thread, request)
         text = request.text
         if request.status != "completed":
             if not self.spec.mail.failure_notice:
                 return "no reply: the turn failed and failure notices are off"
             text = FAILURE_NOTICE
         message_id = reply_message_id(request.turn_id, request.envelope.mailbox)
-        if self.store.was_sent(message_id):
+        if await asyncio.to_thread(self.store.was_sent, message_id):
             return message_id
         relay = self.spec.mail.smtp_relay
         if not relay:
@@ -166,7 +170,7 @@ class MailActivities:
                 "no --smtp-relay is configured: the reply cannot be sent", type=ErrorType.MAIL_CONFIG_ERROR, non_retryable=True
             )
         # Known before it is sent, so an answer to it that comes back fast finds its thread.
-        self.store.remember(request.room, message_id, request.thread_id, "out")
+        await asyncio.to_thread(self.store.remember, request.room, message_id, request.thread_id, "out")
         msg = build_reply(request.envelope, message_id, text)
         recipients = list(dict.fromkeys([*request.envelope.to, *request.envelope.cc]))
         if not recipients:

@@ -8,6 +8,7 @@ In-Reply-To names the approval: `<approval.SEQ.THREADHASH@domain>`, SEQ being th
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import re
@@ -77,9 +78,9 @@ class MailApprovals:
             return
         msg = build_request_mail(request, self.mailbox, approvers, subject)
         message_id = str(msg["Message-ID"])
-        if self.store.was_sent(message_id):
+        if await asyncio.to_thread(self.store.was_sent, message_id):
             return
-        self.store.remember(self.spec.room, message_id, request.thread_id, "out")
+        await asyncio.to_thread(self.store.remember, self.spec.room, message_id, request.thread_id, "out")
         await send_recorded(self.store, relay, msg, self.mailbox, approvers, request.thread_id, self.env)
 
     async def decide_from(self, mail: ParsedMail) -> tuple[str, str] | None:
@@ -87,7 +88,7 @@ class MailApprovals:
         job's record)."""
         for message_id in [*mail.in_reply_to, *reversed(mail.references)]:
             match = APPROVAL_MESSAGE_ID.match(message_id)
-            thread_id = self.store.thread_of(self.spec.room, [message_id]) if match else None
+            thread_id = await asyncio.to_thread(self.store.thread_of, self.spec.room, [message_id]) if match else None
             if match and thread_id:
                 return thread_id, await self._decide(mail, f"{thread_id}:{match.group(1)}")
         return None

@@ -101,4 +101,4 @@ async def send_recorded(
                                non_retryable=permanent) from e
     except (OSError, smtplib.SMTPException) as e:
         raise ApplicationError(f"cannot reach the relay {relay}: {e}", type=ErrorType.MAIL_UNAVAILABLE) from e
-    store.mark_sent(str(msg["Message-ID"]), thread_id, recipients)
+    await asyncio.to_thread(store.mark_sent, str(msg["Message-ID"]), thread_id, recipients)
