@@ -303,6 +303,12 @@ class PgThreadStore:
         found = self.threads(thread_id=thread_id)
         return found[0] if found else None
 
+    def thread_agent(self, thread_id: str) -> str | None:
+        """The agent of the thread (None: no such thread), without `thread`'s sums over all its items."""
+        row = self._connect().execute("SELECT agent FROM threadline_threads WHERE room=%s AND thread_id=%s",
+                                      (self.room, thread_id)).fetchone()
+        return row[0] if row else None
+
     def threads(
         self,
         *,

@@ -124,6 +124,7 @@ def test_append_is_idempotent_ordered_and_sliced(backend, room: str) -> None:
                                                                            room)
     assert info.usage == Usage(prompt_tokens=15, completion_tokens=2, total_tokens=17, model_calls=2)
     assert store.thread("missing") is None
+    assert (store.thread_agent("th"), store.thread_agent("missing")) == ("support", None)
 
 
 def test_items_parsed_before_are_reused_and_never_stale() -> None:

@@ -73,8 +73,9 @@ class ChatApi:
         if not value or len(value) > 500:
             raise ApiError(404, "no such thread", "not_found")
         thread_id = self.ref.thread_id(value)
-        info = await self.store_call(self.store.thread, thread_id)
-        mine = info.agent == self.ref.agent_name if info else thread_id.startswith(
+        # Every request of a thread asks this: not `store.thread`, whose usage sums read all the thread's items.
+        agent = await self.store_call(self.store.thread_agent, thread_id)
+        mine = agent == self.ref.agent_name if agent is not None else thread_id.startswith(
             f"{self.ref.room}/{self.ref.threads_dir}/")
         if not mine:
             raise ApiError(404, f"no thread {value!r} of agent {self.ref.agent_name}", "not_found")
