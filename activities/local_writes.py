@@ -11,27 +11,27 @@ import contextlib
 import threading
 
 _lock = threading.Lock()
-_readers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+_readers: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
 
 
 def listen() -> asyncio.Event:
     """An event that every later write of this process sets; the reader clears it, and calls `forget` when done."""
     event = asyncio.Event()
     with _lock:
-        _readers.add((asyncio.get_running_loop(), event))
+        _readers[event] = asyncio.get_running_loop()
     return event
 
 
 def forget(event: asyncio.Event) -> None:
     with _lock:
-        _readers.difference_update({reader for reader in _readers if reader[1] is event})
+        _readers.pop(event, None)
 
 
 def written() -> None:
     """Called by the store backends after each committed write of items or stream events."""
     with _lock:
-        readers = list(_readers)
-    for loop, event in readers:
+        readers = list(_readers.items())
+    for event, loop in readers:
         if not event.is_set():  # read from another thread: at worst one wake too many
             with contextlib.suppress(RuntimeError):  # the reader's loop has closed
                 loop.call_soon_threadsafe(event.set)

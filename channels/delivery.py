@@ -244,13 +244,14 @@ async def submit_turn(
     client: Client, agent: AgentRef, thread_id: str, turn: Turn
 ) -> Reply:
     """Delivers the turn and waits for its reply. Delivering the same turn id again returns the same reply."""
-    # Behind this process's own turns the thread may be at Temporal's limit of updates in flight (other processes'
-    # count too), which the client would retry for about 15 s: there the update waits only for acceptance, bounded.
-    busy = bool(_updates_in_flight.get(client, {}).get(thread_id))
-    if _take_update_slot(client, thread_id):
+    ahead = _take_update_slot(client, thread_id)
+    if ahead is not None:
         operation = _start_operation(agent, thread_id, turn.channel)
         try:
-            if not busy:
+            # Behind this process's own turns the thread may be at Temporal's limit of updates in flight (other
+            # processes' count too), which the client would retry for about 15 s: there the update waits only for
+            # acceptance, bounded.
+            if not ahead:
                 return await client.execute_update_with_start_workflow(
                     ThreadWorkflow.submit_turn, turn, id=turn.turn_id, start_workflow_operation=operation
                 )
@@ -270,23 +271,23 @@ async def start_turn(client: Client, agent: AgentRef, thread_id: str, turn: Turn
     """Returns once the turn is durably the thread's, without waiting for its reply. An update accepted by the running
     thread gets the turn going sooner than a signal (its workflow task is dispatched at once, not through the
     server's transfer queue); one not accepted in time goes by signal."""
-    if _take_update_slot(client, thread_id):
+    if _take_update_slot(client, thread_id) is not None:
         operation = _start_operation(agent, thread_id, turn.channel)
+        handle = None
         try:
             handle = await _accepted_update(client, turn, operation)
         except (WorkflowUpdateFailedError, RPCError) as e:
-            _release_update_slot(client, thread_id)
             _fall_back_to_signal_or_raise(e)
-        else:
-            if handle is not None:
-                # Temporal counts the update as in flight until the turn ends: so does this process.
-                awaited = asyncio.create_task(_release_when_answered(client, thread_id, handle))
-                _turns_awaited.add(awaited)
-                awaited.add_done_callback(_turns_awaited.discard)
-                return
-            _release_update_slot(client, thread_id)
         finally:
             _retrieve_start_error(operation)
+            if handle is None:
+                _release_update_slot(client, thread_id)
+        if handle is not None:
+            # Temporal counts the update as in flight until the turn ends: so does this process.
+            awaited = asyncio.create_task(_release_when_answered(client, thread_id, handle))
+            _turns_awaited.add(awaited)
+            awaited.add_done_callback(_turns_awaited.discard)
+            return
     await deliver_turn(client, agent, thread_id, turn)
 
 
@@ -312,13 +313,15 @@ async def _release_when_answered(client: Client, thread_id: str, handle: Workflo
         _release_update_slot(client, thread_id)
 
 
-def _take_update_slot(client: Client, thread_id: str) -> bool:
-    """One of this process's UPDATES_IN_FLIGHT_PER_THREAD updates to the thread, if one is free."""
+def _take_update_slot(client: Client, thread_id: str) -> int | None:
+    """One of this process's UPDATES_IN_FLIGHT_PER_THREAD updates to the thread, if one is free: how many of them were
+    in flight before it (None: no slot)."""
     in_flight = _updates_in_flight.setdefault(client, Counter())
-    if in_flight[thread_id] >= UPDATES_IN_FLIGHT_PER_THREAD:
-        return False
+    ahead = in_flight[thread_id]
+    if ahead >= UPDATES_IN_FLIGHT_PER_THREAD:
+        return None
     in_flight[thread_id] += 1
-    return True
+    return ahead
 
 
 def _release_update_slot(client: Client, thread_id: str) -> None:

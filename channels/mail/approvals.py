@@ -20,7 +20,7 @@ from threadline.channels.approvals import ApprovalError, decide_approval
 from threadline.channels.mail.addresses import reply_subject
 from threadline.channels.mail.parsing import ParsedMail
 from threadline.channels.mail.registry import MailRegistry
-from threadline.channels.mail.replies import send_recorded
+from threadline.channels.mail.replies import claim_outbound, send_recorded
 from threadline.models.spec import AgentSpec
 from threadline.models.thread import ApprovalDecision, ApprovalRequest, Turn
 
@@ -78,10 +78,8 @@ class MailApprovals:
             return
         msg = build_request_mail(request, self.mailbox, approvers, subject)
         message_id = str(msg["Message-ID"])
-        if await asyncio.to_thread(self.store.was_sent, message_id):
-            return
-        await asyncio.to_thread(self.store.remember, self.spec.room, message_id, request.thread_id, "out")
-        await send_recorded(self.store, relay, msg, self.mailbox, approvers, request.thread_id, self.env)
+        if await claim_outbound(self.store, self.spec.room, message_id, request.thread_id):
+            await send_recorded(self.store, relay, msg, self.mailbox, approvers, request.thread_id, self.env)
 
     async def decide_from(self, mail: ParsedMail) -> tuple[str, str] | None:
         """None when the mail answers no approval request; else its thread and what it did, in words (for the

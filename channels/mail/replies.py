@@ -83,12 +83,24 @@ def relay_send(relay: str, msg: EmailMessage, sender: str, recipients: list[str]
             smtp.quit()
 
 
+async def claim_outbound(store: MailRegistry, room: str, message_id: str, thread_id: str) -> bool:
+    """False when the mail was sent already; else records it as the thread's before it is sent, so that an answer
+    that comes back fast finds the thread. One trip to a thread for both registry calls."""
+    def claim() -> bool:
+        if store.was_sent(message_id):
+            return False
+        store.remember(room, message_id, thread_id, "out")
+        return True
+
+    return await asyncio.to_thread(claim)
+
+
 async def send_recorded(
     store: MailRegistry, relay: str, msg: EmailMessage, sender: str, recipients: list[str], thread_id: str,
     env: dict[str, str],
 ) -> None:
     """Sends `msg` through the relay (heartbeating) and records it as sent, keyed by its Message-ID. Callers check
-    `store.was_sent` first. Refusals are non-retryable `MailRejected`, an unreachable relay `MailUnavailable`."""
+    `store.was_sent` first (`claim_outbound`). Refusals are non-retryable `MailRejected`, an unreachable relay `MailUnavailable`."""
     try:
         async with heartbeating(at_start=True):
             await asyncio.to_thread(relay_send, relay, msg, sender, recipients, env)

@@ -22,7 +22,7 @@ from threadline.activities.tools import Tool, ToolArgumentsError
 from threadline.channels.mail.addresses import MailboxError, normalize_address, reply_message_id
 from threadline.channels.mail.parsing import markdown_to_html, safe_file_name
 from threadline.channels.mail.registry import open_mail_store
-from threadline.channels.mail.replies import send_recorded
+from threadline.channels.mail.replies import claim_outbound, send_recorded
 from threadline.models.spec import AgentSpec
 
 
@@ -120,9 +120,7 @@ def send_email_tools(spec: AgentSpec, storage: RoomStorage, env: dict[str, str] 
             f"send_email|{info.workflow_id}|{info.workflow_run_id}|{info.activity_id}", sender
         )
         store = open_mail_store(spec.thread_store_url)
-        if not await asyncio.to_thread(store.was_sent, message_id):
-            # Known before it is sent, so an answer that comes back fast finds this thread.
-            await asyncio.to_thread(store.remember, spec.room, message_id, info.workflow_id, "out")
+        if await claim_outbound(store, spec.room, message_id, info.workflow_id):
             msg = build_outbound(sender, recipients, subject, body, message_id, files)
             try:
                 await send_recorded(store, relay, msg, sender, recipients, info.workflow_id, environment)
