@@ -142,6 +142,10 @@ SEND_MAIL_REPLY = ActivityContract(
 ALL = (CALL_MODEL, COMPACT_THREAD, RUN_TOOL, RECORD_OUTCOME, RUN_QUEUE_TURN, SEND_QUEUE_REPLY, PREPARE_MAIL_TURN,
        SEND_MAIL_REPLY)
 
+LIST_AS_RUNNING = "list_as_running"
+"""The signal a model call sends its thread (argument: the turn id) when the call is still in flight at its input's
+`list_running_at`: the thread then lists itself `running` in the Temporal UI."""
+
 TOOL_TIMEOUT_GRACE_SECONDS = 10.0
 
 

@@ -26,6 +26,7 @@ from threadline.activities.context_window import (
     takes_reasoning_effort,
 )
 from threadline.activities.heartbeat import heartbeating
+from threadline.activities.listing import listing_requested
 from threadline.activities.model_provider import ModelConfigError, error_detail, model_error, resolve_model
 from threadline.activities.offline import offline_completion
 from threadline.activities.pricing import load_prices, priced
@@ -153,6 +154,10 @@ class AgentActivities:
     @CALL_MODEL.defn
     async def call_model(self, call: ModelCallInput) -> ModelStep:
         """Persists the turn's new input, rebuilds the prompt from the store, calls the model, persists its answer."""
+        async with listing_requested(call.thread_id, call.turn_id, call.list_running_at):
+            return await self._call_model(call)
+
+    async def _call_model(self, call: ModelCallInput) -> ModelStep:
         requested = call.model or self.spec.model
         history, rules, answered = await asyncio.to_thread(self._record_input, call)
         if answered is not None:

@@ -209,6 +209,9 @@ class ModelCallInput(BaseModel):
     instructions: str | None = None
     step: int = 0
     after_compaction: bool = Field(False, description="the thread was just compacted for this step: do not ask again")
+    list_running_at: float | None = Field(
+        None, description="epoch seconds: if the call is still in flight then, it asks the thread to list itself "
+                          "`running` (a timer per turn would cost every turn, however short)")
 
 
 class ModelStep(BaseModel):

@@ -269,13 +269,46 @@ async def test_status_search_attributes_and_snapshot(temporal_client: Client, ag
     assert (snap.status, snap.running_turn_id, snap.queued_turn_ids, snap.turns_completed) == ("idle", None, [], 2)
     info = ThreadStore.for_room(room).thread(thread_id)
     assert info is not None and info.status == "idle" and info.name == "first"
+    # The model call in flight asked for the listing, once: no timer in any turn.
+    history = await temporal_client.get_workflow_handle(thread_id).fetch_history()
+    signals = [e.workflow_execution_signaled_event_attributes.signal_name for e in history.events
+               if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED]
+    assert signals.count("list_as_running") == 1
+    assert listing_upserts(history) == ["running", "idle"]
+    assert EventType.EVENT_TYPE_TIMER_STARTED not in [e.event_type for e in history.events]
+    await record_history(temporal_client.get_workflow_handle(thread_id), "listed_running")
+
+
+def listing_upserts(history) -> list[str]:
+    """The values the thread's status search attribute was set to, in order."""
+    return [json.loads(e.upsert_workflow_search_attributes_event_attributes.search_attributes
+                       .indexed_fields["ThreadlineStatus"].data)
+            for e in history.events if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES]
+
+
+async def test_a_long_tool_step_is_listed_running_by_a_timer(temporal_client: Client, agent_spec, agent_worker,
+                                                             fake_model: FakeOpenAI):
+    """A quick model call followed by a tool that runs past a second: no model call is in flight to ask for the
+    listing, so the tool step's timer lists the thread running, for the rest of the second."""
+    await agent_worker(agent_spec.model_copy(update={"tools": ["tests.tools_for_tests:slow_lookup"]}))
+    thread_id = _thread(agent_spec)
+    fake_model.enqueue(FakeResponse.tool_calls([("slow_lookup", {"key": "k", "seconds": 1.5})]))
+    reply = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(),
+                                                                              text="CALL_TOOL x"))
+    assert reply.status == "completed"
+    history = await temporal_client.get_workflow_handle(thread_id).fetch_history()
+    kinds = [e.event_type for e in history.events]
+    assert kinds.count(EventType.EVENT_TYPE_TIMER_STARTED) == kinds.count(EventType.EVENT_TYPE_TIMER_FIRED) == 1
+    assert listing_upserts(history) == ["running", "idle"]
+    assert EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED not in kinds
 
 
 
 
 async def test_a_sub_second_turn_leaves_the_listed_status_alone(temporal_client: Client, agent_spec, agent_worker):
     """Each status upsert is a visibility write on the server: a thread at rest is listed `running` only once its
-    turn has run a second (LISTED_RUNNING_AFTER), so a quick turn writes none, and leaves no journaled attempt."""
+    turn has run a second (LISTED_RUNNING_AFTER), so a quick turn writes none, starts no timer and leaves no journaled
+    attempt."""
     await agent_worker(agent_spec)
     thread_id = _thread(agent_spec)
     for text in ("one", "two"):
@@ -287,7 +320,8 @@ async def test_a_sub_second_turn_leaves_the_listed_status_alone(temporal_client:
                 for e in history.events if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES]
     # A new thread starts with every patch in force: no patch marker, so no `TemporalChangeVersion` upsert either.
     assert upserted == [] and EventType.EVENT_TYPE_MARKER_RECORDED not in kinds
-    assert kinds.count(EventType.EVENT_TYPE_TIMER_STARTED) == kinds.count(EventType.EVENT_TYPE_TIMER_CANCELED) == 2
+    # Nor a timer, nor a signal: the listing would be asked for by a model call still in flight after a second.
+    assert EventType.EVENT_TYPE_TIMER_STARTED not in kinds and EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED not in kinds
     described = await temporal_client.get_workflow_handle(thread_id).describe()
     assert described.typed_search_attributes.get(STATUS_ATTRIBUTE) == "idle"
     assert list((attempt_journal(temporal_client).directory / f"{os.getpid()}+{process_start(os.getpid())}").iterdir()) == []

@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from threadline.contracts import (
         CALL_MODEL,
         COMPACT_THREAD,
+        LIST_AS_RUNNING,
         RECORD_OUTCOME,
         RUN_TOOL,
         ActivityContract,
@@ -85,12 +86,15 @@ ROLL_OVER_WAITING_PATCH = "roll-over-while-waiting-for-approval"
 LIST_RUNNING_LATE_PATCH = "list-running-after-a-second"
 LOCAL_TOOLS_PATCH = "local-activity-for-instant-tools"
 RECORD_REFUSALS_PATCH = "record-refused-turns"
+LIST_ON_REQUEST_PATCH = "list-running-on-the-model-call-request"
 LISTED_RUNNING_AFTER = timedelta(seconds=1)
-"""A thread at rest is listed `running` (its status search attribute) only once its turn has run this long: each
-upsert is a visibility write on the server, and two per turn were a sixth of its work for a sub-second turn."""
+"""A thread at rest is listed `running` (its status search attribute) only once it has been busy this long: each
+upsert is a visibility write on the server, and two per turn were a sixth of its work for a sub-second turn. A model
+call in flight at that moment asks for the listing (the `list_as_running` signal); other steps start a timer. A
+timer in every turn, started and cancelled, was a twentieth of the server's work for a sub-second turn."""
 RESTING_STATUSES = ("idle", "failed")
 THREAD_PATCHES = (BOUNDED_STATE_PATCH, REQUEUE_STEERS_PATCH, TOOL_FAILURE_AS_RESULT_PATCH, ROLL_OVER_WAITING_PATCH,
-                  LIST_RUNNING_LATE_PATCH, LOCAL_TOOLS_PATCH, RECORD_REFUSALS_PATCH)
+                  LIST_RUNNING_LATE_PATCH, LOCAL_TOOLS_PATCH, RECORD_REFUSALS_PATCH, LIST_ON_REQUEST_PATCH)
 """Every change of this code that `workflow.patched` guards. A run started by this code (a new thread, a rollover)
 lists them in its input, `ThreadState.patches`: it needs no patch marker, and no `TemporalChangeVersion` upsert (a
 visibility write on the server) in each new run."""
@@ -132,6 +136,8 @@ class ThreadWorkflow:
         self.run_updates = 0
         self.reply_times: dict[str, float] = {}
         self.status: ThreadStatus = "idle"
+        self.listing_due: datetime | None = None
+        """When the thread, busy but listed at rest, is to be listed `running`; None once it is, or at rest."""
         self.listing_as_running: asyncio.Task[None] | None = None
         self.recording_refusals: dict[asyncio.Task[None], None] = {}
         resume = start.state.resume
@@ -292,6 +298,12 @@ class ThreadWorkflow:
         for task in list(self.inflight):
             task.cancel()
 
+    @workflow.signal(name=LIST_AS_RUNNING)
+    def list_as_running(self, turn_id: str) -> None:
+        """A model call of the running turn was still in flight when the listing fell due."""
+        if self.listing_due is not None and self.running is not None and self.running.turn_id == turn_id:
+            self._list_running_now()
+
     # Approvals.
 
     @workflow.update(name="decide_approval")
@@ -395,7 +407,7 @@ class ThreadWorkflow:
                     ModelCallInput(
                         thread_id=self.state.thread_id, turn_id=turn.turn_id, answer_seq=answer_seq,
                         new_items=pending, model=turn.model, instructions=turn.instructions, step=model_calls,
-                        after_compaction=compacted,
+                        after_compaction=compacted, list_running_at=self._listing_request(),
                     ),
                     summary=f"model {turn.model or 'default'}, step {model_calls + 1}",
                 )
@@ -448,6 +460,7 @@ class ThreadWorkflow:
         tool writes into a turn that is over. Rolls the run over instead when it is full and they only wait."""
         requests = [ToolCallInput(thread_id=self.state.thread_id, turn_id=turn.turn_id, seq=first + n, call=call)
                     for n, call in enumerate(calls)]
+        self._list_by_timer()
         self.calls = {r.seq: CallState() for r in requests}
         running = []
         for request in requests:
@@ -472,6 +485,7 @@ class ThreadWorkflow:
 
     async def _compact(self, turn: Turn, before_seq: int, step: ModelStep) -> Usage:
         """The model activity found the prompt too long: the thread's oldest part becomes a summary item first."""
+        self._list_by_timer()
         seq = self.state.next_seq
         self.state.next_seq += 1
         result: CompactionResult = await self._activity(
@@ -626,16 +640,41 @@ class ThreadWorkflow:
         # The listed status is the one this run started with (continue-as-new carries it) or last upserted.
         listed = workflow.info().typed_search_attributes.get(STATUS_ATTRIBUTE)
         if status == "running" and listed in RESTING_STATUSES:
-            if self.listing_as_running is None:
-                self.listing_as_running = asyncio.create_task(self._list_as_running())
+            if self.listing_due is None:
+                self.listing_due = workflow.now() + LISTED_RUNNING_AFTER
+                if not self._patched(LIST_ON_REQUEST_PATCH):
+                    self._list_by_timer()
             return
+        self.listing_due = None
         if self.listing_as_running is not None:
             self.listing_as_running.cancel()
             self.listing_as_running = None
         if status != listed:
             workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(status)])
 
-    async def _list_as_running(self) -> None:
-        await workflow.sleep(LISTED_RUNNING_AFTER, summary="list the thread as running")
+    def _listing_request(self) -> float | None:
+        """When a model call is to ask for the listing (`list_as_running`), if it falls due while the call runs."""
+        if self.listing_due is None or self.listing_as_running is not None:
+            return None
+        return self.listing_due.timestamp()
+
+    def _list_by_timer(self) -> None:
+        """A step that is not a model call (tools, compaction) does not ask for the listing: a timer does it."""
+        if self.listing_due is None or self.listing_as_running is not None:
+            return
+        if self.listing_due <= workflow.now():
+            self._list_running_now()
+        else:
+            self.listing_as_running = asyncio.create_task(self._list_as_running(self.listing_due - workflow.now()))
+
+    async def _list_as_running(self, delay: timedelta) -> None:
+        await workflow.sleep(delay, summary="list the thread as running")
+        self.listing_as_running = None
+        self._list_running_now()
+
+    def _list_running_now(self) -> None:
+        if self.listing_as_running is not None:
+            self.listing_as_running.cancel()
+        self.listing_due = None
         self.listing_as_running = None
         workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set("running")])
