@@ -501,11 +501,13 @@ async def throughput(system: System, threads: int, turns_each: int, meter_pids: 
 
 async def throughput_palindrome(
     systems: list[System], threads: int, turns_each: int, pids_of: Callable[[System], dict[str, int]],
-    timeout: float,
+    timeout: float, rounds: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """Each system twice, in the order A B .. B A, so drift of the server (its database grows) favours no one."""
+    """Each system twice per round, in the order A B .. B A, so drift of the server (its database grows) favours no
+    one. A run is a few seconds, so a burst of the machine's own slowness moves one run by a fifth: more rounds, a
+    steadier figure (turns over wall time of all runs)."""
     runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in systems}
-    for s in [*systems, *reversed(systems)]:
+    for s in [*systems, *reversed(systems)] * rounds:
         log(f"{s.name}: {threads} threads x {turns_each} turns")
         res = await asyncio.wait_for(throughput(s, threads, turns_each, pids_of(s)), timeout)
         runs[s.name].append(res)
@@ -776,7 +778,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for c in counts.concurrency:
             meter = MachineMeter(our_pids).start()
             for name, res in (await throughput_palindrome(
-                    systems, c, counts.turns_per_thread, pids, args.phase_timeout)).items():
+                    systems, c, counts.turns_per_thread, pids, args.phase_timeout, args.throughput_rounds)).items():
                 results[name]["throughput"][str(c)] = res
             machine[f"throughput_{c}"] = meter.stop()
         if variants and args.variants_throughput:
@@ -858,6 +860,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tool-turns", type=int,
                    help="model -> tool -> model turns on one thread (default 100, quick 10; 0 skips the phase)")
     p.add_argument("--concurrency", help="comma-separated thread counts (default 50,200; quick 10,50)")
+    p.add_argument("--throughput-rounds", type=int, default=2,
+                   help="palindromes (A B .. B A) per throughput phase (default 2: four runs of each system)")
     p.add_argument("--idle-threads", type=int, help="threads for the memory phase (default 1000, quick 100)")
     p.add_argument("--no-peer", dest="peer", action="store_false",
                    help="leave out the peer (the OpenAI Agents SDK on Temporal, from the bench extra)")
