@@ -10,8 +10,10 @@ between the floor and Threadline can be attributed: `heartbeat` (the model activ
 heartbeat timeout 5 s), `upsert` (the status search attribute is set to running, then idle, in every turn), `timer`
 (a one-second timer started as the turn starts and cancelled when it ends, as Threadline's listing timer is),
 `payload` (the model activity's input, its result and the update's result padded to the sizes of Threadline's),
+`history` (the model is sent the conversation, up to its newest 400 messages, as Threadline's prompt is),
 `start_attributes` (every update-with-start carries Threadline's search attributes and task timeout; the driver
-reads it, bench/turns.py).
+reads it, bench/turns.py). One variant takes a cost away instead: `plain_update` (a turn on a thread the driver has
+started is a plain update, not an update-with-start).
 
     python -m bench.floor ADDRESS TASK_QUEUE [MAX_CACHED_WORKFLOWS]
 
@@ -90,6 +92,23 @@ PAYLOAD_PADDING = {"activity_input": 640, "activity_result": 280, "update_result
 """Bytes Threadline's turn payloads have beyond the floor's (bench.turns --keep, one turn's events)."""
 
 
+HISTORY_WINDOW = 400
+"""As Threadline's prompt window (activities/prompt.py): the newest messages of the conversation."""
+_conversations: dict[str, list[dict[str, Any]]] = {}
+"""The `history` variant's conversations, by workflow id: in this worker's memory, as no durable agent would keep them,
+so that the variant adds only what sending the conversation to the model costs."""
+
+
+@activity.defn(name="floor_call_model_history")
+async def floor_call_model_history(text: str) -> str:
+    conversation = _conversations.setdefault(activity.info().workflow_id, [])
+    conversation.append({"role": "user", "content": text})
+    response = await _model().chat.completions.create(model=FLOOR_MODEL, messages=conversation[-HISTORY_WINDOW:])
+    answer = response.choices[0].message.content or ""
+    conversation.append({"role": "assistant", "content": answer})
+    return answer
+
+
 @activity.defn(name="floor_call_model_padded")
 async def floor_call_model_padded(text: str, padding: str) -> list[str]:
     return [await floor_call_model(text), "x" * PAYLOAD_PADDING["activity_result"]]
@@ -120,6 +139,8 @@ class FloorOptions:
     timer: bool = False
     payload: bool = False
     start_attributes: bool = False
+    plain_update: bool = False
+    history: bool = False
 
 
 @workflow.defn(name="FloorWorkflow")
@@ -142,6 +163,10 @@ class FloorWorkflow:
             result, _ = await workflow.execute_activity(
                 floor_call_model_padded, args=[text, "x" * PAYLOAD_PADDING["activity_input"]],
                 start_to_close_timeout=timedelta(minutes=5),
+            )
+        elif self.options.history:
+            result = await workflow.execute_activity(
+                floor_call_model_history, text, start_to_close_timeout=timedelta(minutes=5)
             )
         elif self.options.heartbeat:
             result = await workflow.execute_activity(
@@ -190,8 +215,8 @@ async def _main(address: str, task_queue: str, max_cached: int) -> None:
         client,
         task_queue=task_queue,
         workflows=[FloorWorkflow],
-        activities=[floor_call_model, floor_call_model_heartbeat, floor_call_model_padded, floor_stream_model,
-                    floor_chat, current_time],
+        activities=[floor_call_model, floor_call_model_heartbeat, floor_call_model_padded, floor_call_model_history,
+                    floor_stream_model, floor_chat, current_time],
         max_cached_workflows=max_cached,
     ):
         print("ready", flush=True)

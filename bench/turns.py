@@ -275,6 +275,10 @@ class FloorSystem(System):
 
     async def _update(self, update: Any, thread_id: str, text: str) -> str:
         options = self.extra.get("options", FloorOptions())
+        started = self.extra.setdefault("started", set())
+        if options.plain_update and thread_id in started:
+            return await self.client.get_workflow_handle(thread_id).execute_update(update, text)
+        started.add(thread_id)
         threadline_start = {"search_attributes": start_attributes(room="bench", agent="floor", channel="chat",
                                                                   status="idle"),
                             "task_timeout": WORKFLOW_TASK_TIMEOUT} if options.start_attributes else {}
@@ -871,7 +875,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="run the fake model in this process instead of its own (for comparison)")
     p.add_argument("--variants", default="heartbeat,upsert",
                    help="floor variants measured as diagnostics (comma-separated; '' for none): "
-                        "heartbeat, upsert, timer, payload, start_attributes, or several joined by + "
+                        "heartbeat, upsert, timer, payload, history, start_attributes, plain_update, or several joined by + "
                         "(default heartbeat,upsert)")
     p.add_argument("--variants-throughput", action="store_true",
                    help="also measure the variants' throughput (A..B..A with floor and Threadline; adds minutes)")
