@@ -22,6 +22,7 @@ from threadline.channels.delivery import (
     wait_for_reply,
 )
 from threadline.channels.process_identity import process_start
+from threadline.contracts import LIST_AS_RUNNING
 from threadline.models.spec import AgentSpec
 from threadline.models.thread import Turn
 from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
@@ -284,6 +285,25 @@ def listing_upserts(history) -> list[str]:
     return [json.loads(e.upsert_workflow_search_attributes_event_attributes.search_attributes
                        .indexed_fields["ThreadlineStatus"].data)
             for e in history.events if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES]
+
+
+async def test_a_late_listing_request_changes_nothing(temporal_client: Client, agent_spec, agent_worker):
+    """A model call's request for the listing that reaches the thread after its turn ended (or for another turn) is
+    ignored: the thread stays listed idle."""
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    turn = Turn(turn_id=new_turn_id(), text="quick")
+    assert (await submit_turn(temporal_client, agent_spec.ref, thread_id, turn)).status == "completed"
+    handle = temporal_client.get_workflow_handle(thread_id)
+    await handle.signal(LIST_AS_RUNNING, turn.turn_id)
+    await handle.signal(LIST_AS_RUNNING, "turn-of-someone-else")
+    snap = await thread_snapshot(temporal_client, thread_id)  # answered after both signals were handled
+    assert snap.status == "idle"
+    history = await handle.fetch_history()
+    kinds = [e.event_type for e in history.events]
+    assert kinds.count(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED) == 2
+    assert listing_upserts(history) == []
+    assert (await handle.describe()).typed_search_attributes.get(STATUS_ATTRIBUTE) == "idle"
 
 
 async def test_a_long_tool_step_is_listed_running_by_a_timer(temporal_client: Client, agent_spec, agent_worker,
