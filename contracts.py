@@ -31,6 +31,8 @@ from threadline.models.thread import (
     ModelCallInput,
     ModelStep,
     OutcomeRecord,
+    StoredTranscript,
+    StoredTranscriptRequest,
     ToolCall,
     ToolCallInput,
     ToolOutcome,
@@ -113,6 +115,12 @@ RECORD_OUTCOME = ActivityContract(
     start_to_close_timeout=timedelta(seconds=30),
     retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10)),
 )
+STORED_TRANSCRIPT = ActivityContract(
+    "stored_transcript", StoredTranscriptRequest, StoredTranscript,
+    # A local activity in the first workflow task of a thread's run that starts with no transcript: one indexed read.
+    start_to_close_timeout=timedelta(seconds=30),
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10)),
+)
 RUN_QUEUE_TURN = ActivityContract(
     "run_queue_turn", QueueTurnRequest, QueueTurnResult,
     # An upper bound of one attempt; a dead consumer is noticed at the heartbeat timeout instead.
@@ -139,8 +147,8 @@ SEND_MAIL_REPLY = ActivityContract(
     retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5),
                              non_retryable_error_types=[ErrorType.MAIL_REJECTED, ErrorType.MAIL_CONFIG_ERROR]),
 )
-ALL = (CALL_MODEL, COMPACT_THREAD, RUN_TOOL, RECORD_OUTCOME, RUN_QUEUE_TURN, SEND_QUEUE_REPLY, PREPARE_MAIL_TURN,
-       SEND_MAIL_REPLY)
+ALL = (CALL_MODEL, COMPACT_THREAD, RUN_TOOL, RECORD_OUTCOME, STORED_TRANSCRIPT, RUN_QUEUE_TURN, SEND_QUEUE_REPLY,
+       PREPARE_MAIL_TURN, SEND_MAIL_REPLY)
 
 LIST_AS_RUNNING = "list_as_running"
 """The signal a model call sends its thread (argument: the turn id) when the call is still in flight at its input's

@@ -36,13 +36,15 @@ from threadline.activities.storage import RoomStorage
 from threadline.activities.stores import RoomStreamLog, RoomThreadStore
 from threadline.activities.stream_log import DeltaCoalescer, EventKind
 from threadline.activities.tools import ToolArgumentsError, Toolbox, current_call, summarize_call
-from threadline.contracts import CALL_MODEL, RECORD_OUTCOME, RUN_TOOL
+from threadline.contracts import CALL_MODEL, RECORD_OUTCOME, RUN_TOOL, STORED_TRANSCRIPT
 from threadline.models.limits import ErrorType
 from threadline.models.spec import AgentSpec
 from threadline.models.thread import (
     ModelCallInput,
     ModelStep,
     OutcomeRecord,
+    StoredTranscript,
+    StoredTranscriptRequest,
     ThreadItem,
     ThreadStatus,
     ToolCall,
@@ -390,5 +392,11 @@ class AgentActivities:
     async def record_outcome(self, record: OutcomeRecord) -> None:
         await self._persist(record.thread_id, record.items, status=record.thread_status)
 
+    @STORED_TRANSCRIPT.defn
+    async def stored_transcript(self, request: StoredTranscriptRequest) -> StoredTranscript:
+        last = await asyncio.to_thread(self.store.items, request.thread_id, limit=1)
+        return StoredTranscript(next_seq=last[0].seq + 1 if last else 1)
+
     def all(self) -> list[Any]:
-        return [self.call_model, self.compactor.compact_thread, self.run_tool, self.record_outcome]
+        return [self.call_model, self.compactor.compact_thread, self.run_tool, self.record_outcome,
+                self.stored_transcript]

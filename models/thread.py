@@ -239,6 +239,17 @@ class CompactionInput(BaseModel):
     prompt_tokens: int = Field(0, description="the estimate that asked for this compaction")
 
 
+class StoredTranscriptRequest(BaseModel):
+    thread_id: str
+
+
+class StoredTranscript(BaseModel):
+    """Where a thread's transcript in the store ends: a thread whose workflow starts anew (terminated by ops, a new
+    Temporal server or cluster) goes on after it instead of writing over it."""
+
+    next_seq: int = 1
+
+
 class CompactionResult(BaseModel):
     first_seq: int = 0
     last_seq: int = 0

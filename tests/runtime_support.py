@@ -134,6 +134,17 @@ def event_types(history: Any) -> list[int]:
     return [e.event_type for e in history.events]
 
 
+PATCH_MARKER = "core_patch"
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
+STORED_TRANSCRIPT_SUMMARY = "where the stored transcript ends"
+
+
+def marker_summaries(history: Any, name: str) -> list[str]:
+    """The summaries of the history's markers named `name` (a local activity's, a patch's), in order."""
+    return [json.loads(e.user_metadata.summary.data or b'""') for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED and e.marker_recorded_event_attributes.marker_name == name]
+
+
 def payload_json(payloads: Any) -> list[Any]:
     return [json.loads(p.data) for p in payloads.payloads]
 

@@ -40,10 +40,14 @@ from threadline.workflows.thread import CUT_AT_ROLLOVER, UPDATES_PER_RUN, Thread
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.runtime_support import (
     CONTINUED_AS_NEW,
+    LOCAL_ACTIVITY_MARKER,
+    PATCH_MARKER,
+    STORED_TRANSCRIPT_SUMMARY,
     Gate,
     event_types,
     eventually,
     items_of_turn,
+    marker_summaries,
     payload_json,
     prompt_texts,
     record_history,
@@ -301,7 +305,10 @@ async def test_continue_as_new_when_temporal_suggests_it(rollover: Client, agent
         history = await temporal_client.get_workflow_handle(thread_id, run_id=run_id).fetch_history()
         assert run_id == runs[-1] or event_types(history)[-1] == CONTINUED_AS_NEW
         # Each run starts with every workflow patch in force: none pays for a patch marker.
-        assert EventType.EVENT_TYPE_MARKER_RECORDED not in event_types(history)
+        assert marker_summaries(history, PATCH_MARKER) == []
+        # Only the first run starts with no transcript: it asks the store where the transcript ends, the others know.
+        assert marker_summaries(history, LOCAL_ACTIVITY_MARKER) == (
+            [STORED_TRANSCRIPT_SUMMARY] if run_id == runs[0] else [])
     first_run = temporal_client.get_workflow_handle(thread_id, run_id=runs[0])
     await record_history(first_run, "continue_as_new")
 
@@ -500,3 +507,29 @@ async def test_recovery_moves_a_parent_of_several_cut_off_children_off_the_stick
     finally:
         for handle in handles:
             await handle.terminate()
+
+
+async def test_a_thread_whose_workflow_was_terminated_goes_on_after_its_stored_transcript(
+        temporal_client: Client, agent_spec, agent_worker, fake_model: FakeOpenAI):
+    """Ops terminate a thread's workflow in the Temporal UI (or the agent moves to a new Temporal server): the next
+    turn starts a new run, which continues the transcript in the thread store instead of writing over it from seq 1.
+    The model sees the whole conversation, and a turn answered before the termination is answered from the store."""
+    await agent_worker(agent_spec)
+    thread_id = _thread(agent_spec)
+    turns = [Turn(turn_id=new_turn_id(), text=text) for text in ("one", "two")]
+    replies = [await submit_turn(temporal_client, agent_spec.ref, thread_id, t) for t in turns]
+    await temporal_client.get_workflow_handle(thread_id).terminate(reason="ops")
+    reply = await submit_turn(temporal_client, agent_spec.ref, thread_id, Turn(turn_id=new_turn_id(), text="three"))
+    assert reply.status == "completed" and reply.text == "echo: three"
+    assert prompt_texts(fake_model.requests[-1]) == [
+        ("user", "one"), ("assistant", "echo: one"), ("user", "two"), ("assistant", "echo: two"), ("user", "three")]
+    items = store_items(agent_spec.room, thread_id)
+    assert [(i.seq, i.text) for i in items] == [
+        (1, "one"), (2, "echo: one"), (3, "two"), (4, "echo: two"), (5, "three"), (6, "echo: three")]
+    again = await submit_turn(temporal_client, agent_spec.ref, thread_id, turns[0])
+    assert again.text == replies[0].text and fake_model.count() == 3
+    assert len(store_items(agent_spec.room, thread_id)) == 6
+    history = await temporal_client.get_workflow_handle(thread_id).fetch_history()
+    assert marker_summaries(history, LOCAL_ACTIVITY_MARKER) == [STORED_TRANSCRIPT_SUMMARY]
+    assert marker_summaries(history, PATCH_MARKER) == []
+    await record_history(temporal_client.get_workflow_handle(thread_id), "stored_transcript")

@@ -4,8 +4,9 @@ change that breaks determinism for running threads fails CI instead of stalling 
 The histories in tests/histories/ were recorded by the scenario tests (plain turns, tool loop, steer, interrupt, model
 failure, continue-as-new, an agent-to-agent call in a child workflow, interrupted parallel tools, steers and tool
 failures handled by the patched paths, instant tools as local activities, a turn refused for the size of the queue, a
-thread listed running at its model call's request) and by the queue, mail and toolkit tests, one for each workflow type.
-To re-record them after an intended, versioned workflow change:
+thread listed running at its model call's request, a thread whose terminated workflow's successor goes on after its
+stored transcript) and by the queue, mail and toolkit tests, one for each workflow type. To re-record them after an
+intended, versioned workflow change:
 
     THREADLINE_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_runtime_*.py tests/test_queue.py tests/test_mail.py \
         tests/test_toolkit.py
@@ -42,7 +43,7 @@ EXPECTED = {
     "interrupt_parallel_tools", "steer_after_failure", "tool_timeout_hangs", "tool_timeout_hangs_blocking",
     "tool_lost_worker", "tool_call_child", "toolkit_registry", "queue_job", "mail_job", "queue_job_claimed_retry",
     "compaction", "approval", "approval_rolls_over", "approval_resumed_after_rollover",
-    "local_tools", "refused_turn", "listed_running",
+    "local_tools", "refused_turn", "listed_running", "stored_transcript",
 }
 RECORDED = recorded_histories()
 WORKFLOWS = [ThreadWorkflow, ToolCallWorkflow, QueueJobWorkflow, MailJobWorkflow, ToolkitWorkflow]

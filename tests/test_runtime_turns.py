@@ -28,7 +28,18 @@ from threadline.models.thread import Turn
 from threadline.workflows.search_attributes import STATUS_ATTRIBUTE
 
 from tests.fake_openai import FakeOpenAI, FakeResponse
-from tests.runtime_support import ConcurrencyRecorder, Gate, eventually, prompt_texts, record_history, store_items
+from tests.runtime_support import (
+    LOCAL_ACTIVITY_MARKER,
+    PATCH_MARKER,
+    STORED_TRANSCRIPT_SUMMARY,
+    ConcurrencyRecorder,
+    Gate,
+    eventually,
+    marker_summaries,
+    prompt_texts,
+    record_history,
+    store_items,
+)
 
 
 def _thread(spec: AgentSpec) -> str:
@@ -339,7 +350,7 @@ async def test_a_sub_second_turn_leaves_the_listed_status_alone(temporal_client:
     upserted = [set(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
                 for e in history.events if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES]
     # A new thread starts with every patch in force: no patch marker, so no `TemporalChangeVersion` upsert either.
-    assert upserted == [] and EventType.EVENT_TYPE_MARKER_RECORDED not in kinds
+    assert upserted == [] and marker_summaries(history, PATCH_MARKER) == []
     # Nor a timer, nor a signal: the listing would be asked for by a model call still in flight after a second.
     assert EventType.EVENT_TYPE_TIMER_STARTED not in kinds and EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED not in kinds
     described = await temporal_client.get_workflow_handle(thread_id).describe()
@@ -366,9 +377,7 @@ async def test_an_instant_built_in_tool_runs_as_a_local_activity(temporal_client
     assert [r.tool_name for r in results] == ["current_time", "storage_read"]
     assert results[0].data == {"ok": True} and results[1].data == {"ok": False}
     history = await temporal_client.get_workflow_handle(thread_id).fetch_history()
-    markers = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
-    assert [m.marker_recorded_event_attributes.marker_name for m in markers] == ["core_local_activity"]
-    assert markers[0].user_metadata.summary.data == b'"tool current_time"'
+    assert marker_summaries(history, LOCAL_ACTIVITY_MARKER) == [STORED_TRANSCRIPT_SUMMARY, "tool current_time"]
     scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events
                  if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
     assert scheduled == ["call_model", "run_tool", "call_model"]
@@ -389,9 +398,8 @@ async def test_a_tool_function_marked_local_runs_as_a_local_activity(temporal_cl
     results = [i for i in store_items(agent_spec.room, thread_id) if i.type == "tool_result"]
     assert [(r.tool_name, r.data) for r in results] == [("shout", {"ok": True}), ("shout", {"ok": False})]
     history = await temporal_client.get_workflow_handle(thread_id).fetch_history()
-    markers = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
-    assert sorted(json.loads(m.user_metadata.summary.data) for m in markers) == [
-        'tool shout {"text": ""}', 'tool shout {"text": "hi"}']
+    assert sorted(marker_summaries(history, LOCAL_ACTIVITY_MARKER)) == [
+        'tool shout {"text": ""}', 'tool shout {"text": "hi"}', STORED_TRANSCRIPT_SUMMARY]
     scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events
                  if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
     assert scheduled == ["call_model", "call_model"]

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         LIST_AS_RUNNING,
         RECORD_OUTCOME,
         RUN_TOOL,
+        STORED_TRANSCRIPT,
         ActivityContract,
         run_tool_options,
         tool_summary,
@@ -40,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         OutcomeRecord,
         Reply,
         Steer,
+        StoredTranscriptRequest,
         ThreadItem,
         ThreadSnapshot,
         ThreadStart,
@@ -87,6 +89,7 @@ LIST_RUNNING_LATE_PATCH = "list-running-after-a-second"
 LOCAL_TOOLS_PATCH = "local-activity-for-instant-tools"
 RECORD_REFUSALS_PATCH = "record-refused-turns"
 LIST_ON_REQUEST_PATCH = "list-running-on-the-model-call-request"
+CONTINUE_STORED_PATCH = "continue-the-stored-transcript"
 LISTED_RUNNING_AFTER = timedelta(seconds=1)
 """A thread at rest is listed `running` (its status search attribute) only once it has been busy this long: each
 upsert is a visibility write on the server, and two per turn were a sixth of its work for a sub-second turn. A model
@@ -94,7 +97,8 @@ call in flight at that moment asks for the listing (the `list_as_running` signal
 timer in every turn, started and cancelled, was a twentieth of the server's work for a sub-second turn."""
 RESTING_STATUSES = ("idle", "failed")
 THREAD_PATCHES = (BOUNDED_STATE_PATCH, REQUEUE_STEERS_PATCH, TOOL_FAILURE_AS_RESULT_PATCH, ROLL_OVER_WAITING_PATCH,
-                  LIST_RUNNING_LATE_PATCH, LOCAL_TOOLS_PATCH, RECORD_REFUSALS_PATCH, LIST_ON_REQUEST_PATCH)
+                  LIST_RUNNING_LATE_PATCH, LOCAL_TOOLS_PATCH, RECORD_REFUSALS_PATCH, LIST_ON_REQUEST_PATCH,
+                  CONTINUE_STORED_PATCH)
 """Every change of this code that `workflow.patched` guards. A run started by this code (a new thread, a rollover)
 lists them in its input, `ThreadState.patches`: it needs no patch marker, and no `TemporalChangeVersion` upsert (a
 visibility write on the server) in each new run."""
@@ -152,6 +156,12 @@ class ThreadWorkflow:
 
     @workflow.run
     async def run(self, start: ThreadStart) -> None:
+        if self.state.next_seq == 1 and self._patched(CONTINUE_STORED_PATCH):
+            # A run that starts a thread anew (ops terminated its workflow; a new Temporal server or cluster) may find
+            # its transcript in the store: it goes on after it. A new thread pays one local activity, no round trip.
+            stored = await STORED_TRANSCRIPT.execute(StoredTranscriptRequest(thread_id=self.state.thread_id),
+                                                     summary="where the stored transcript ends", local=True)
+            self.state.next_seq = max(self.state.next_seq, stored.next_seq)
         if self.state.resume is not None:
             resume, self.state.resume = self.state.resume, None
             self._remember(await self._run_turn(resume.turn, resume))
