@@ -96,8 +96,8 @@ PAYLOAD_PADDING = {"activity_input": 640, "activity_result": 280, "update_result
 HISTORY_WINDOW = 400
 """As Threadline's prompt window (activities/prompt.py): the newest messages of the conversation."""
 _conversations: dict[str, list[dict[str, Any]]] = {}
-"""The `history` variant's conversations, by workflow id: in this worker's memory, as no durable agent would keep them,
-so that the variant adds only what sending the conversation to the model costs."""
+"""The `history` variant's conversations, by workflow id: in this worker's memory, as no durable agent would keep
+them, so that the variant adds only what sending the conversation to the model costs."""
 
 
 @activity.defn(name="floor_call_model_history")

@@ -875,7 +875,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="run the fake model in this process instead of its own (for comparison)")
     p.add_argument("--variants", default="heartbeat,upsert",
                    help="floor variants measured as diagnostics (comma-separated; '' for none): "
-                        "heartbeat, upsert, timer, payload, history, start_attributes, plain_update, or several joined by + "
+                        "heartbeat, upsert, timer, payload, history, start_attributes, plain_update, "
+                        "or several joined by + "
                         "(default heartbeat,upsert)")
     p.add_argument("--variants-throughput", action="store_true",
                    help="also measure the variants' throughput (A..B..A with floor and Threadline; adds minutes)")

@@ -655,10 +655,7 @@ class ThreadWorkflow:
                 if not self._patched(LIST_ON_REQUEST_PATCH):
                     self._list_by_timer()
             return
-        self.listing_due = None
-        if self.listing_as_running is not None:
-            self.listing_as_running.cancel()
-            self.listing_as_running = None
+        self._stop_listing()
         if status != listed:
             workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(status)])
 
@@ -683,8 +680,12 @@ class ThreadWorkflow:
         self._list_running_now()
 
     def _list_running_now(self) -> None:
+        self._stop_listing()
+        workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set("running")])
+
+    def _stop_listing(self) -> None:
+        """No listing is due any more: the thread is listed running now, or it is not busy."""
+        self.listing_due = None
         if self.listing_as_running is not None:
             self.listing_as_running.cancel()
-        self.listing_due = None
-        self.listing_as_running = None
-        workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set("running")])
+            self.listing_as_running = None
