@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import openai
+import orjson
 from openai.types.chat import ChatCompletion
 from opentelemetry import trace
 from temporalio import activity
@@ -35,6 +36,7 @@ from threadline.activities.rules import AgentRules
 from threadline.activities.storage import RoomStorage
 from threadline.activities.stores import RoomStreamLog, RoomThreadStore
 from threadline.activities.stream_log import DeltaCoalescer, EventKind
+from threadline.activities.thread_window import ThreadWindows
 from threadline.activities.tools import ToolArgumentsError, Toolbox, current_call, summarize_call
 from threadline.contracts import CALL_MODEL, RECORD_OUTCOME, RUN_TOOL, STORED_TRANSCRIPT
 from threadline.models.limits import ErrorType
@@ -93,6 +95,7 @@ class AgentActivities:
         self.spec = spec
         self.rules = rules
         self.store = store
+        self.windows = ThreadWindows(store, HISTORY_WINDOW)
         self.stream = stream
         self.storage = storage
         self.toolbox = toolbox
@@ -147,7 +150,7 @@ class AgentActivities:
             room, _, _ = call.thread_id.partition("/")
             self.store.append(call.thread_id, call.new_items, room=room, agent=self.spec.agent_name,
                               channel=channel, status="running")
-        history = self.store.items(call.thread_id, before_seq=call.answer_seq, limit=HISTORY_WINDOW)
+        history = self.windows.read(call.thread_id, before_seq=call.answer_seq)
         return history, self.rules.current(), None
 
     async def _publish(self, thread_id: str, turn_id: str, attempt: int, kind: EventKind, data: dict[str, Any]) -> None:
@@ -271,12 +274,13 @@ class AgentActivities:
         finish: str | None = None
         try:
             # `chat.completions.create` re-validates every message of the prompt on each call (tens of ms of CPU for a
-            # long thread); the messages are already in wire format, so post them as they are. The chunks come back
-            # as the JSON the provider sent (`AsyncStream[object]`): building a `ChatCompletionChunk` per streamed
-            # token was the largest share of the worker's CPU per turn. Errors in the stream still raise.
+            # long thread); the messages are already in wire format, so post them as they are, encoded by orjson (the
+            # client's `json.dumps` of a 400-message prompt cost more than the rest of the request). The chunks come
+            # back as the JSON the provider sent (`AsyncStream[object]`): building a `ChatCompletionChunk` per
+            # streamed token was the largest share of the worker's CPU per turn. Errors in the stream still raise.
             stream = await self._client(base_url, api_key).post(
                 "/chat/completions",
-                body=kwargs,
+                body=orjson.dumps(kwargs),
                 cast_to=ChatCompletion,
                 stream=True,
                 stream_cls=openai.AsyncStream[object],

@@ -47,7 +47,11 @@ CREATE TABLE IF NOT EXISTS conversations (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS conversations_thread ON conversations (thread_id, created_at);
-CREATE INDEX IF NOT EXISTS items_turn ON items (thread_id, turn_id);
+-- A turn's items by seq: the redelivery check looks up one turn's answer without walking the thread's items.
+CREATE INDEX IF NOT EXISTS items_turn_seq ON items (thread_id, turn_id, seq);
+DROP INDEX IF EXISTS items_turn;
+-- Ordered by rowid within a thread: `changes` and `position` seek to a write position.
+CREATE INDEX IF NOT EXISTS items_position ON items (thread_id);
 """
 
 _NAME_LIMIT = 60

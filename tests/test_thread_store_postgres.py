@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import shutil
 import subprocess
 import tempfile
@@ -24,6 +25,7 @@ from temporalio.client import Client
 from threadline.activities.stores import open_stream_log, open_thread_store
 from threadline.activities.stream_log import StreamLog
 from threadline.activities.thread_store import ThreadStore
+from threadline.activities.thread_window import ThreadWindows
 from threadline.channels.delivery import new_thread_name, new_turn_id, submit_turn
 from threadline.models.spec import AgentSpec
 from threadline.models.thread import ParsedItems, ThreadItem, Turn, Usage
@@ -174,6 +176,41 @@ def test_changes_follow_writes_and_rewrites(backend, room: str) -> None:
     assert [(i.seq, i.text) for _, i in later] == [(1, "complete")] and later[0][0] > position
     assert store.position("th")[0] == later[0][0]
     assert store.changes("th", after=later[0][0]) == []
+
+
+def test_a_kept_thread_window_reads_what_the_store_holds(backend, room: str) -> None:
+    """The model activity's window (activities/thread_window.py) against a full read after every write: appends,
+    retried rewrites, a rewrite older than the window, seqs left out and written later, an answer written beyond the
+    next call's seq, by this worker or another (a second set of windows on the same store)."""
+    store, _ = backend
+    size = 5
+    windows, other_worker = ThreadWindows(store, size), ThreadWindows(store, size)
+    rng = random.Random(7)
+    store.append("th", [_user(2, "written first")], room=room, agent="support")
+    assert [i.seq for i in windows.read("th", before_seq=3)] == [2]
+    store.append("th", [_user(1, "written second")], room=room, agent="support")
+    assert [i.seq for i in windows.read("th", before_seq=3)] == [1, 2]
+    written = {1: "written second", 2: "written first"}
+    next_seq = 3
+    for step in range(300):
+        move = rng.random()
+        if move < 0.5 or not written:
+            seqs = [next_seq] if rng.random() < 0.8 else [next_seq + 1]  # now and then a seq is left out
+            next_seq = seqs[-1] + 1
+        elif move < 0.8:
+            seqs = [rng.choice(sorted(written)[-3:])]  # a retried write of a recent item
+        else:
+            seqs = [rng.randint(1, next_seq)]  # anything: an old item, a gap filled, the next seq
+            next_seq = max(next_seq, seqs[0] + 1)
+        for seq in seqs:
+            written[seq] = f"step {step}"
+        store.append("th", [_user(seq, written[seq]) for seq in seqs], room=room, agent="support")
+        before_seq = next_seq - rng.choice([0, 0, 0, 1, 2])
+        expected = store.items("th", before_seq=before_seq, limit=size)
+        for reader in (windows, other_worker) if step % 3 else (windows,):
+            assert [(i.seq, i.text) for i in reader.read("th", before_seq=before_seq)] == \
+                [(i.seq, i.text) for i in expected], f"step {step}"
+    assert windows.read("missing", before_seq=10) == []
 
 
 def test_stream_events_after_id_by_turn_and_prune(backend, room: str) -> None:
