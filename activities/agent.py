@@ -280,7 +280,7 @@ class AgentActivities:
             # streamed token was the largest share of the worker's CPU per turn. Errors in the stream still raise.
             stream = await self._client(base_url, api_key).post(
                 "/chat/completions",
-                body=orjson.dumps(kwargs),
+                content=orjson.dumps(kwargs),
                 cast_to=ChatCompletion,
                 stream=True,
                 stream_cls=openai.AsyncStream[object],

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.client import Client, WorkflowUpdateFailedError
 from threadline.activities.model_provider import MAX_RETRY_AFTER_SECONDS, retry_delay
 from threadline.activities.thread_store import ThreadStore
-from threadline.channels.attempts import AttemptJournal, _StickyResets, attempt_journal
+from threadline.channels.attempts import AttemptJournal, _StickyResets, attempt_journal, running_attempts
 from threadline.channels.delivery import (
     connect,
     deliver_turn,
@@ -28,7 +29,7 @@ from threadline.channels.delivery import (
     thread_snapshot,
     wait_for_reply,
 )
-from threadline.channels.process_identity import local_process_is_gone, process_identity, process_start
+from threadline.channels.process_identity import local_process_is_gone, process_identity, process_key, process_start
 from threadline.cli.connection import recover_dead_workers_meanwhile
 from threadline.cli.options import ConnectionOptions
 from threadline.models.limits import ErrorType
@@ -477,18 +478,34 @@ def test_only_an_exited_process_of_this_host_counts_as_a_gone_worker():
 
 
 def test_the_journal_of_an_earlier_process_with_this_very_pid_counts_as_dead(tmp_path: Path):
-    """An agent container restarted in place is pid 1 again: its predecessor's journal is still recovered."""
+    """An agent container restarted in place is pid 1 again: its predecessor's journal is still recovered, and so is
+    the journal an older version left (a directory with a file per attempt)."""
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
     exited.wait()
     own_start = int(process_start(os.getpid()))
     journal = AttemptJournal(tmp_path)
-    for name, workflow_id in ((f"{os.getpid()}+{own_start - 1}", "predecessor"), (str(exited.pid), "older code"),
+    for name, workflow_id in ((f"{os.getpid()}+{own_start - 1}", "predecessor"),
                               (f"{os.getpid()}+{own_start}", "this process")):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "0").write_text(json.dumps([workflow_id, "run"]))
+        (tmp_path / name).write_text(f"+0 {json.dumps([workflow_id, 'run'])}\n+1 [\"ended\", \"run\"]\n-1\n")
+    (tmp_path / str(exited.pid)).mkdir()
+    (tmp_path / str(exited.pid) / "0").write_text(json.dumps(["older code", "run"]))
     dead = journal.of_dead_processes()
     assert {d.name: ids for d, ids in dead.items()} == {
         f"{os.getpid()}+{own_start - 1}": {("predecessor", "run")}, str(exited.pid): {("older code", "run")}}
+
+
+def test_a_journal_holds_the_attempts_started_and_not_ended_and_stays_small(tmp_path: Path):
+    journal = AttemptJournal(tmp_path, compact_after=4)
+    entries = [journal.started(SimpleNamespace(workflow_id=f"thread {n}", workflow_run_id=f"run-{n}"))
+               for n in range(10)]
+    for entry in entries[:8]:
+        journal.ended(entry)
+    own = tmp_path / process_key()
+    assert running_attempts(own.read_text()) == {("thread 8", "run-8"), ("thread 9", "run-9")}
+    assert len(own.read_text().splitlines()) <= 4 and list(tmp_path.iterdir()) == [own]
+    with own.open("a") as cut_short:  # a kill in the middle of a line
+        cut_short.write('+10 ["thread 10", "ru')
+    assert running_attempts(own.read_text()) == {("thread 8", "run-8"), ("thread 9", "run-9")}
 
 
 async def _count(client: Client, query: str) -> int:

@@ -9,7 +9,7 @@ import os
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from threadline.activities.thread_store import ThreadStore
-from threadline.channels.attempts import attempt_journal
+from threadline.channels.attempts import attempt_journal, running_attempts
 from threadline.channels.base import code_build_id
 from threadline.channels.delivery import (
     connect,
@@ -355,7 +355,8 @@ async def test_a_sub_second_turn_leaves_the_listed_status_alone(temporal_client:
     assert EventType.EVENT_TYPE_TIMER_STARTED not in kinds and EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED not in kinds
     described = await temporal_client.get_workflow_handle(thread_id).describe()
     assert described.typed_search_attributes.get(STATUS_ATTRIBUTE) == "idle"
-    assert list((attempt_journal(temporal_client).directory / f"{os.getpid()}+{process_start(os.getpid())}").iterdir()) == []
+    journal = attempt_journal(temporal_client).directory / f"{os.getpid()}+{process_start(os.getpid())}"
+    assert running_attempts(journal.read_text()) == set()
     # Every workflow task names the build that ran it (the UI's "build id", a reset's bad-build filter).
     completed = [e.workflow_task_completed_event_attributes for e in history.events
                  if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED]
