@@ -118,6 +118,8 @@ class AttemptJournal:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 # An earlier process of this pid left its journal (no start time known): this one starts anew.
+                if own.is_dir():  # an older version's
+                    shutil.rmtree(own)
                 self._fd = os.open(own, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
             except OSError as e:
                 self._give_up(e)

@@ -34,7 +34,7 @@ from threadline.cli.connection import recover_dead_workers_meanwhile
 from threadline.cli.options import ConnectionOptions
 from threadline.models.limits import ErrorType
 from threadline.models.spec import AgentSpec
-from threadline.models.thread import Turn
+from threadline.models.thread import ThreadItem, Turn
 from threadline.worker import run_agent
 from threadline.workflows.thread import CUT_AT_ROLLOVER, UPDATES_PER_RUN, ThreadWorkflow
 
@@ -452,6 +452,37 @@ async def test_a_turn_refused_for_the_queue_size_is_recorded_as_an_error(tempora
     assert [i.type for i in store_items(agent_spec.room, thread_id)] == [
         "user", "assistant", "error", *["user", "assistant"] * 4]
     await record_history(temporal_client.get_workflow_handle(thread_id), "refused_turn")
+
+
+async def test_a_turn_refused_before_the_stored_transcript_is_found_is_numbered_after_it(
+        temporal_client: Client, agent_spec, agent_worker, fake_model: FakeOpenAI):
+    """Turns that reach a thread whose workflow is gone all at once (here before any worker polls, so they come in
+    the new run's first task) and take the waiting text past MAX_QUEUED_BYTES: the refusal's error item comes after
+    the stored transcript, not over its first item."""
+    thread_id = _thread(agent_spec)
+    room, _, _ = thread_id.partition("/")
+    ThreadStore.for_room(agent_spec.room).append(thread_id, [
+        ThreadItem(seq=1, turn_id="before", type="user", text="one"),
+        ThreadItem(seq=2, turn_id="before", type="assistant", text="echo: one")], room=room, agent=agent_spec.agent_name)
+    admitted = [Turn(turn_id=new_turn_id(), text=f"{n} " + "y" * 262_000) for n in range(4)]
+    refused = Turn(turn_id=new_turn_id(), text="one more " + "z" * 1000)
+    for turn in [*admitted, refused]:
+        await deliver_turn(temporal_client, agent_spec.ref, thread_id, turn)
+    await agent_worker(agent_spec)
+    reply = await wait_for_reply(temporal_client, thread_id, refused.turn_id, timeout=30)
+    assert reply.status == "failed" and "the thread already has 4 turns waiting" in reply.error
+    for turn in admitted:
+        assert (await wait_for_reply(temporal_client, thread_id, turn.turn_id, timeout=60)).status == "completed"
+    await eventually(lambda: items_of_turn(agent_spec.room, thread_id, refused.turn_id), 30,
+                     what="the refusal in the thread store")
+    items = store_items(agent_spec.room, thread_id)
+    assert [i.seq for i in items] == list(range(1, 12))
+    assert [(i.turn_id, i.type, i.text) for i in items[:2]] == [("before", "user", "one"),
+                                                                 ("before", "assistant", "echo: one")]
+    assert [i.type for i in items if i.turn_id == refused.turn_id] == ["error"]
+    history = await temporal_client.get_workflow_handle(thread_id).fetch_history()
+    assert marker_summaries(history, PATCH_MARKER) == []
+    await record_history(temporal_client.get_workflow_handle(thread_id), "refused_before_opening")
 
 
 def test_only_an_exited_process_of_this_host_counts_as_a_gone_worker():

@@ -90,6 +90,7 @@ LOCAL_TOOLS_PATCH = "local-activity-for-instant-tools"
 RECORD_REFUSALS_PATCH = "record-refused-turns"
 LIST_ON_REQUEST_PATCH = "list-running-on-the-model-call-request"
 CONTINUE_STORED_PATCH = "continue-the-stored-transcript"
+REFUSE_AFTER_OPENING_PATCH = "number-refusals-after-the-stored-transcript"
 LISTED_RUNNING_AFTER = timedelta(seconds=1)
 """A thread at rest is listed `running` (its status search attribute) only once it has been busy this long: each
 upsert is a visibility write on the server, and two per turn were a sixth of its work for a sub-second turn. A model
@@ -98,7 +99,7 @@ timer in every turn, started and cancelled, was a twentieth of the server's work
 RESTING_STATUSES = ("idle", "failed")
 THREAD_PATCHES = (BOUNDED_STATE_PATCH, REQUEUE_STEERS_PATCH, TOOL_FAILURE_AS_RESULT_PATCH, ROLL_OVER_WAITING_PATCH,
                   LIST_RUNNING_LATE_PATCH, LOCAL_TOOLS_PATCH, RECORD_REFUSALS_PATCH, LIST_ON_REQUEST_PATCH,
-                  CONTINUE_STORED_PATCH)
+                  CONTINUE_STORED_PATCH, REFUSE_AFTER_OPENING_PATCH)
 """Every change of this code that `workflow.patched` guards. A run started by this code (a new thread, a rollover)
 lists them in its input, `ThreadState.patches`: it needs no patch marker, and no `TemporalChangeVersion` upsert (a
 visibility write on the server) in each new run."""
@@ -144,6 +145,8 @@ class ThreadWorkflow:
         """When the thread, busy but listed at rest, is to be listed `running`; None once it is, or at rest."""
         self.listing_as_running: asyncio.Task[None] | None = None
         self.recording_refusals: dict[asyncio.Task[None], None] = {}
+        self.opened = self.state.next_seq != 1
+        """The run knows where the thread's transcript ends, so it may number items."""
         resume = start.state.resume
         self.approvals = ThreadApprovals(start.state.decisions, resume.waiting if resume else [])
         self.calls: dict[int, CallState] = {}
@@ -162,6 +165,7 @@ class ThreadWorkflow:
             stored = await STORED_TRANSCRIPT.execute(StoredTranscriptRequest(thread_id=self.state.thread_id),
                                                      summary="where the stored transcript ends", local=True)
             self.state.next_seq = max(self.state.next_seq, stored.next_seq)
+        self.opened = True
         if self.state.resume is not None:
             resume, self.state.resume = self.state.resume, None
             self._remember(await self._run_turn(resume.turn, resume))
@@ -251,10 +255,19 @@ class ThreadWorkflow:
         self.reply_times[turn.turn_id] = workflow.now().timestamp()
         self.state.seen_turn_ids = [*self.state.seen_turn_ids, turn.turn_id][-SEEN_TURN_IDS:]
         if self._patched(RECORD_REFUSALS_PATCH):
-            refusal = self._item("error", turn, text=f"the turn was not run: {reason}")
-            recording = asyncio.create_task(self._record_items([refusal], self.status))
+            if self.opened or not self._patched(REFUSE_AFTER_OPENING_PATCH):
+                refusal = self._item("error", turn, text=f"the turn was not run: {reason}")
+                recording = asyncio.create_task(self._record_items([refusal], self.status))
+            else:
+                recording = asyncio.create_task(self._record_refusal_once_opened(turn, reason))
             self.recording_refusals[recording] = None
             recording.add_done_callback(self.recording_refusals.pop)
+
+    async def _record_refusal_once_opened(self, turn: Turn, reason: str) -> None:
+        """A turn refused before the run found where the stored transcript ends (turns that came with the first
+        task of a thread whose workflow is gone) is numbered after that end, not over the transcript's first item."""
+        await workflow.wait_condition(lambda: self.opened)
+        await self._record_items([self._item("error", turn, text=f"the turn was not run: {reason}")], self.status)
 
     def _carried_state(self) -> ThreadState:
         if not self._patched(BOUNDED_STATE_PATCH):
