@@ -133,6 +133,10 @@ class MachineMeter:
         self.ours0 = {pid: cpu_seconds(pid) for pid in self.pids()}
         return self
 
+    def include(self, pid: int) -> None:
+        """A process of the benchmark started during the phase: all of its CPU is the phase's."""
+        self.ours0[pid] = 0.0
+
     def stop(self) -> dict[str, float]:
         wall = time.perf_counter() - self.t0
         busy = machine_busy_seconds() - self.busy0
@@ -532,13 +536,16 @@ async def throughput_palindrome(
 REPLAY_SAMPLE = 20
 
 
-async def idle_memory(system: System, threads: int, concurrency: int, settle: float) -> dict[str, Any]:
+async def idle_memory(system: System, threads: int, concurrency: int, settle: float,
+                      meter: MachineMeter) -> dict[str, Any]:
     """A fresh worker: RSS when idle (after a few warm-up turns), then after `threads` threads of one turn each.
     Then the replay cost: one more turn, one at a time, on each of the `REPLAY_SAMPLE` oldest threads (evicted from
-    the worker's cache once `threads` exceeds it, so replayed from history) and the newest ones (still cached)."""
+    the worker's cache once `threads` exceeds it, so replayed from history) and the newest ones (still cached).
+    The worker is left running, for `meter` to read its CPU; the caller stops it."""
     await system.start_worker()
     assert system.worker is not None
     pid = system.worker.pid
+    meter.include(pid)
     await warm_up(system, threads=2, turns=2)
     await asyncio.sleep(settle)
     idle = rss_kib(pid)
@@ -584,7 +591,6 @@ async def idle_memory(system: System, threads: int, concurrency: int, settle: fl
         "second_turn_ms_p50": {"oldest_threads": round(percentile(oldest, 0.5), 1),
                                "newest_threads": round(percentile(newest, 0.5), 1), "sample": sample},
     }
-    await system.stop_worker()
     return result
 
 
@@ -798,8 +804,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"{s.name}: fresh worker, {counts.idle_threads} idle threads")
             meter = MachineMeter(lambda: [server.pid, os.getpid(), *([fake_pid] if fake_pid else [])]).start()
             res = await asyncio.wait_for(
-                idle_memory(s, counts.idle_threads, counts.idle_concurrency, counts.settle_s), args.phase_timeout)
+                idle_memory(s, counts.idle_threads, counts.idle_concurrency, counts.settle_s, meter),
+                args.phase_timeout)
             machine[f"idle_memory_{s.name}"] = meter.stop()
+            await s.stop_worker()
             results[s.name]["idle_memory"] = res
             log(f"{s.name}: RSS {res['rss_idle_worker_kib']} -> {res['rss_after_threads_kib']} KiB "
                 f"({res['per_thread_kib']} KiB/thread)")

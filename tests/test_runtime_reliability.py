@@ -463,7 +463,8 @@ async def test_a_turn_refused_before_the_stored_transcript_is_found_is_numbered_
     room, _, _ = thread_id.partition("/")
     ThreadStore.for_room(agent_spec.room).append(thread_id, [
         ThreadItem(seq=1, turn_id="before", type="user", text="one"),
-        ThreadItem(seq=2, turn_id="before", type="assistant", text="echo: one")], room=room, agent=agent_spec.agent_name)
+        ThreadItem(seq=2, turn_id="before", type="assistant", text="echo: one"),
+    ], room=room, agent=agent_spec.agent_name)
     admitted = [Turn(turn_id=new_turn_id(), text=f"{n} " + "y" * 262_000) for n in range(4)]
     refused = Turn(turn_id=new_turn_id(), text="one more " + "z" * 1000)
     for turn in [*admitted, refused]:
