@@ -256,8 +256,7 @@ class ThreadWorkflow:
         self.state.seen_turn_ids = [*self.state.seen_turn_ids, turn.turn_id][-SEEN_TURN_IDS:]
         if self._patched(RECORD_REFUSALS_PATCH):
             if self.opened or not self._patched(REFUSE_AFTER_OPENING_PATCH):
-                refusal = self._item("error", turn, text=f"the turn was not run: {reason}")
-                recording = asyncio.create_task(self._record_items([refusal], self.status))
+                recording = asyncio.create_task(self._record_items([self._refusal(turn, reason)], self.status))
             else:
                 recording = asyncio.create_task(self._record_refusal_once_opened(turn, reason))
             self.recording_refusals[recording] = None
@@ -267,7 +266,10 @@ class ThreadWorkflow:
         """A turn refused before the run found where the stored transcript ends (turns that came with the first
         task of a thread whose workflow is gone) is numbered after that end, not over the transcript's first item."""
         await workflow.wait_condition(lambda: self.opened)
-        await self._record_items([self._item("error", turn, text=f"the turn was not run: {reason}")], self.status)
+        await self._record_items([self._refusal(turn, reason)], self.status)
+
+    def _refusal(self, turn: Turn, reason: str) -> ThreadItem:
+        return self._item("error", turn, text=f"the turn was not run: {reason}")
 
     def _carried_state(self) -> ThreadState:
         if not self._patched(BOUNDED_STATE_PATCH):
